@@ -1,0 +1,169 @@
+//! The one place where errors become responses.
+//!
+//! The two doors answer in their own format: `/score` with the JSON string
+//! the mini-program shows as a toast (`"數據提交失敗"`) and the right status;
+//! `/v1/*` and everything else with
+//! `{"error":{"code","message","fields":[{"field","message"}]}}`.
+//! Internal details (broker errors, addresses) are logged, never sent.
+
+use score_shared::{FieldError, ValidationErrors};
+use warp::http::{StatusCode, header};
+use warp::reject::Rejection;
+use warp::reply::{self, Reply, Response};
+
+use crate::publisher::PublishError;
+use crate::wire::WireError;
+
+/// The toast the mini-program shows on success.
+pub const LEGACY_SUCCESS: &str = "數據提交成功";
+/// The toast the mini-program shows on any failure.
+pub const LEGACY_FAILURE: &str = "數據提交失敗";
+
+/// Seconds a client is told to wait before retrying after a 503.
+const RETRY_AFTER_SECONDS: &str = "5";
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    #[error(transparent)]
+    Malformed(#[from] WireError),
+    #[error("header {name} {message}")]
+    InvalidHeader { name: &'static str, message: &'static str },
+    #[error("request body could not be read")]
+    BodyRead,
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("content type must be {expected}")]
+    UnsupportedMediaType { expected: &'static str },
+    #[error("no such resource")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error(transparent)]
+    Unavailable(#[from] PublishError),
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Invalid(_) | Self::Malformed(_) | Self::InvalidHeader { .. } | Self::BodyRead => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid_submission",
+            Self::Malformed(_) | Self::BodyRead => "malformed_body",
+            Self::InvalidHeader { .. } => "invalid_header",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType { .. } => "unsupported_media_type",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unavailable(_) => "log_unavailable",
+        }
+    }
+
+    fn client_message(&self) -> String {
+        match self {
+            Self::Invalid(_) => "the submission is invalid".to_owned(),
+            Self::Unavailable(_) => "the event log is unavailable; retry later".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    fn fields(&self) -> &[FieldError] {
+        match self {
+            Self::Invalid(errors) => &errors.0,
+            _ => &[],
+        }
+    }
+
+    /// The `/v1` JSON error response.
+    pub fn to_v1_response(&self) -> Response {
+        let body = serde_json::json!({
+            "error": {
+                "code": self.code(),
+                "message": self.client_message(),
+                "fields": self.fields(),
+            }
+        });
+        self.finish(reply::json(&body).into_response())
+    }
+
+    /// The legacy response: the failure toast with the right status. The
+    /// field errors travel in a header so that the body stays the string the
+    /// mini-program expects.
+    pub fn to_legacy_response(&self) -> Response {
+        let mut response = self.finish(reply::json(&LEGACY_FAILURE).into_response());
+        let detail = match self {
+            Self::Invalid(errors) => errors
+                .0
+                .iter()
+                .map(|e| e.field)
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => String::new(),
+        };
+        if let Ok(value) = header::HeaderValue::from_str(&detail)
+            && !detail.is_empty()
+        {
+            response.headers_mut().insert("x-invalid-fields", value);
+        }
+        response
+    }
+
+    fn finish(&self, mut response: Response) -> Response {
+        *response.status_mut() = self.status();
+        if matches!(self, Self::Unavailable(_)) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
+    }
+
+    /// The error a rejection stands for. Called once a route's path has
+    /// matched, so any rejection warp produced itself is about the method.
+    pub fn from_rejection(rejection: &Rejection) -> Self {
+        if let Some(error) = rejection.find::<ApiError>() {
+            return error.duplicate();
+        }
+        if rejection.is_not_found() {
+            Self::NotFound
+        } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+            Self::PayloadTooLarge { limit: 0 }
+        } else {
+            Self::MethodNotAllowed
+        }
+    }
+
+    /// Rejections hand out references; the few errors raised as rejections
+    /// are rebuilt from them.
+    fn duplicate(&self) -> Self {
+        match self {
+            Self::InvalidHeader { name, message } => Self::InvalidHeader { name, message },
+            Self::BodyRead => Self::BodyRead,
+            Self::PayloadTooLarge { limit } => Self::PayloadTooLarge { limit: *limit },
+            Self::UnsupportedMediaType { expected } => Self::UnsupportedMediaType { expected },
+            Self::NotFound => Self::NotFound,
+            Self::MethodNotAllowed => Self::MethodNotAllowed,
+            // Validation, decoding and publishing happen in handlers, which
+            // answer directly; they never travel as rejections.
+            Self::Invalid(_) | Self::Malformed(_) | Self::Unavailable(_) => Self::BodyRead,
+        }
+    }
+}

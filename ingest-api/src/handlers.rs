@@ -1,0 +1,121 @@
+//! Request handlers. Each one answers every outcome itself, so that the
+//! format of an error depends on the door it came through.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use score_shared::event::{idempotent_event_id, new_event_id};
+use score_shared::{Channel, RawSubmission, ScoreSubmitted, Submission, ValidationRules};
+use warp::http::StatusCode;
+use warp::reply::{self, Reply, Response};
+
+use crate::error::{ApiError, LEGACY_SUCCESS};
+use crate::publisher::{Publisher, Receipt};
+use crate::routes::MediaType;
+use crate::wire;
+
+/// What every handler needs, injected by the routes.
+#[derive(Clone)]
+pub struct AppState {
+    pub publisher: Publisher,
+    pub rules: Arc<ValidationRules>,
+    pub body_limit_bytes: u64,
+}
+
+/// How long `/readyz` waits for the broker.
+const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `POST /score`.
+pub async fn legacy_score(
+    media_type: MediaType,
+    idempotency_key: Option<String>,
+    body: Bytes,
+    state: AppState,
+) -> Response {
+    let (channel, decoded) = match media_type {
+        MediaType::Form => (Channel::LegacyForm, wire::legacy_form(&body)),
+        MediaType::Json => (Channel::LegacyJson, wire::legacy_json(&body)),
+    };
+    let outcome = match decoded {
+        Ok(raw) => submit(&state, channel, &raw, idempotency_key.as_deref()).await,
+        Err(error) => Err(error.into()),
+    };
+    match outcome {
+        Ok(_) => reply::json(&LEGACY_SUCCESS).into_response(),
+        Err(error) => error.to_legacy_response(),
+    }
+}
+
+/// `POST /v1/scores`.
+pub async fn v1_score(
+    _media_type: MediaType,
+    idempotency_key: Option<String>,
+    body: Bytes,
+    state: AppState,
+) -> Response {
+    let outcome = match wire::v1_json(&body) {
+        Ok(raw) => submit(&state, Channel::ApiV1, &raw, idempotency_key.as_deref()).await,
+        Err(error) => Err(error.into()),
+    };
+    match outcome {
+        Ok((event, receipt)) => {
+            let body = serde_json::json!({
+                "event_id": event.event_id,
+                "status": "accepted",
+                "partition": receipt.partition,
+                "offset": receipt.offset,
+            });
+            reply::with_status(reply::json(&body), StatusCode::ACCEPTED).into_response()
+        }
+        Err(error) => error.to_v1_response(),
+    }
+}
+
+/// Validates, builds the event and appends it. Returns only once the broker
+/// has acknowledged the event, or with the reason it could not.
+#[tracing::instrument(name = "submit", skip_all, fields(channel = ?channel, account, event_id))]
+async fn submit(
+    state: &AppState,
+    channel: Channel,
+    raw: &RawSubmission,
+    idempotency_key: Option<&str>,
+) -> Result<(ScoreSubmitted, Receipt), ApiError> {
+    let submission = Submission::parse(raw, &state.rules).inspect_err(|errors| {
+        let fields: Vec<_> = errors.0.iter().map(|e| e.field).collect();
+        tracing::info!(?fields, "submission rejected");
+    })?;
+    let span = tracing::Span::current();
+    span.record("account", tracing::field::display(&submission.account));
+    let event_id = match idempotency_key {
+        Some(key) => idempotent_event_id(key, submission.account.as_str()),
+        None => new_event_id(),
+    };
+    span.record("event_id", tracing::field::display(event_id));
+    let event = ScoreSubmitted::new(event_id, channel, &submission);
+    match state.publisher.publish(&event).await {
+        Ok(receipt) => {
+            tracing::debug!(partition = receipt.partition, offset = receipt.offset, "event appended");
+            Ok((event, receipt))
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "event not appended");
+            Err(error.into())
+        }
+    }
+}
+
+/// `GET /healthz`.
+pub async fn healthz() -> Response {
+    reply::json(&serde_json::json!({"status": "ok"})).into_response()
+}
+
+/// `GET /readyz`.
+pub async fn readyz(state: AppState) -> Response {
+    if state.publisher.is_ready(READINESS_PROBE_TIMEOUT).await {
+        reply::json(&serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        let body = reply::json(&serde_json::json!({"status": "broker unavailable"}));
+        reply::with_status(body, StatusCode::SERVICE_UNAVAILABLE).into_response()
+    }
+}

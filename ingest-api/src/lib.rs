@@ -1,0 +1,28 @@
+//! The ingest API: the HTTP front door of the score pipeline.
+//!
+//! A request flows through these modules in order:
+//!
+//! 1. [`routes`]: one filter function per endpoint; checks method, media
+//!    type, `Idempotency-Key` and the body size limit.
+//! 2. [`wire`]: decodes the body (the mini-program's legacy form, or JSON)
+//!    into a [`score_shared::RawSubmission`].
+//! 3. [`handlers`]: validates it with [`score_shared::Submission::parse`],
+//!    builds the `ScoreSubmitted` event and hands it to the publisher.
+//! 4. [`publisher`]: appends the event to Kafka and waits for the broker's
+//!    acknowledgment (`acks=all`, idempotent producer), bounded in time.
+//! 5. [`error`]: the one place errors become responses, in the format of
+//!    the door they came through.
+//!
+//! [`startup`] binds and runs it all; [`config`] lists every setting.
+//! **A 2xx is sent only after the broker acknowledged the event.**
+
+pub mod config;
+pub mod error;
+pub mod handlers;
+pub mod publisher;
+pub mod routes;
+pub mod startup;
+pub mod wire;
+
+pub use config::Config;
+pub use startup::Application;

@@ -1,0 +1,174 @@
+//! The routes, each built by one function. Handlers live in [`crate::handlers`].
+//!
+//! Once a route's path has matched, it answers every request itself (in its
+//! own error format), so `or` only falls through on paths.
+
+use std::convert::Infallible;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use warp::http::HeaderMap;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use crate::error::ApiError;
+use crate::handlers::{self, AppState};
+
+/// Every route, with the fallback that answers unknown paths.
+pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    legacy_score(state.clone())
+        .or(v1_scores(state.clone()))
+        .unify()
+        .or(healthz())
+        .unify()
+        .or(readyz(state))
+        .unify()
+        .recover(|rejection: Rejection| async move {
+            Ok::<_, Infallible>(ApiError::from_rejection(&rejection).to_v1_response())
+        })
+        .unify()
+}
+
+/// `POST /score`: the mini-program's form (or the same fields as JSON);
+/// answers with the JSON string it shows as a toast.
+pub fn legacy_score(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = state.body_limit_bytes;
+    let submit = warp::post()
+        .and(media_type(&[MediaType::Form, MediaType::Json], "application/x-www-form-urlencoded or application/json"))
+        .and(idempotency_key())
+        .and(limited_body(limit))
+        .and(with_state(state))
+        .then(handlers::legacy_score)
+        .recover(|rejection: Rejection| async move {
+            Ok::<_, Infallible>(ApiError::from_rejection(&rejection).to_legacy_response())
+        })
+        .unify();
+    warp::path!("score").and(submit)
+}
+
+/// `POST /v1/scores`: a JSON object; answers `202` with the event's id and
+/// its place in the log.
+pub fn v1_scores(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = state.body_limit_bytes;
+    let submit = warp::post()
+        .and(media_type(&[MediaType::Json], "application/json"))
+        .and(idempotency_key())
+        .and(limited_body(limit))
+        .and(with_state(state))
+        .then(handlers::v1_score)
+        .recover(|rejection: Rejection| async move {
+            Ok::<_, Infallible>(ApiError::from_rejection(&rejection).to_v1_response())
+        })
+        .unify();
+    warp::path!("v1" / "scores").and(submit)
+}
+
+/// `GET /healthz`: the process is alive.
+pub fn healthz() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("healthz").and(warp::get()).then(handlers::healthz)
+}
+
+/// `GET /readyz`: the broker answers; 503 otherwise.
+pub fn readyz(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("readyz")
+        .and(warp::get())
+        .and(with_state(state))
+        .then(handlers::readyz)
+}
+
+fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// The body encodings a route accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaType {
+    Form,
+    Json,
+}
+
+/// Extracts the request's media type when it is one of `accepted`; rejects
+/// with 415 otherwise (and when the header is missing).
+fn media_type(
+    accepted: &'static [MediaType],
+    expected: &'static str,
+) -> impl Filter<Extract = (MediaType,), Error = Rejection> + Clone {
+    warp::header::headers_cloned().and_then(move |headers: HeaderMap| async move {
+        let essence = headers
+            .get(warp::http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| value.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        let media_type = match essence.as_deref() {
+            Some("application/x-www-form-urlencoded") => Some(MediaType::Form),
+            Some("application/json") => Some(MediaType::Json),
+            _ => None,
+        };
+        match media_type {
+            Some(media_type) if accepted.contains(&media_type) => Ok(media_type),
+            _ => Err(warp::reject::custom(ApiError::UnsupportedMediaType { expected })),
+        }
+    })
+}
+
+/// Longest accepted `Idempotency-Key`.
+const IDEMPOTENCY_KEY_MAX_LEN: usize = 255;
+
+/// The optional `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+fn idempotency_key() -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Clone {
+    warp::header::headers_cloned().and_then(|headers: HeaderMap| async move {
+        let Some(value) = headers.get("idempotency-key") else {
+            return Ok(None);
+        };
+        let valid = value
+            .to_str()
+            .ok()
+            .filter(|key| (1..=IDEMPOTENCY_KEY_MAX_LEN).contains(&key.len()))
+            .filter(|key| key.bytes().all(|b| b.is_ascii_graphic()));
+        match valid {
+            Some(key) => Ok(Some(key.to_owned())),
+            None => Err(warp::reject::custom(ApiError::InvalidHeader {
+                name: "Idempotency-Key",
+                message: "must be 1 to 255 visible ASCII characters",
+            })),
+        }
+    })
+}
+
+/// The request body, refused with 413 as soon as it is known to exceed
+/// `limit`: from `Content-Length` before reading, or while reading a body
+/// that declared none (chunked).
+fn limited_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::header::headers_cloned()
+        .and_then(move |headers: HeaderMap| async move {
+            let declared = headers
+                .get(warp::http::header::CONTENT_LENGTH)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse::<u64>().ok());
+            match declared {
+                Some(length) if length > limit => {
+                    Err(warp::reject::custom(ApiError::PayloadTooLarge { limit }))
+                }
+                _ => Ok(()),
+            }
+        })
+        .untuple_one()
+        .and(warp::body::stream())
+        .and_then(move |stream| collect_limited(stream, limit))
+}
+
+async fn collect_limited<B: Buf>(
+    stream: impl Stream<Item = Result<B, warp::Error>>,
+    limit: u64,
+) -> Result<Bytes, Rejection> {
+    let mut stream = std::pin::pin!(stream);
+    let mut body = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| warp::reject::custom(ApiError::BodyRead))?;
+        if (body.len() + chunk.remaining()) as u64 > limit {
+            return Err(warp::reject::custom(ApiError::PayloadTooLarge { limit }));
+        }
+        body.put(chunk);
+    }
+    Ok(body.freeze())
+}
+

@@ -1,0 +1,286 @@
+//! The events written to the log.
+//!
+//! Every event is a self-describing JSON object: an envelope of `type` and
+//! `version` beside the payload's fields, for example
+//!
+//! ```json
+//! {"type":"ScoreSubmitted","version":1,"event_id":"0192…","occurred_at":"2026-11-25T08:00:00.123456Z",
+//!  "channel":"legacy_form","acc_nbr":"13800138000","grade1":5,"grade2":4,"grade3":3,
+//!  "txt1":"服務很好","txt2":"","txt3":""}
+//! ```
+//!
+//! Readers dispatch on `(type, version)` and ignore fields they do not know,
+//! so a writer may add optional fields without breaking older readers.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::submission::{RawSubmission, Submission, ValidationErrors};
+use crate::domain::ValidationRules;
+
+/// The `type` of a [`ScoreSubmitted`] event.
+pub const SCORE_SUBMITTED: &str = "ScoreSubmitted";
+/// The version of [`ScoreSubmitted`] this code writes.
+pub const SCORE_SUBMITTED_VERSION: u32 = 1;
+
+/// Namespace of the deterministic event ids derived from an idempotency key.
+const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6f1d_52a8_7c1e_4b0e_9a57_3c1f_0d2e_8b41);
+
+/// Through which door a submission came in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    /// `POST /score` with the mini-program's form encoding.
+    LegacyForm,
+    /// `POST /score` with a JSON object body.
+    LegacyJson,
+    /// `POST /v1/scores`.
+    ApiV1,
+    /// A channel added by a newer writer; kept readable by older readers.
+    #[serde(other)]
+    Other,
+}
+
+impl Channel {
+    /// The channel's name as written in events and in `grade.channel`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LegacyForm => "legacy_form",
+            Self::LegacyJson => "legacy_json",
+            Self::ApiV1 => "api_v1",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// A person rated the service. Version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScoreSubmitted {
+    pub event_id: Uuid,
+    /// When the ingest API received the submission (microsecond precision,
+    /// so that a replay into `DATETIME(6)` reproduces it exactly).
+    pub occurred_at: DateTime<Utc>,
+    pub channel: Channel,
+    pub acc_nbr: String,
+    pub grade1: i32,
+    pub grade2: i32,
+    pub grade3: i32,
+    pub txt1: String,
+    pub txt2: String,
+    pub txt3: String,
+}
+
+impl ScoreSubmitted {
+    /// The event for a validated submission received now.
+    pub fn new(event_id: Uuid, channel: Channel, submission: &Submission) -> Self {
+        let [grade1, grade2, grade3] = submission.grades.map(|g| g.value());
+        let [txt1, txt2, txt3] = submission.texts.clone().map(|t| t.into_inner());
+        Self {
+            event_id,
+            occurred_at: Utc::now().trunc_subsecs(6),
+            channel,
+            acc_nbr: submission.account.as_str().to_owned(),
+            grade1,
+            grade2,
+            grade3,
+            txt1,
+            txt2,
+            txt3,
+        }
+    }
+
+    /// Checks the payload against the rules, exactly as the ingest API did.
+    /// The log may hold events written by other tools, so a reader checks.
+    ///
+    /// # Errors
+    ///
+    /// [`ValidationErrors`] naming each field that broke a rule.
+    pub fn validate(&self, rules: &ValidationRules) -> Result<Submission, ValidationErrors> {
+        let raw = RawSubmission {
+            acc_nbr: Some(self.acc_nbr.clone().into()),
+            grades: [self.grade1, self.grade2, self.grade3].map(|g| Some(g.into())),
+            texts: [&self.txt1, &self.txt2, &self.txt3].map(|t| Some(t.clone().into())),
+        };
+        Submission::parse(&raw, rules)
+    }
+
+    /// Serializes the event with its envelope.
+    pub fn encode(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            #[serde(rename = "type")]
+            event_type: &'static str,
+            version: u32,
+            #[serde(flatten)]
+            payload: &'a ScoreSubmitted,
+        }
+        serde_json::to_vec(&Envelope {
+            event_type: SCORE_SUBMITTED,
+            version: SCORE_SUBMITTED_VERSION,
+            payload: self,
+        })
+        .expect("an event always serializes")
+    }
+}
+
+/// A new random, time-ordered event id.
+pub fn new_event_id() -> Uuid {
+    Uuid::now_v7()
+}
+
+/// The event id for a client's retry-safe submission: the same idempotency
+/// key for the same account always gives the same id.
+pub fn idempotent_event_id(idempotency_key: &str, account: &str) -> Uuid {
+    let mut name = Vec::with_capacity(idempotency_key.len() + account.len() + 1);
+    name.extend_from_slice(account.as_bytes());
+    // A separator that cannot occur in an account number keeps
+    // ("1", "23") and ("12", "3") apart.
+    name.push(b'\n');
+    name.extend_from_slice(idempotency_key.as_bytes());
+    Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, &name)
+}
+
+/// Every event this code can read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    ScoreSubmitted(ScoreSubmitted),
+}
+
+/// Why bytes read from the log are not an event this code understands.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("payload is not a JSON object with \"type\" and \"version\": {0}")]
+    NoEnvelope(serde_json::Error),
+    #[error("unknown event type {event_type:?} version {version}")]
+    Unknown { event_type: String, version: u64 },
+    #[error("{event_type} v{version} payload is malformed: {source}")]
+    Payload {
+        event_type: &'static str,
+        version: u64,
+        source: serde_json::Error,
+    },
+}
+
+/// Decodes one event, dispatching on its `(type, version)`.
+///
+/// # Errors
+///
+/// [`DecodeError`] says whether the envelope, the type and version, or the
+/// payload could not be read.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    #[derive(Deserialize)]
+    struct Header {
+        #[serde(rename = "type")]
+        event_type: String,
+        version: u64,
+    }
+    let header: Header = serde_json::from_slice(bytes).map_err(DecodeError::NoEnvelope)?;
+    match (header.event_type.as_str(), header.version) {
+        (SCORE_SUBMITTED, 1) => serde_json::from_slice(bytes)
+            .map(Event::ScoreSubmitted)
+            .map_err(|source| DecodeError::Payload {
+                event_type: SCORE_SUBMITTED,
+                version: 1,
+                source,
+            }),
+        _ => Err(DecodeError::Unknown {
+            event_type: header.event_type,
+            version: header.version,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn event() -> ScoreSubmitted {
+        let raw = RawSubmission {
+            acc_nbr: Some(json!("13800138000")),
+            grades: [Some(json!(5)), Some(json!(4)), Some(json!(3))],
+            texts: [Some(json!("服務很好 👍")), Some(json!("'); DROP TABLE grade; --")), None],
+        };
+        let submission = Submission::parse(&raw, &ValidationRules::default()).unwrap();
+        ScoreSubmitted::new(new_event_id(), Channel::LegacyForm, &submission)
+    }
+
+    #[test]
+    fn an_encoded_event_decodes_to_itself() {
+        let original = event();
+        let Event::ScoreSubmitted(decoded) = decode(&original.encode()).unwrap();
+        assert_eq!(decoded, original);
+    }
+
+    #[test]
+    fn the_envelope_names_type_and_version() {
+        let value: serde_json::Value = serde_json::from_slice(&event().encode()).unwrap();
+        assert_eq!(value["type"], "ScoreSubmitted");
+        assert_eq!(value["version"], 1);
+        assert_eq!(value["channel"], "legacy_form");
+        assert_eq!(value["channel"], Channel::LegacyForm.as_str());
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let mut value: serde_json::Value = serde_json::from_slice(&event().encode()).unwrap();
+        value["added_later"] = json!({"nested": true});
+        let bytes = serde_json::to_vec(&value).unwrap();
+        assert!(decode(&bytes).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_version_is_reported_as_such() {
+        let mut value: serde_json::Value = serde_json::from_slice(&event().encode()).unwrap();
+        value["version"] = json!(99);
+        let error = decode(&serde_json::to_vec(&value).unwrap()).unwrap_err();
+        assert!(matches!(error, DecodeError::Unknown { version: 99, .. }), "{error}");
+    }
+
+    #[test]
+    fn bytes_that_are_not_json_are_reported_as_such() {
+        assert!(matches!(decode(b"\xff not json"), Err(DecodeError::NoEnvelope(_))));
+    }
+
+    #[test]
+    fn a_payload_missing_a_field_is_reported_as_such() {
+        let mut value: serde_json::Value = serde_json::from_slice(&event().encode()).unwrap();
+        value.as_object_mut().unwrap().remove("grade2");
+        let error = decode(&serde_json::to_vec(&value).unwrap()).unwrap_err();
+        assert!(matches!(error, DecodeError::Payload { .. }), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_channel_still_decodes() {
+        let mut value: serde_json::Value = serde_json::from_slice(&event().encode()).unwrap();
+        value["channel"] = json!("carrier_pigeon");
+        let Event::ScoreSubmitted(decoded) = decode(&serde_json::to_vec(&value).unwrap()).unwrap();
+        assert_eq!(decoded.channel, Channel::Other);
+    }
+
+    #[test]
+    fn the_same_idempotency_key_and_account_give_the_same_event_id() {
+        assert_eq!(
+            idempotent_event_id("key-1", "13800138000"),
+            idempotent_event_id("key-1", "13800138000")
+        );
+        assert_ne!(
+            idempotent_event_id("key-1", "13800138000"),
+            idempotent_event_id("key-1", "13800138001")
+        );
+        assert_ne!(
+            idempotent_event_id("key-1", "13800138000"),
+            idempotent_event_id("key-2", "13800138000")
+        );
+    }
+
+    #[test]
+    fn an_event_that_breaks_a_rule_fails_validation() {
+        let mut invalid = event();
+        invalid.grade2 = 9;
+        let errors = invalid.validate(&ValidationRules::default()).unwrap_err();
+        assert_eq!(errors.0[0].field, "grade2");
+    }
+}

@@ -1,0 +1,32 @@
+//! The contract of the score pipeline, in one place.
+//!
+//! Everything the ingest API and the projector must agree on lives here, in
+//! the order a submission flows through it:
+//!
+//! 1. [`submission`]: the loosely typed fields a client sent ([`RawSubmission`])
+//!    and the one function that turns them into a validated [`Submission`].
+//! 2. [`domain`]: the validated newtypes ([`AccountNumber`], [`Grade`],
+//!    [`CommentText`]) and the configurable [`ValidationRules`] they obey.
+//! 3. [`event`]: the `ScoreSubmitted` envelope written to the log, its encoder
+//!    and the decoder that dispatches on `(type, version)`.
+//! 4. [`kafka`]: client settings with safe defaults and topic provisioning.
+//! 5. [`config`] and [`telemetry`]: the `SCORES_*` settings both binaries read
+//!    and the one tracing setup they share.
+//! 6. [`privacy`]: masking of phone numbers before they reach a log line;
+//!    [`shutdown`]: the stop signal (Ctrl-C or SIGTERM).
+//!
+//! No other crate defines the event schema or a validation rule.
+
+pub mod config;
+pub mod domain;
+pub mod event;
+pub mod kafka;
+pub mod privacy;
+pub mod submission;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use domain::{AccountNumber, CommentText, Grade, ValidationRules};
+pub use event::{Channel, DecodeError, Event, ScoreSubmitted};
+pub use privacy::masked;
+pub use submission::{FIELD_NAMES, FieldError, RawSubmission, Submission, ValidationErrors};
