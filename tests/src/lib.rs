@@ -1,0 +1,378 @@
+//! Harness for the end-to-end tests: each test gets its own topic on the real
+//! broker, its own database on the real MariaDB, an ingest API on port 0 and
+//! an in-process projector, all built by the same functions the binaries use.
+//!
+//! Where the services are comes from `SCORES_TEST_KAFKA_BROKERS` (default
+//! `127.0.0.1:9092`) and `SCORES_TEST_MYSQL_URL` (default
+//! `mysql://root@127.0.0.1:3306`); `./deploy/local test` starts both. A test
+//! whose service is missing fails with a message saying so: none skips.
+//! Logs are printed only when `TEST_LOG` is set.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Once;
+use std::time::Duration;
+
+use ingest_api::Application;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use projector::Projector;
+use projector::config::{DatabaseArgs, RunArgs};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use score_shared::config::{KafkaArgs, LogArgs, ValidationArgs};
+use score_shared::telemetry::LogFormat;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::{ConnectOptions, Executor};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Prefix of every database a test creates; `./deploy/local test` drops
+/// leftovers of earlier runs by it.
+pub const TEST_DATABASE_PREFIX: &str = "scores_test_";
+
+/// The broker the tests use.
+pub fn kafka_brokers() -> String {
+    std::env::var("SCORES_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// The MariaDB server the tests use (no database in the URL).
+pub fn mysql_server_url() -> String {
+    std::env::var("SCORES_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+}
+
+/// Installs a log subscriber when `TEST_LOG` is set.
+pub fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            score_shared::telemetry::init(LogFormat::Text);
+        }
+    });
+}
+
+fn unique_name(prefix: &str) -> String {
+    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// A topic of its own, created on the real broker.
+pub struct TestTopic {
+    pub kafka: KafkaArgs,
+}
+
+impl TestTopic {
+    /// Creates a topic with `partitions` partitions.
+    ///
+    /// # Panics
+    ///
+    /// When the broker cannot be reached: the tests need it.
+    pub async fn create(partitions: i32) -> Self {
+        let kafka = kafka_args(&unique_name("score-events-test-"), partitions);
+        let created = tokio::time::timeout(
+            Duration::from_secs(20),
+            score_shared::kafka::ensure_topic(&kafka),
+        )
+        .await;
+        match created {
+            Ok(Ok(())) => Self { kafka },
+            Ok(Err(error)) => panic!(
+                "the Kafka broker at {} refused to create a topic ({error:#}); \
+                 start the stack with ./deploy/local test",
+                kafka.kafka_brokers
+            ),
+            Err(_) => panic!(
+                "no Kafka broker answered at {} within 20 s; start the stack with ./deploy/local test",
+                kafka.kafka_brokers
+            ),
+        }
+    }
+
+    /// The topic's name.
+    pub fn name(&self) -> &str {
+        &self.kafka.topic
+    }
+
+    /// Sum of the high watermarks of all partitions: how many records the
+    /// topic holds.
+    pub async fn record_count(&self) -> i64 {
+        self.high_watermarks().await.values().sum()
+    }
+
+    /// High watermark per partition.
+    pub async fn high_watermarks(&self) -> HashMap<i32, i64> {
+        let kafka = self.kafka.clone();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = score_shared::kafka::admin_config(&kafka)
+                .create()
+                .expect("creating a metadata consumer");
+            (0..kafka.topic_partitions)
+                .map(|partition| {
+                    let (_, high) = consumer
+                        .fetch_watermarks(&kafka.topic, partition, Timeout::After(Duration::from_secs(10)))
+                        .expect("fetching watermarks");
+                    (partition, high)
+                })
+                .collect()
+        })
+        .await
+        .expect("watermark task")
+    }
+
+    /// Writes raw bytes straight to the topic, bypassing the ingest API (to
+    /// plant events the API would never write).
+    pub async fn produce_raw(&self, partition: i32, key: &str, payload: &[u8]) -> i64 {
+        let producer: FutureProducer = score_shared::kafka::producer_config(&self.kafka, Duration::from_secs(10))
+            .create()
+            .expect("creating a producer");
+        let record = FutureRecord::to(self.name()).partition(partition).key(key).payload(payload);
+        let delivery = producer
+            .send(record, Timeout::After(Duration::from_secs(10)))
+            .await
+            .expect("the broker acknowledges a raw record");
+        delivery.offset
+    }
+}
+
+/// Kafka settings for a test topic.
+pub fn kafka_args(topic: &str, partitions: i32) -> KafkaArgs {
+    KafkaArgs {
+        kafka_brokers: kafka_brokers(),
+        topic: topic.to_owned(),
+        topic_partitions: partitions,
+        topic_replication: 1,
+        kafka_options: vec!["broker.address.family=v4".parse().unwrap()],
+    }
+}
+
+/// A database of its own on the real MariaDB, migrated.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    pub pool: MySqlPool,
+}
+
+impl TestDatabase {
+    /// Creates and migrates a fresh database.
+    ///
+    /// # Panics
+    ///
+    /// When MariaDB cannot be reached: the tests need it.
+    pub async fn create() -> Self {
+        let server = mysql_server_url();
+        let name = unique_name(TEST_DATABASE_PREFIX);
+        let url = format!("{server}/{name}");
+        let mut admin = MySqlConnectOptions::from_str(&server)
+            .expect("SCORES_TEST_MYSQL_URL is a MySQL URL")
+            .connect()
+            .await
+            .unwrap_or_else(|error| {
+                panic!("MariaDB is not reachable at {server} ({error}); start the stack with ./deploy/local test")
+            });
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4")))
+            .await
+            .expect("creating the test database");
+        let database = DatabaseArgs { database_url: url.clone(), database_max_connections: 4 };
+        let pool = projector::db::pool(&database).expect("pool");
+        projector::db::migrate(&database, &pool).await.expect("migrating the test database");
+        let pool = MySqlPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .expect("connecting to the test database");
+        Self { name, url, pool }
+    }
+
+    /// Settings for a projector writing into this database.
+    pub fn args(&self) -> DatabaseArgs {
+        DatabaseArgs { database_url: self.url.clone(), database_max_connections: 4 }
+    }
+
+    /// Rows in `grade`.
+    pub async fn grade_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM grade")
+            .fetch_one(&self.pool)
+            .await
+            .expect("counting grade rows")
+    }
+
+    /// Every `event_id` in `grade`, with how often it occurs.
+    pub async fn event_id_counts(&self) -> HashMap<String, i64> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT event_id, COUNT(*) FROM grade GROUP BY event_id")
+                .fetch_all(&self.pool)
+                .await
+                .expect("reading event ids");
+        rows.into_iter().collect()
+    }
+
+    /// Drops the database (called at the end of a passing test).
+    pub async fn drop_database(self) {
+        self.pool.close().await;
+        let mut admin = MySqlConnectOptions::from_str(&mysql_server_url())
+            .expect("URL")
+            .connect()
+            .await
+            .expect("connecting to drop the test database");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{}`", self.name)))
+            .await
+            .expect("dropping the test database");
+    }
+}
+
+/// Polls `probe` every 50 ms until it returns true, for at most `limit`.
+/// Returns whether it did.
+pub async fn eventually<F, Fut>(limit: Duration, mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if probe().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An ingest API running in this process on port 0.
+pub struct RunningApi {
+    pub address: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningApi {
+    /// Starts the API for `kafka` with the default settings otherwise.
+    pub async fn start(kafka: &KafkaArgs) -> Self {
+        Self::start_with(api_config(kafka)).await
+    }
+
+    /// Starts the API with `config`.
+    pub async fn start_with(config: ingest_api::Config) -> Self {
+        init_logs();
+        let application = Application::build(config).await.expect("building the ingest API");
+        let address = application.address();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(application.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        Self { address, stop: Some(stop), task }
+    }
+
+    /// `http://address/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Stops gracefully and waits for the flush.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("api task").expect("api run");
+    }
+}
+
+/// The ingest API's settings for a test: port 0, everything else default.
+pub fn api_config(kafka: &KafkaArgs) -> ingest_api::Config {
+    ingest_api::Config {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        publish_timeout_ms: 5000,
+        body_limit_bytes: 16 * 1024,
+        shutdown_flush_ms: 5000,
+        kafka: kafka.clone(),
+        validation: ValidationArgs::default(),
+        log: LogArgs { log_format: LogFormat::Text },
+    }
+}
+
+/// A projector running in this process.
+pub struct RunningProjector {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningProjector {
+    /// Starts a projector of `kafka`'s topic into `database`.
+    pub fn start(kafka: &KafkaArgs, database: &TestDatabase, group: &str) -> Self {
+        init_logs();
+        let args = RunArgs {
+            database: database.args(),
+            kafka: kafka.clone(),
+            consumer_group: group.to_owned(),
+            batch_size: 100,
+            batch_wait_ms: 20,
+            validation: ValidationArgs::default(),
+            log: LogArgs { log_format: LogFormat::Text },
+        };
+        let projector = Projector::build(args).expect("building the projector");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(projector.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        Self { stop: Some(stop), task }
+    }
+
+    /// Asks it to stop (it finishes the batch in hand) and waits.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("projector task").expect("projector run");
+    }
+
+    /// Stops it at once wherever it is, mid-batch included, like a crash:
+    /// an open MySQL transaction is rolled back.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// A fresh consumer group name.
+pub fn unique_group() -> String {
+    unique_name("projector-test-")
+}
+
+/// The exact body the mini-program's `wx.request` sends for these values:
+/// each value `JSON.stringify`'d, then form-encoded like
+/// `encodeURIComponent` does.
+pub fn legacy_form_body(acc_nbr: &str, grades: [&str; 3], texts: [&str; 3]) -> String {
+    let stringify = |text: &str| serde_json::to_string(text).expect("a string serializes");
+    let mut pairs = vec![("acc_nbr", stringify(acc_nbr))];
+    for (name, grade) in ["grade1", "grade2", "grade3"].into_iter().zip(grades) {
+        pairs.push((name, grade.to_owned()));
+    }
+    for (name, text) in ["txt1", "txt2", "txt3"].into_iter().zip(texts) {
+        pairs.push((name, stringify(text)));
+    }
+    pairs
+        .into_iter()
+        .map(|(name, value)| format!("{name}={}", encode_uri_component(&value)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// JavaScript's `encodeURIComponent`: everything but ASCII letters, digits
+/// and `-_.!~*'()` is percent-encoded as UTF-8.
+fn encode_uri_component(text: &str) -> String {
+    const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'!')
+        .remove(b'~')
+        .remove(b'*')
+        .remove(b'\'')
+        .remove(b'(')
+        .remove(b')');
+    utf8_percent_encode(text, COMPONENT).to_string()
+}
