@@ -13,6 +13,28 @@ use serde_json::{Value, json};
 /// How long a projected row may take to appear before a test fails.
 const PROJECTION_LIMIT: Duration = Duration::from_secs(30);
 
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+struct GradeRow {
+    acc_nbr: String,
+    grade1: i32,
+    grade2: i32,
+    grade3: i32,
+    txt1: String,
+    txt2: String,
+    txt3: String,
+    channel: String,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct DeadLetter {
+    projection: String,
+    kafka_partition: i32,
+    kafka_offset: i64,
+    message_key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    error: String,
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -20,7 +42,11 @@ fn client() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
-async fn post_v1(api: &RunningApi, body: &Value, idempotency_key: Option<&str>) -> reqwest::Response {
+async fn post_v1(
+    api: &RunningApi,
+    body: &Value,
+    idempotency_key: Option<&str>,
+) -> reqwest::Response {
     let mut request = client().post(api.url("/v1/scores")).json(body);
     if let Some(key) = idempotency_key {
         request = request.header("Idempotency-Key", key);
@@ -42,7 +68,11 @@ async fn the_mini_programs_request_byte_for_byte_lands_as_one_row() {
 
     // What wx.request sends for data {acc_nbr, grade1..3, txt1..3}, each
     // value JSON.stringify'd, with the article's misspelt header.
-    let body = legacy_form_body("13800138000", ["5", "\"4\"", "3"], ["服務很好", "", "👍 fast"]);
+    let body = legacy_form_body(
+        "13800138000",
+        ["5", "\"4\"", "3"],
+        ["服務很好", "", "👍 fast"],
+    );
     let response = client()
         .post(api.url("/score"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -54,31 +84,35 @@ async fn the_mini_programs_request_byte_for_byte_lands_as_one_row() {
 
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/json");
-    assert_eq!(response.bytes().await.unwrap(), "\"數據提交成功\"".as_bytes());
+    assert_eq!(
+        response.bytes().await.unwrap(),
+        "\"數據提交成功\"".as_bytes()
+    );
 
     assert!(
-        eventually(PROJECTION_LIMIT, || async { database.grade_count().await >= 1 }).await,
+        eventually(PROJECTION_LIMIT, || async {
+            database.grade_count().await >= 1
+        })
+        .await,
         "the submission was not projected"
     );
-    let rows: Vec<(String, i32, i32, i32, String, String, String, String)> = sqlx::query_as(
+    let rows: Vec<GradeRow> = sqlx::query_as(
         "SELECT acc_nbr, grade1, grade2, grade3, txt1, txt2, txt3, channel FROM grade",
     )
     .fetch_all(&database.pool)
     .await
     .unwrap();
-    assert_eq!(
-        rows,
-        [(
-            "13800138000".to_owned(),
-            5,
-            4,
-            3,
-            "服務很好".to_owned(),
-            String::new(),
-            "👍 fast".to_owned(),
-            "legacy_form".to_owned()
-        )]
-    );
+    let expected = GradeRow {
+        acc_nbr: "13800138000".into(),
+        grade1: 5,
+        grade2: 4,
+        grade3: 3,
+        txt1: "服務很好".into(),
+        txt2: String::new(),
+        txt3: "👍 fast".into(),
+        channel: "legacy_form".into(),
+    };
+    assert_eq!(rows, [expected]);
 
     projector.stop().await;
     api.stop().await;
@@ -96,7 +130,10 @@ async fn v1_answers_202_and_the_same_idempotency_key_yields_one_row() {
     assert_eq!(plain.status(), 202);
     let plain: Value = plain.json().await.unwrap();
     assert_eq!(plain["status"], "accepted");
-    assert!(plain["partition"].is_i64() && plain["offset"].is_i64(), "{plain}");
+    assert!(
+        plain["partition"].is_i64() && plain["offset"].is_i64(),
+        "{plain}"
+    );
 
     let mut answers = Vec::new();
     for _ in 0..3 {
@@ -123,13 +160,22 @@ async fn v1_answers_202_and_the_same_idempotency_key_yields_one_row() {
     })
     .await;
     assert!(passed, "the projector did not reach offset {last_offset}");
-    assert!(eventually(PROJECTION_LIMIT, || async { database.grade_count().await == 2 }).await);
+    assert!(
+        eventually(PROJECTION_LIMIT, || async {
+            database.grade_count().await == 2
+        })
+        .await
+    );
 
     let counts = database.event_id_counts().await;
     let retried = answers[0]["event_id"].as_str().unwrap();
     assert_eq!(counts.get(retried), Some(&1), "{counts:?}");
     assert_eq!(counts.get(plain["event_id"].as_str().unwrap()), Some(&1));
-    assert_eq!(topic.record_count().await, 4, "every retry is in the log; the table has it once");
+    assert_eq!(
+        topic.record_count().await,
+        4,
+        "every retry is in the log; the table has it once"
+    );
 
     projector.stop().await;
     api.stop().await;
@@ -151,20 +197,32 @@ async fn two_hundred_concurrent_submissions_make_two_hundred_rows() {
             let body = submission(&format!("1380013{i:04}"));
             let response = client.post(url).json(&body).send().await.expect("answer");
             assert_eq!(response.status(), 202, "request {i}");
-            response.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().to_owned()
+            response.json::<Value>().await.unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
         }
     });
-    let acknowledged: HashSet<String> = futures::future::join_all(requests).await.into_iter().collect();
+    let acknowledged: HashSet<String> = futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .collect();
     assert_eq!(acknowledged.len(), 200);
 
     assert!(
-        eventually(PROJECTION_LIMIT, || async { database.grade_count().await >= 200 }).await,
+        eventually(PROJECTION_LIMIT, || async {
+            database.grade_count().await >= 200
+        })
+        .await,
         "only {} of 200 rows projected",
         database.grade_count().await
     );
     let counts = database.event_id_counts().await;
     assert_eq!(counts.keys().cloned().collect::<HashSet<_>>(), acknowledged);
-    assert!(counts.values().all(|count| *count == 1), "an event id occurs twice");
+    assert!(
+        counts.values().all(|count| *count == 1),
+        "an event id occurs twice"
+    );
 
     projector.stop().await;
     api.stop().await;
@@ -193,7 +251,12 @@ async fn chinese_emoji_and_sql_lookalikes_round_trip_byte_exact() {
         .unwrap();
     assert_eq!(response.status(), 200);
 
-    assert!(eventually(PROJECTION_LIMIT, || async { database.grade_count().await == 1 }).await);
+    assert!(
+        eventually(PROJECTION_LIMIT, || async {
+            database.grade_count().await == 1
+        })
+        .await
+    );
     let stored: (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) = sqlx::query_as(
         "SELECT CAST(acc_nbr AS BINARY), CAST(txt1 AS BINARY), CAST(txt2 AS BINARY), \
          CAST(txt3 AS BINARY) FROM grade",
@@ -218,18 +281,66 @@ async fn each_broken_rule_is_a_400_naming_the_field_and_appends_nothing() {
 
     let long_text = "好".repeat(501);
     let cases: Vec<(&str, Value, &str)> = vec![
-        ("account number missing", json!({"grade1": 5, "grade2": 5, "grade3": 5}), "acc_nbr"),
-        ("account number too short", json!({"acc_nbr": "1234", "grade1": 5, "grade2": 5, "grade3": 5}), "acc_nbr"),
-        ("account number with letters", json!({"acc_nbr": "1380013800x", "grade1": 5, "grade2": 5, "grade3": 5}), "acc_nbr"),
-        ("account number too long", json!({"acc_nbr": "1".repeat(21), "grade1": 5, "grade2": 5, "grade3": 5}), "acc_nbr"),
-        ("grade below range", json!({"acc_nbr": "13800138000", "grade1": 0, "grade2": 5, "grade3": 5}), "grade1"),
-        ("grade above range", json!({"acc_nbr": "13800138000", "grade1": 5, "grade2": 6, "grade3": 5}), "grade2"),
-        ("grade not an integer", json!({"acc_nbr": "13800138000", "grade1": 5, "grade2": 5, "grade3": 4.5}), "grade3"),
-        ("grade missing", json!({"acc_nbr": "13800138000", "grade1": 5, "grade2": 5}), "grade3"),
-        ("comment too long", json!({"acc_nbr": "13800138000", "grade1": 5, "grade2": 5, "grade3": 5, "txt1": long_text}), "txt1"),
-        ("comment with NUL", json!({"acc_nbr": "13800138000", "grade1": 5, "grade2": 5, "grade3": 5, "txt2": "a\u{0}b"}), "txt2"),
-        ("comment with escape code", json!({"acc_nbr": "13800138000", "grade1": 5, "grade2": 5, "grade3": 5, "txt3": "\u{1b}[2J"}), "txt3"),
-        ("comment not a string", json!({"acc_nbr": "13800138000", "grade1": 5, "grade2": 5, "grade3": 5, "txt1": {"a": 1}}), "txt1"),
+        (
+            "account number missing",
+            json!({"grade1": 5, "grade2": 5, "grade3": 5}),
+            "acc_nbr",
+        ),
+        (
+            "account number too short",
+            json!({"acc_nbr": "1234", "grade1": 5, "grade2": 5, "grade3": 5}),
+            "acc_nbr",
+        ),
+        (
+            "account number with letters",
+            json!({"acc_nbr": "1380013800x", "grade1": 5, "grade2": 5, "grade3": 5}),
+            "acc_nbr",
+        ),
+        (
+            "account number too long",
+            json!({"acc_nbr": "1".repeat(21), "grade1": 5, "grade2": 5, "grade3": 5}),
+            "acc_nbr",
+        ),
+        (
+            "grade below range",
+            json!({"acc_nbr": "13800138000", "grade1": 0, "grade2": 5, "grade3": 5}),
+            "grade1",
+        ),
+        (
+            "grade above range",
+            json!({"acc_nbr": "13800138000", "grade1": 5, "grade2": 6, "grade3": 5}),
+            "grade2",
+        ),
+        (
+            "grade not an integer",
+            json!({"acc_nbr": "13800138000", "grade1": 5, "grade2": 5, "grade3": 4.5}),
+            "grade3",
+        ),
+        (
+            "grade missing",
+            json!({"acc_nbr": "13800138000", "grade1": 5, "grade2": 5}),
+            "grade3",
+        ),
+        (
+            "comment too long",
+            json!({"acc_nbr": "13800138000", "grade1": 5, "grade2": 5, "grade3": 5, "txt1": long_text}),
+            "txt1",
+        ),
+        (
+            "comment with NUL",
+            json!({"acc_nbr": "13800138000", "grade1": 5, "grade2": 5, "grade3": 5, "txt2": "a\u{0}b"}),
+            "txt2",
+        ),
+        (
+            "comment with escape code",
+            json!({"acc_nbr": "13800138000", "grade1": 5, "grade2": 5, "grade3": 5, "txt3": "\u{1b}[2J"}),
+            "txt3",
+        ),
+        (
+            "comment not a string",
+            json!({"acc_nbr": "13800138000", "grade1": 5, "grade2": 5, "grade3": 5, "txt1": {"a": 1}}),
+            "txt1",
+        ),
     ];
     // In the legacy form every value is text, and text that is JSON other
     // than a string or number is kept as the comment: no failure there.
@@ -239,7 +350,10 @@ async fn each_broken_rule_is_a_400_naming_the_field_and_appends_nothing() {
         let response = post_v1(&api, body, None).await;
         assert_eq!(response.status(), 400, "{case}");
         let answer: Value = response.json().await.unwrap();
-        assert_eq!(answer["error"]["code"], "invalid_submission", "{case}: {answer}");
+        assert_eq!(
+            answer["error"]["code"], "invalid_submission",
+            "{case}: {answer}"
+        );
         let fields: Vec<&str> = answer["error"]["fields"]
             .as_array()
             .unwrap()
@@ -266,13 +380,30 @@ async fn each_broken_rule_is_a_400_naming_the_field_and_appends_nothing() {
             .await
             .unwrap();
         assert_eq!(response.status(), 400, "legacy {case}");
-        assert_eq!(response.headers()["x-invalid-fields"], *field, "legacy {case}");
-        assert_eq!(response.text().await.unwrap(), "\"數據提交失敗\"", "legacy {case}");
+        assert_eq!(
+            response.headers()["x-invalid-fields"],
+            *field,
+            "legacy {case}"
+        );
+        assert_eq!(
+            response.text().await.unwrap(),
+            "\"數據提交失敗\"",
+            "legacy {case}"
+        );
     }
-    assert_eq!(topic.record_count().await, 0, "a rejected submission reached the log");
+    assert_eq!(
+        topic.record_count().await,
+        0,
+        "a rejected submission reached the log"
+    );
 
     // The check above can fail: one valid submission does append.
-    assert_eq!(post_v1(&api, &submission("13800138000"), None).await.status(), 202);
+    assert_eq!(
+        post_v1(&api, &submission("13800138000"), None)
+            .await
+            .status(),
+        202
+    );
     assert_eq!(topic.record_count().await, 1);
     api.stop().await;
 }
@@ -294,7 +425,10 @@ async fn a_projector_stopped_and_killed_mid_stream_misses_nothing_and_doubles_no
                 let body = submission(&format!("139{wave:02}{i:06}"));
                 let response = client.post(url).json(&body).send().await.expect("answer");
                 assert_eq!(response.status(), 202);
-                response.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().to_owned()
+                response.json::<Value>().await.unwrap()["event_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
             }
         });
         for event_id in futures::future::join_all(requests).await {
@@ -318,13 +452,23 @@ async fn a_projector_stopped_and_killed_mid_stream_misses_nothing_and_doubles_no
 
     let projector = RunningProjector::start(&topic.kafka, &database, &group);
     assert!(
-        eventually(Duration::from_secs(60), || async { database.grade_count().await >= 400 }).await,
+        eventually(Duration::from_secs(60), || async {
+            database.grade_count().await >= 400
+        })
+        .await,
         "only {} of 400 rows projected",
         database.grade_count().await
     );
     let counts = database.event_id_counts().await;
-    assert_eq!(counts.keys().cloned().collect::<HashSet<_>>(), acknowledged, "rows differ from acknowledgments");
-    assert!(counts.values().all(|count| *count == 1), "an event was projected twice");
+    assert_eq!(
+        counts.keys().cloned().collect::<HashSet<_>>(),
+        acknowledged,
+        "rows differ from acknowledgments"
+    );
+    assert!(
+        counts.values().all(|count| *count == 1),
+        "an event was projected twice"
+    );
     assert_eq!(database.grade_count().await, 400);
 
     projector.stop().await;
@@ -338,9 +482,15 @@ async fn a_malformed_event_goes_to_dead_letter_and_the_events_after_it_project()
     let database = TestDatabase::create().await;
     let api = RunningApi::start(&topic.kafka).await;
 
-    let garbage_offset = topic.produce_raw(0, "13800138000", b"\xff\xfenot an event").await;
+    let garbage_offset = topic
+        .produce_raw(0, "13800138000", b"\xff\xfenot an event")
+        .await;
     let unknown_offset = topic
-        .produce_raw(0, "13800138000", br#"{"type":"ScoreSubmitted","version":99}"#)
+        .produce_raw(
+            0,
+            "13800138000",
+            br#"{"type":"ScoreSubmitted","version":99}"#,
+        )
         .await;
     let response = post_v1(&api, &submission("13800138000"), None).await;
     assert_eq!(response.status(), 202);
@@ -348,9 +498,14 @@ async fn a_malformed_event_goes_to_dead_letter_and_the_events_after_it_project()
     assert!(valid["offset"].as_i64().unwrap() > unknown_offset);
 
     let projector = RunningProjector::start(&topic.kafka, &database, &unique_group());
-    assert!(eventually(PROJECTION_LIMIT, || async { database.grade_count().await == 1 }).await);
+    assert!(
+        eventually(PROJECTION_LIMIT, || async {
+            database.grade_count().await == 1
+        })
+        .await
+    );
 
-    let dead: Vec<(String, i32, i64, Option<Vec<u8>>, Option<Vec<u8>>, String)> = sqlx::query_as(
+    let dead: Vec<DeadLetter> = sqlx::query_as(
         "SELECT projection, kafka_partition, kafka_offset, message_key, payload, error \
          FROM dead_letter ORDER BY kafka_offset",
     )
@@ -358,14 +513,37 @@ async fn a_malformed_event_goes_to_dead_letter_and_the_events_after_it_project()
     .await
     .unwrap();
     assert_eq!(dead.len(), 2, "{dead:?}");
-    assert_eq!((dead[0].0.as_str(), dead[0].1, dead[0].2), ("grade", 0, garbage_offset));
-    assert_eq!(dead[0].3.as_deref(), Some(&b"13800138000"[..]));
-    assert_eq!(dead[0].4.as_deref(), Some(&b"\xff\xfenot an event"[..]));
-    assert!(dead[0].5.starts_with("undecodable"), "{}", dead[0].5);
-    assert_eq!(dead[1].2, unknown_offset);
-    assert!(dead[1].5.contains("unknown event type \"ScoreSubmitted\" version 99"), "{}", dead[1].5);
+    assert_eq!(
+        (
+            dead[0].projection.as_str(),
+            dead[0].kafka_partition,
+            dead[0].kafka_offset
+        ),
+        ("grade", 0, garbage_offset)
+    );
+    assert_eq!(dead[0].message_key.as_deref(), Some(&b"13800138000"[..]));
+    assert_eq!(
+        dead[0].payload.as_deref(),
+        Some(&b"\xff\xfenot an event"[..])
+    );
+    assert!(
+        dead[0].error.starts_with("undecodable"),
+        "{}",
+        dead[0].error
+    );
+    assert_eq!(dead[1].kafka_offset, unknown_offset);
+    assert!(
+        dead[1]
+            .error
+            .contains("unknown event type \"ScoreSubmitted\" version 99"),
+        "{}",
+        dead[1].error
+    );
 
-    let event_id: String = sqlx::query_scalar("SELECT event_id FROM grade").fetch_one(&database.pool).await.unwrap();
+    let event_id: String = sqlx::query_scalar("SELECT event_id FROM grade")
+        .fetch_one(&database.pool)
+        .await
+        .unwrap();
     assert_eq!(event_id, valid["event_id"].as_str().unwrap());
 
     projector.stop().await;
@@ -376,7 +554,11 @@ async fn a_malformed_event_goes_to_dead_letter_and_the_events_after_it_project()
 #[tokio::test]
 async fn an_unreachable_broker_is_a_503_within_the_configured_bound() {
     // A port nothing listens on: bind one, note it, release it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let kafka = kafka_args(&format!("unreachable-{port}"), 1);
     let mut kafka = kafka;
     kafka.kafka_brokers = format!("127.0.0.1:{port}");
@@ -393,11 +575,19 @@ async fn an_unreachable_broker_is_a_503_within_the_configured_bound() {
     assert_eq!(answer["error"]["code"], "log_unavailable");
     // The bound is the publish timeout plus the one-second fence; the rest
     // is slack for a loaded CI machine. This checks "never a hang", not speed.
-    assert!(elapsed < Duration::from_millis(1500 + 1000 + 2000), "took {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(1500 + 1000 + 2000),
+        "took {elapsed:?}"
+    );
 
     let response = client()
         .post(api.url("/score"))
-        .form(&[("acc_nbr", "\"13800138000\""), ("grade1", "5"), ("grade2", "5"), ("grade3", "5")])
+        .form(&[
+            ("acc_nbr", "\"13800138000\""),
+            ("grade1", "5"),
+            ("grade2", "5"),
+            ("grade3", "5"),
+        ])
         .send()
         .await
         .unwrap();

@@ -30,7 +30,10 @@ pub enum ApiError {
     #[error(transparent)]
     Malformed(#[from] WireError),
     #[error("header {name} {message}")]
-    InvalidHeader { name: &'static str, message: &'static str },
+    InvalidHeader {
+        name: &'static str,
+        message: &'static str,
+    },
     #[error("request body could not be read")]
     BodyRead,
     #[error("request body is larger than the limit of {limit} bytes")]

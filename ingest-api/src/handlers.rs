@@ -95,7 +95,11 @@ async fn submit(
     let event = ScoreSubmitted::new(event_id, channel, &submission);
     match state.publisher.publish(&event).await {
         Ok(receipt) => {
-            tracing::debug!(partition = receipt.partition, offset = receipt.offset, "event appended");
+            tracing::debug!(
+                partition = receipt.partition,
+                offset = receipt.offset,
+                "event appended"
+            );
             Ok((event, receipt))
         }
         Err(error) => {

@@ -6,5 +6,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     score_shared::telemetry::init(config.log.log_format);
     let application = Application::build(config).await?;
-    application.run_until_stopped(score_shared::shutdown::signal()).await
+    application
+        .run_until_stopped(score_shared::shutdown::signal())
+        .await
 }

@@ -68,9 +68,18 @@ impl Publisher {
         let payload = event.encode();
         let version = SCORE_SUBMITTED_VERSION.to_string();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "content-type", value: Some("application/json") })
-            .insert(Header { key: "event-type", value: Some(SCORE_SUBMITTED) })
-            .insert(Header { key: "event-version", value: Some(version.as_str()) });
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/json"),
+            })
+            .insert(Header {
+                key: "event-type",
+                value: Some(SCORE_SUBMITTED),
+            })
+            .insert(Header {
+                key: "event-version",
+                value: Some(version.as_str()),
+            });
         let record = FutureRecord::to(&self.topic)
             .key(event.acc_nbr.as_str())
             .payload(&payload)
@@ -111,7 +120,8 @@ impl Publisher {
     /// Waits up to `timeout` for every queued event to be acknowledged.
     pub async fn flush(&self, timeout: Duration) {
         let producer = self.producer.clone();
-        let flushed = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout))).await;
+        let flushed =
+            tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout))).await;
         match flushed {
             Ok(Ok(())) => tracing::info!("producer flushed"),
             Ok(Err(error)) => tracing::warn!(error = %error, "producer flush incomplete"),

@@ -31,10 +31,15 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
 
 /// `POST /score`: the mini-program's form (or the same fields as JSON);
 /// answers with the JSON string it shows as a toast.
-pub fn legacy_score(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn legacy_score(
+    state: AppState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let limit = state.body_limit_bytes;
     let submit = warp::post()
-        .and(media_type(&[MediaType::Form, MediaType::Json], "application/x-www-form-urlencoded or application/json"))
+        .and(media_type(
+            &[MediaType::Form, MediaType::Json],
+            "application/x-www-form-urlencoded or application/json",
+        ))
         .and(idempotency_key())
         .and(limited_body(limit))
         .and(with_state(state))
@@ -65,7 +70,9 @@ pub fn v1_scores(state: AppState) -> impl Filter<Extract = (Response,), Error = 
 
 /// `GET /healthz`: the process is alive.
 pub fn healthz() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("healthz").and(warp::get()).then(handlers::healthz)
+    warp::path!("healthz")
+        .and(warp::get())
+        .then(handlers::healthz)
 }
 
 /// `GET /readyz`: the broker answers; 503 otherwise.
@@ -97,7 +104,14 @@ fn media_type(
         let essence = headers
             .get(warp::http::header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
-            .map(|value| value.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+            .map(|value| {
+                value
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            });
         let media_type = match essence.as_deref() {
             Some("application/x-www-form-urlencoded") => Some(MediaType::Form),
             Some("application/json") => Some(MediaType::Json),
@@ -105,7 +119,9 @@ fn media_type(
         };
         match media_type {
             Some(media_type) if accepted.contains(&media_type) => Ok(media_type),
-            _ => Err(warp::reject::custom(ApiError::UnsupportedMediaType { expected })),
+            _ => Err(warp::reject::custom(ApiError::UnsupportedMediaType {
+                expected,
+            })),
         }
     })
 }
@@ -171,4 +187,3 @@ async fn collect_limited<B: Buf>(
     }
     Ok(body.freeze())
 }
-

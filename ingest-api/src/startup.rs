@@ -34,7 +34,10 @@ impl Application {
     ///
     /// Invalid settings or an address that cannot be bound.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let rules = config.validation.rules().context("invalid validation settings")?;
+        let rules = config
+            .validation
+            .rules()
+            .context("invalid validation settings")?;
         let publisher = Publisher::new(&config.kafka, config.publish_timeout())?;
         provision_topic(config.kafka.clone(), config.publish_timeout()).await;
         let listener = TcpListener::bind(config.http_addr)
@@ -87,13 +90,17 @@ async fn provision_topic(kafka: KafkaArgs, timeout: Duration) {
     let attempt = tokio::time::timeout(timeout, score_shared::kafka::ensure_topic(&kafka)).await;
     match attempt {
         Ok(Ok(())) => return,
-        Ok(Err(error)) => tracing::warn!(error = format!("{error:#}"), "topic not provisioned yet; will retry"),
+        Ok(Err(error)) => tracing::warn!(
+            error = format!("{error:#}"),
+            "topic not provisioned yet; will retry"
+        ),
         Err(_) => tracing::warn!("broker did not answer; will retry provisioning the topic"),
     }
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(TOPIC_RETRY_INTERVAL).await;
-            let attempt = tokio::time::timeout(timeout, score_shared::kafka::ensure_topic(&kafka)).await;
+            let attempt =
+                tokio::time::timeout(timeout, score_shared::kafka::ensure_topic(&kafka)).await;
             if let Ok(Ok(())) = attempt {
                 return;
             }

@@ -131,7 +131,11 @@ fn form_component(encoded: &[u8]) -> Result<String, WireError> {
                 let low = rest.next().and_then(|b| (*b as char).to_digit(16));
                 match (high, low) {
                     (Some(high), Some(low)) => bytes.push((high * 16 + low) as u8),
-                    _ => return Err(WireError::Form("a % escape must be followed by two hex digits")),
+                    _ => {
+                        return Err(WireError::Form(
+                            "a % escape must be followed by two hex digits",
+                        ));
+                    }
                 }
             }
             other => bytes.push(other),
@@ -185,8 +189,14 @@ mod tests {
                     &txt1=%22%E6%9C%8D%E5%8B%99%E5%BE%88%E5%A5%BD%22&txt2=%22%22&txt3=%22a+b%22";
         let raw = legacy_form(body.as_bytes()).unwrap();
         assert_eq!(raw.acc_nbr, Some(json!("13800138000")));
-        assert_eq!(raw.grades, [Some(json!(5)), Some(json!("4")), Some(json!(3))]);
-        assert_eq!(raw.texts, [Some(json!("服務很好")), Some(json!("")), Some(json!("a b"))]);
+        assert_eq!(
+            raw.grades,
+            [Some(json!(5)), Some(json!("4")), Some(json!(3))]
+        );
+        assert_eq!(
+            raw.texts,
+            [Some(json!("服務很好")), Some(json!("")), Some(json!("a b"))]
+        );
     }
 
     #[test]
@@ -200,7 +210,10 @@ mod tests {
     #[test]
     fn a_form_value_that_is_other_json_is_taken_as_the_raw_string() {
         let raw = legacy_form(b"txt1=true&txt2=null&txt3=%5B1%5D").unwrap();
-        assert_eq!(raw.texts, [Some(json!("true")), Some(json!("null")), Some(json!("[1]"))]);
+        assert_eq!(
+            raw.texts,
+            [Some(json!("true")), Some(json!("null")), Some(json!("[1]"))]
+        );
     }
 
     #[test]
@@ -225,7 +238,10 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_refused_not_replaced() {
-        assert!(matches!(legacy_form(b"txt1=%FF%FE"), Err(WireError::Form(_))));
+        assert!(matches!(
+            legacy_form(b"txt1=%FF%FE"),
+            Err(WireError::Form(_))
+        ));
         assert!(matches!(legacy_form(b"txt1=\xff"), Err(WireError::Form(_))));
     }
 
@@ -234,7 +250,10 @@ mod tests {
         let body = br#"{"acc_nbr":"\"13800138000\"","grade1":"5","grade2":4,"grade3":"\"3\"","txt1":"\"hi\"","extra":1}"#;
         let raw = legacy_json(body).unwrap();
         assert_eq!(raw.acc_nbr, Some(json!("13800138000")));
-        assert_eq!(raw.grades, [Some(json!(5)), Some(json!(4)), Some(json!("3"))]);
+        assert_eq!(
+            raw.grades,
+            [Some(json!(5)), Some(json!(4)), Some(json!("3"))]
+        );
         assert_eq!(raw.texts[0], Some(json!("hi")));
     }
 
@@ -246,7 +265,10 @@ mod tests {
 
     #[test]
     fn a_v1_body_with_an_unknown_field_is_refused() {
-        assert!(matches!(v1_json(br#"{"grade_1":5}"#), Err(WireError::UnknownField { .. })));
+        assert!(matches!(
+            v1_json(br#"{"grade_1":5}"#),
+            Err(WireError::UnknownField { .. })
+        ));
     }
 
     #[test]

@@ -89,8 +89,14 @@ pub async fn apply_batch(
     };
     for plan in &plans {
         if stored.get(&plan.partition) != Some(&plan.next_offset) {
-            store::advance_position(&mut tx, GRADE_PROJECTION, topic, plan.partition, plan.next_offset)
-                .await?;
+            store::advance_position(
+                &mut tx,
+                GRADE_PROJECTION,
+                topic,
+                plan.partition,
+                plan.next_offset,
+            )
+            .await?;
         }
         report.already_applied += plan.already_applied;
         report.gaps.extend(plan.gap);

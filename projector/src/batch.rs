@@ -52,7 +52,10 @@ pub fn plan<'a>(
 ) -> Vec<PartitionPlan<'a>> {
     let mut by_partition: BTreeMap<i32, Vec<&LogRecord>> = BTreeMap::new();
     for record in records {
-        by_partition.entry(record.partition).or_default().push(record);
+        by_partition
+            .entry(record.partition)
+            .or_default()
+            .push(record);
     }
     by_partition
         .into_iter()
@@ -72,7 +75,11 @@ pub fn plan<'a>(
             let Some(first) = fresh.first() else {
                 return plan;
             };
-            let gap = Gap { partition, stored, first_seen: first.offset };
+            let gap = Gap {
+                partition,
+                stored,
+                first_seen: first.offset,
+            };
             if first.offset != stored && !accepted_gaps.contains(&gap) {
                 plan.gap = Some(gap);
                 return plan;
@@ -111,7 +118,10 @@ pub struct DeadLetterReason {
 impl DeadLetterReason {
     /// A reason of `kind` with a detail.
     pub fn new(kind: &'static str, detail: impl Into<String>) -> Self {
-        Self { kind, detail: detail.into() }
+        Self {
+            kind,
+            detail: detail.into(),
+        }
     }
 
     /// The text stored in `dead_letter.error`.
@@ -128,7 +138,9 @@ pub fn decode(record: &LogRecord, rules: &ValidationRules) -> Decoded {
     match event::decode(payload) {
         Ok(Event::ScoreSubmitted(event)) => match event.validate(rules) {
             Ok(_) => Decoded::Row(event),
-            Err(errors) => Decoded::DeadLetter(DeadLetterReason::new("invalid", errors.to_string())),
+            Err(errors) => {
+                Decoded::DeadLetter(DeadLetterReason::new("invalid", errors.to_string()))
+            }
         },
         Err(error @ DecodeError::Unknown { .. }) => {
             Decoded::DeadLetter(DeadLetterReason::new("unknown_event", error.to_string()))
@@ -142,7 +154,12 @@ mod tests {
     use super::*;
 
     fn record(partition: i32, offset: i64) -> LogRecord {
-        LogRecord { partition, offset, key: None, payload: None }
+        LogRecord {
+            partition,
+            offset,
+            key: None,
+            payload: None,
+        }
     }
 
     fn offsets(plan: &PartitionPlan<'_>) -> Vec<i64> {
@@ -189,14 +206,25 @@ mod tests {
         let records = [record(1, 10), record(1, 11)];
         let plans = plan(&records, &HashMap::from([(1, 4)]), &[]);
         assert!(plans[0].records.is_empty());
-        assert_eq!(plans[0].gap, Some(Gap { partition: 1, stored: 4, first_seen: 10 }));
+        assert_eq!(
+            plans[0].gap,
+            Some(Gap {
+                partition: 1,
+                stored: 4,
+                first_seen: 10
+            })
+        );
         assert_eq!(plans[0].next_offset, 4);
     }
 
     #[test]
     fn a_gap_the_log_really_has_is_crossed_once_accepted() {
         let records = [record(1, 10), record(1, 11)];
-        let accepted = [Gap { partition: 1, stored: 4, first_seen: 10 }];
+        let accepted = [Gap {
+            partition: 1,
+            stored: 4,
+            first_seen: 10,
+        }];
         let plans = plan(&records, &HashMap::from([(1, 4)]), &accepted);
         assert_eq!(offsets(&plans[0]), [10, 11]);
         assert_eq!(plans[0].next_offset, 12);

@@ -26,7 +26,11 @@ pub enum Command {
 #[derive(clap::Args, Clone, Debug)]
 pub struct DatabaseArgs {
     /// MySQL (MariaDB) URL, database included.
-    #[arg(long, env = "SCORES_DATABASE_URL", default_value = "mysql://root@127.0.0.1:3306/scores")]
+    #[arg(
+        long,
+        env = "SCORES_DATABASE_URL",
+        default_value = "mysql://root@127.0.0.1:3306/scores"
+    )]
     pub database_url: String,
 
     /// Connections in the projector's pool.
@@ -54,7 +58,11 @@ pub struct RunArgs {
     pub kafka: KafkaArgs,
 
     /// Kafka consumer group; instances in one group share the partitions.
-    #[arg(long, env = "SCORES_CONSUMER_GROUP", default_value = "scores-projector")]
+    #[arg(
+        long,
+        env = "SCORES_CONSUMER_GROUP",
+        default_value = "scores-projector"
+    )]
     pub consumer_group: String,
 
     /// Most events applied in one MySQL transaction.

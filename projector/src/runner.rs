@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use score_shared::ValidationRules;
@@ -48,7 +50,10 @@ impl Projector {
     ///
     /// Invalid settings.
     pub fn build(args: RunArgs) -> anyhow::Result<Self> {
-        let rules = args.validation.rules().context("invalid validation settings")?;
+        let rules = args
+            .validation
+            .rules()
+            .context("invalid validation settings")?;
         let pool = db::pool(&args.database)?;
         let consumer: StreamConsumer<ProjectorContext> =
             score_shared::kafka::consumer_config(&args.kafka, &args.consumer_group)
@@ -89,7 +94,10 @@ impl Projector {
             return Ok(());
         }
         if let Err(error) = score_shared::kafka::ensure_topic(&self.args.kafka).await {
-            tracing::warn!(error = format!("{error:#}"), "could not provision the topic; subscribing anyway");
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "could not provision the topic; subscribing anyway"
+            );
         }
         self.consumer
             .subscribe(&[&self.args.kafka.topic])
@@ -103,7 +111,10 @@ impl Projector {
                 records = self.next_batch() => records,
             };
             // From here the batch is applied even if a stop arrives.
-            let Some(report) = self.apply_with_retry(&records, &gaps.accepted(), stop).await else {
+            let Some(report) = self
+                .apply_with_retry(&records, &gaps.accepted(), stop)
+                .await
+            else {
                 break;
             };
             gaps.applied(&report);
@@ -183,8 +194,15 @@ impl Projector {
         let topic = self.args.kafka.topic.as_str();
         let mut backoff = Backoff::new();
         loop {
-            let attempt =
-                apply::apply_batch(&self.pool, topic, records, &self.rules, accepted_gaps, Mode::Project).await;
+            let attempt = apply::apply_batch(
+                &self.pool,
+                topic,
+                records,
+                &self.rules,
+                accepted_gaps,
+                Mode::Project,
+            )
+            .await;
             match attempt {
                 Ok(report) => return Some(report),
                 Err(error) if apply::is_data_error(&error) => {
@@ -216,7 +234,12 @@ impl Projector {
                 let mut backoff = Backoff::new();
                 loop {
                     let attempt = apply::apply_batch(
-                        &self.pool, topic, record, &self.rules, accepted_gaps, Mode::Project,
+                        &self.pool,
+                        topic,
+                        record,
+                        &self.rules,
+                        accepted_gaps,
+                        Mode::Project,
                     )
                     .await;
                     match attempt {
@@ -224,15 +247,24 @@ impl Projector {
                         Err(error) if apply::is_data_error(&error) => {
                             let reason = DeadLetterReason::new("unwritable", error.to_string());
                             let dead = apply::apply_batch(
-                                &self.pool, topic, record, &self.rules, accepted_gaps, Mode::DeadLetter(&reason),
+                                &self.pool,
+                                topic,
+                                record,
+                                &self.rules,
+                                accepted_gaps,
+                                Mode::DeadLetter(&reason),
                             )
                             .await;
                             match dead {
                                 Ok(report) => break report,
-                                Err(error) => tracing::warn!(error = %error, "dead letter not written; retrying"),
+                                Err(error) => {
+                                    tracing::warn!(error = %error, "dead letter not written; retrying")
+                                }
                             }
                         }
-                        Err(error) => tracing::warn!(error = %error, "record not applied; retrying"),
+                        Err(error) => {
+                            tracing::warn!(error = %error, "record not applied; retrying")
+                        }
                     }
                     tokio::select! {
                         () = stop.cancelled() => return None,
@@ -370,5 +402,9 @@ impl ConsumerContext for ProjectorContext {
 }
 
 fn partition_numbers(partitions: &TopicPartitionList) -> Vec<i32> {
-    partitions.elements().iter().map(|p| p.partition()).collect()
+    partitions
+        .elements()
+        .iter()
+        .map(|p| p.partition())
+        .collect()
 }

@@ -33,7 +33,10 @@ pub async fn lock_positions(
         "INSERT INTO projection_position (projection, topic, kafka_partition, next_offset) ",
     );
     ensure.push_values(&partitions, |mut row, partition| {
-        row.push_bind(projection).push_bind(topic).push_bind(*partition).push_bind(0_i64);
+        row.push_bind(projection)
+            .push_bind(topic)
+            .push_bind(*partition)
+            .push_bind(0_i64);
     });
     ensure.push(" ON DUPLICATE KEY UPDATE next_offset = next_offset");
     ensure.build().execute(&mut **tx).await?;
@@ -41,7 +44,10 @@ pub async fn lock_positions(
     let mut select = QueryBuilder::<MySql>::new(
         "SELECT kafka_partition, next_offset FROM projection_position WHERE projection = ",
     );
-    select.push_bind(projection).push(" AND topic = ").push_bind(topic);
+    select
+        .push_bind(projection)
+        .push(" AND topic = ")
+        .push_bind(topic);
     select.push(" AND kafka_partition IN (");
     let mut list = select.separated(", ");
     for partition in &partitions {

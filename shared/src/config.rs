@@ -4,10 +4,10 @@
 
 use std::str::FromStr;
 
-use crate::domain::{RulesError, ValidationRules};
 use crate::domain::rules::{
     DEFAULT_ACCOUNT_PATTERN, DEFAULT_GRADE_MAX, DEFAULT_GRADE_MIN, DEFAULT_TEXT_MAX_CHARS,
 };
+use crate::domain::{RulesError, ValidationRules};
 use crate::telemetry::LogFormat;
 
 /// Where the event log is.
@@ -33,7 +33,11 @@ pub struct KafkaArgs {
 
     /// Extra librdkafka settings, `key=value`, comma separated; they override
     /// the defaults (for example `security.protocol=ssl`).
-    #[arg(long = "kafka-option", env = "SCORES_KAFKA_OPTIONS", value_delimiter = ',')]
+    #[arg(
+        long = "kafka-option",
+        env = "SCORES_KAFKA_OPTIONS",
+        value_delimiter = ','
+    )]
     pub kafka_options: Vec<KeyValue>,
 }
 
@@ -120,7 +124,13 @@ mod tests {
     #[test]
     fn a_key_value_pair_parses() {
         let kv: KeyValue = "linger.ms=5".parse().unwrap();
-        assert_eq!(kv, KeyValue { key: "linger.ms".into(), value: "5".into() });
+        assert_eq!(
+            kv,
+            KeyValue {
+                key: "linger.ms".into(),
+                value: "5".into()
+            }
+        );
     }
 
     #[test]

@@ -16,8 +16,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::submission::{RawSubmission, Submission, ValidationErrors};
 use crate::domain::ValidationRules;
+use crate::submission::{RawSubmission, Submission, ValidationErrors};
 
 /// The `type` of a [`ScoreSubmitted`] event.
 pub const SCORE_SUBMITTED: &str = "ScoreSubmitted";
@@ -201,7 +201,11 @@ mod tests {
         let raw = RawSubmission {
             acc_nbr: Some(json!("13800138000")),
             grades: [Some(json!(5)), Some(json!(4)), Some(json!(3))],
-            texts: [Some(json!("服務很好 👍")), Some(json!("'); DROP TABLE grade; --")), None],
+            texts: [
+                Some(json!("服務很好 👍")),
+                Some(json!("'); DROP TABLE grade; --")),
+                None,
+            ],
         };
         let submission = Submission::parse(&raw, &ValidationRules::default()).unwrap();
         ScoreSubmitted::new(new_event_id(), Channel::LegacyForm, &submission)
@@ -236,12 +240,18 @@ mod tests {
         let mut value: serde_json::Value = serde_json::from_slice(&event().encode()).unwrap();
         value["version"] = json!(99);
         let error = decode(&serde_json::to_vec(&value).unwrap()).unwrap_err();
-        assert!(matches!(error, DecodeError::Unknown { version: 99, .. }), "{error}");
+        assert!(
+            matches!(error, DecodeError::Unknown { version: 99, .. }),
+            "{error}"
+        );
     }
 
     #[test]
     fn bytes_that_are_not_json_are_reported_as_such() {
-        assert!(matches!(decode(b"\xff not json"), Err(DecodeError::NoEnvelope(_))));
+        assert!(matches!(
+            decode(b"\xff not json"),
+            Err(DecodeError::NoEnvelope(_))
+        ));
     }
 
     #[test]

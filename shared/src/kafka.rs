@@ -52,7 +52,10 @@ pub fn producer_config(args: &KafkaArgs, publish_timeout: Duration) -> ClientCon
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", DEFAULT_LINGER_MS)
-        .set("message.timeout.ms", publish_timeout.as_millis().to_string())
+        .set(
+            "message.timeout.ms",
+            publish_timeout.as_millis().to_string(),
+        )
         // A request to a dead broker must not outlive the message timeout.
         .set(
             "request.timeout.ms",
@@ -111,7 +114,9 @@ pub async fn ensure_topic(args: &KafkaArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating topic {} on {}", args.topic, args.kafka_brokers))?;
     for result in results {
         match result {
-            Ok(_) => tracing::info!(topic = %args.topic, partitions = args.topic_partitions, "created topic"),
+            Ok(_) => {
+                tracing::info!(topic = %args.topic, partitions = args.topic_partitions, "created topic")
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
                 tracing::debug!(topic = %args.topic, "topic exists")
             }

@@ -22,8 +22,8 @@ pub mod domain;
 pub mod event;
 pub mod kafka;
 pub mod privacy;
-pub mod submission;
 pub mod shutdown;
+pub mod submission;
 pub mod telemetry;
 
 pub use domain::{AccountNumber, CommentText, Grade, ValidationRules};

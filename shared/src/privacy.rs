@@ -41,7 +41,11 @@ mod tests {
         for len in 1..=30 {
             let account = "9".repeat(len);
             let hidden = masked(&account).chars().filter(|c| *c == '*').count();
-            let enough = if len >= 8 { hidden >= 4 } else { hidden * 2 >= len };
+            let enough = if len >= 8 {
+                hidden >= 4
+            } else {
+                hidden * 2 >= len
+            };
             assert!(enough, "length {len} hid only {hidden}");
         }
     }

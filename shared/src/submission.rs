@@ -24,7 +24,6 @@ pub struct RawSubmission {
     pub texts: [Option<Value>; 3],
 }
 
-
 impl RawSubmission {
     /// The slot for a field name, or `None` for a name that is not one of
     /// [`FIELD_NAMES`].
@@ -194,7 +193,11 @@ mod tests {
         assert_eq!(submission.account.as_str(), "13800138000");
         assert_eq!(submission.grades.map(Grade::value), [5, 4, 3]);
         assert_eq!(submission.texts[0].as_str(), "服務很好");
-        assert_eq!(submission.texts[2].as_str(), "", "an absent comment is empty");
+        assert_eq!(
+            submission.texts[2].as_str(),
+            "",
+            "an absent comment is empty"
+        );
     }
 
     #[test]
@@ -209,35 +212,50 @@ mod tests {
     fn a_missing_account_number_is_reported() {
         let mut raw = valid();
         raw.acc_nbr = None;
-        assert_eq!(fields(Submission::parse(&raw, &ValidationRules::default())), ["acc_nbr"]);
+        assert_eq!(
+            fields(Submission::parse(&raw, &ValidationRules::default())),
+            ["acc_nbr"]
+        );
     }
 
     #[test]
     fn a_missing_grade_is_reported() {
         let mut raw = valid();
         raw.grades[1] = None;
-        assert_eq!(fields(Submission::parse(&raw, &ValidationRules::default())), ["grade2"]);
+        assert_eq!(
+            fields(Submission::parse(&raw, &ValidationRules::default())),
+            ["grade2"]
+        );
     }
 
     #[test]
     fn a_fractional_grade_is_rejected() {
         let mut raw = valid();
         raw.grades[0] = Some(json!(4.5));
-        assert_eq!(fields(Submission::parse(&raw, &ValidationRules::default())), ["grade1"]);
+        assert_eq!(
+            fields(Submission::parse(&raw, &ValidationRules::default())),
+            ["grade1"]
+        );
     }
 
     #[test]
     fn a_grade_string_that_is_not_an_integer_is_rejected() {
         let mut raw = valid();
         raw.grades[2] = Some(json!("five"));
-        assert_eq!(fields(Submission::parse(&raw, &ValidationRules::default())), ["grade3"]);
+        assert_eq!(
+            fields(Submission::parse(&raw, &ValidationRules::default())),
+            ["grade3"]
+        );
     }
 
     #[test]
     fn a_comment_that_is_not_a_string_is_rejected() {
         let mut raw = valid();
         raw.texts[1] = Some(json!(["a"]));
-        assert_eq!(fields(Submission::parse(&raw, &ValidationRules::default())), ["txt2"]);
+        assert_eq!(
+            fields(Submission::parse(&raw, &ValidationRules::default())),
+            ["txt2"]
+        );
     }
 
     #[test]

@@ -40,7 +40,8 @@ pub fn kafka_brokers() -> String {
 
 /// The MariaDB server the tests use (no database in the URL).
 pub fn mysql_server_url() -> String {
-    std::env::var("SCORES_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+    std::env::var("SCORES_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
 }
 
 /// Installs a log subscriber when `TEST_LOG` is set.
@@ -54,7 +55,10 @@ pub fn init_logs() {
 }
 
 fn unique_name(prefix: &str) -> String {
-    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// A topic of its own, created on the real broker.
@@ -110,7 +114,11 @@ impl TestTopic {
             (0..kafka.topic_partitions)
                 .map(|partition| {
                     let (_, high) = consumer
-                        .fetch_watermarks(&kafka.topic, partition, Timeout::After(Duration::from_secs(10)))
+                        .fetch_watermarks(
+                            &kafka.topic,
+                            partition,
+                            Timeout::After(Duration::from_secs(10)),
+                        )
                         .expect("fetching watermarks");
                     (partition, high)
                 })
@@ -123,10 +131,14 @@ impl TestTopic {
     /// Writes raw bytes straight to the topic, bypassing the ingest API (to
     /// plant events the API would never write).
     pub async fn produce_raw(&self, partition: i32, key: &str, payload: &[u8]) -> i64 {
-        let producer: FutureProducer = score_shared::kafka::producer_config(&self.kafka, Duration::from_secs(10))
-            .create()
-            .expect("creating a producer");
-        let record = FutureRecord::to(self.name()).partition(partition).key(key).payload(payload);
+        let producer: FutureProducer =
+            score_shared::kafka::producer_config(&self.kafka, Duration::from_secs(10))
+                .create()
+                .expect("creating a producer");
+        let record = FutureRecord::to(self.name())
+            .partition(partition)
+            .key(key)
+            .payload(payload);
         let delivery = producer
             .send(record, Timeout::After(Duration::from_secs(10)))
             .await
@@ -171,12 +183,19 @@ impl TestDatabase {
                 panic!("MariaDB is not reachable at {server} ({error}); start the stack with ./deploy/local test")
             });
         admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4")))
+            .execute(sqlx::AssertSqlSafe(format!(
+                "CREATE DATABASE `{name}` CHARACTER SET utf8mb4"
+            )))
             .await
             .expect("creating the test database");
-        let database = DatabaseArgs { database_url: url.clone(), database_max_connections: 4 };
+        let database = DatabaseArgs {
+            database_url: url.clone(),
+            database_max_connections: 4,
+        };
         let pool = projector::db::pool(&database).expect("pool");
-        projector::db::migrate(&database, &pool).await.expect("migrating the test database");
+        projector::db::migrate(&database, &pool)
+            .await
+            .expect("migrating the test database");
         let pool = MySqlPoolOptions::new()
             .max_connections(4)
             .connect(&url)
@@ -187,7 +206,10 @@ impl TestDatabase {
 
     /// Settings for a projector writing into this database.
     pub fn args(&self) -> DatabaseArgs {
-        DatabaseArgs { database_url: self.url.clone(), database_max_connections: 4 }
+        DatabaseArgs {
+            database_url: self.url.clone(),
+            database_max_connections: 4,
+        }
     }
 
     /// Rows in `grade`.
@@ -217,7 +239,10 @@ impl TestDatabase {
             .await
             .expect("connecting to drop the test database");
         admin
-            .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{}`", self.name)))
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS `{}`",
+                self.name
+            )))
             .await
             .expect("dropping the test database");
     }
@@ -258,13 +283,19 @@ impl RunningApi {
     /// Starts the API with `config`.
     pub async fn start_with(config: ingest_api::Config) -> Self {
         init_logs();
-        let application = Application::build(config).await.expect("building the ingest API");
+        let application = Application::build(config)
+            .await
+            .expect("building the ingest API");
         let address = application.address();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(application.run_until_stopped(async move {
             let _ = stopped.await;
         }));
-        Self { address, stop: Some(stop), task }
+        Self {
+            address,
+            stop: Some(stop),
+            task,
+        }
     }
 
     /// `http://address/path`.
@@ -290,7 +321,9 @@ pub fn api_config(kafka: &KafkaArgs) -> ingest_api::Config {
         shutdown_flush_ms: 5000,
         kafka: kafka.clone(),
         validation: ValidationArgs::default(),
-        log: LogArgs { log_format: LogFormat::Text },
+        log: LogArgs {
+            log_format: LogFormat::Text,
+        },
     }
 }
 
@@ -311,14 +344,19 @@ impl RunningProjector {
             batch_size: 100,
             batch_wait_ms: 20,
             validation: ValidationArgs::default(),
-            log: LogArgs { log_format: LogFormat::Text },
+            log: LogArgs {
+                log_format: LogFormat::Text,
+            },
         };
         let projector = Projector::build(args).expect("building the projector");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(projector.run_until_stopped(async move {
             let _ = stopped.await;
         }));
-        Self { stop: Some(stop), task }
+        Self {
+            stop: Some(stop),
+            task,
+        }
     }
 
     /// Asks it to stop (it finishes the batch in hand) and waits.
@@ -326,7 +364,10 @@ impl RunningProjector {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.task).await.expect("projector task").expect("projector run");
+        (&mut self.task)
+            .await
+            .expect("projector task")
+            .expect("projector run");
     }
 
     /// Stops it at once wherever it is, mid-batch included, like a crash:

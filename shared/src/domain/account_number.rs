@@ -88,7 +88,10 @@ mod tests {
 
     #[test]
     fn fewer_than_five_digits_are_rejected() {
-        assert!(matches!(parse("1234"), Err(AccountNumberError::Pattern { .. })));
+        assert!(matches!(
+            parse("1234"),
+            Err(AccountNumberError::Pattern { .. })
+        ));
     }
 
     #[test]
@@ -101,7 +104,12 @@ mod tests {
 
     #[test]
     fn letters_and_spaces_are_rejected() {
-        for raw in ["1380013800a", " 13800138000", "138 0013 8000", "13800138000\n"] {
+        for raw in [
+            "1380013800a",
+            " 13800138000",
+            "138 0013 8000",
+            "13800138000\n",
+        ] {
             assert!(parse(raw).is_err(), "{raw:?} should be rejected");
         }
     }

@@ -11,7 +11,9 @@ pub struct CommentText(String);
 pub enum CommentTextError {
     #[error("must be at most {max} characters long, got {actual}")]
     TooLong { max: usize, actual: usize },
-    #[error("must not contain control characters (found U+{codepoint:04X} at character {position})")]
+    #[error(
+        "must not contain control characters (found U+{codepoint:04X} at character {position})"
+    )]
     ControlCharacter { codepoint: u32, position: usize },
 }
 
