@@ -4,9 +4,10 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use pipeline_tests::proxy::CuttableProxy;
 use pipeline_tests::{
     RunningApi, RunningProjector, TestDatabase, TestTopic, api_config, eventually, kafka_args,
-    legacy_form_body, unique_group,
+    legacy_form_body, mysql_socket_address, submit_many, unique_group,
 };
 use serde_json::{Value, json};
 
@@ -189,24 +190,7 @@ async fn two_hundred_concurrent_submissions_make_two_hundred_rows() {
     let api = RunningApi::start(&topic.kafka).await;
     let projector = RunningProjector::start(&topic.kafka, &database, &unique_group());
 
-    let client = client();
-    let requests = (0..200).map(|i| {
-        let client = client.clone();
-        let url = api.url("/v1/scores");
-        async move {
-            let body = submission(&format!("1380013{i:04}"));
-            let response = client.post(url).json(&body).send().await.expect("answer");
-            assert_eq!(response.status(), 202, "request {i}");
-            response.json::<Value>().await.unwrap()["event_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
-    });
-    let acknowledged: HashSet<String> = futures::future::join_all(requests)
-        .await
-        .into_iter()
-        .collect();
+    let acknowledged = submit_many(&api, "13800", 200).await;
     assert_eq!(acknowledged.len(), 200);
 
     assert!(
@@ -418,40 +402,20 @@ async fn a_projector_stopped_and_killed_mid_stream_misses_nothing_and_doubles_no
     let api = RunningApi::start(&topic.kafka).await;
     let group = unique_group();
 
-    let client = client();
     let mut acknowledged = HashSet::new();
-    let mut submit_wave = async |wave: usize| {
-        let requests = (0..100).map(|i| {
-            let client = client.clone();
-            let url = api.url("/v1/scores");
-            async move {
-                let body = submission(&format!("139{wave:02}{i:06}"));
-                let response = client.post(url).json(&body).send().await.expect("answer");
-                assert_eq!(response.status(), 202);
-                response.json::<Value>().await.unwrap()["event_id"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            }
-        });
-        for event_id in futures::future::join_all(requests).await {
-            acknowledged.insert(event_id);
-        }
-    };
-
     // A graceful stop while events keep arriving, then a restart.
     let projector = RunningProjector::start(&topic.kafka, &database, &group);
-    submit_wave(0).await;
+    acknowledged.extend(submit_many(&api, "13900", 100).await);
     projector.stop().await;
-    submit_wave(1).await;
+    acknowledged.extend(submit_many(&api, "13901", 100).await);
 
     // A crash in the middle of work (the task is dropped wherever it is,
     // an open transaction included), then a restart.
     let projector = RunningProjector::start(&topic.kafka, &database, &group);
-    submit_wave(2).await;
+    acknowledged.extend(submit_many(&api, "13902", 100).await);
     tokio::time::sleep(Duration::from_millis(30)).await;
     projector.kill().await;
-    submit_wave(3).await;
+    acknowledged.extend(submit_many(&api, "13903", 100).await);
 
     let projector = RunningProjector::start(&topic.kafka, &database, &group);
     assert!(
@@ -600,4 +564,55 @@ async fn an_unreachable_broker_is_a_503_within_the_configured_bound() {
     let ready = client().get(api.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     api.stop().await;
+}
+
+#[tokio::test]
+async fn a_mysql_outage_is_waited_out_and_nothing_is_lost_or_doubled() {
+    let topic = TestTopic::create(3).await;
+    let database = TestDatabase::create().await;
+    let api = RunningApi::start(&topic.kafka).await;
+    let proxy = CuttableProxy::start(mysql_socket_address()).await;
+    let projector = RunningProjector::start_with(
+        &topic.kafka,
+        database.args_via(proxy.address),
+        &unique_group(),
+    );
+
+    let mut acknowledged = submit_many(&api, "13700", 100).await;
+    assert!(
+        eventually(PROJECTION_LIMIT, || async {
+            database.grade_count().await == 100
+        })
+        .await
+    );
+
+    // MySQL goes away; the write path does not depend on it.
+    proxy.cut().await;
+    acknowledged.extend(submit_many(&api, "13701", 100).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        database.grade_count().await,
+        100,
+        "the outage did not hold the projector back"
+    );
+
+    proxy.restore();
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            database.grade_count().await >= 200
+        })
+        .await,
+        "only {} of 200 rows after MySQL came back",
+        database.grade_count().await
+    );
+    let counts = database.event_id_counts().await;
+    assert_eq!(counts.keys().cloned().collect::<HashSet<_>>(), acknowledged);
+    assert!(
+        counts.values().all(|count| *count == 1),
+        "an event was projected twice"
+    );
+
+    projector.stop().await;
+    api.stop().await;
+    database.drop_database().await;
 }

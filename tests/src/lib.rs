@@ -8,6 +8,8 @@
 //! whose service is missing fails with a message saying so: none skips.
 //! Logs are printed only when `TEST_LOG` is set.
 
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -158,6 +160,17 @@ pub fn kafka_args(topic: &str, partitions: i32) -> KafkaArgs {
     }
 }
 
+/// The MariaDB server's socket address, from [`mysql_server_url`].
+pub fn mysql_socket_address() -> SocketAddr {
+    let url = reqwest::Url::parse(&mysql_server_url()).expect("SCORES_TEST_MYSQL_URL is a URL");
+    let host = url.host_str().expect("a host");
+    let port = url.port().unwrap_or(3306);
+    std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .expect("resolving the MariaDB host")
+        .next()
+        .expect("an address for the MariaDB host")
+}
+
 /// A database of its own on the real MariaDB, migrated.
 pub struct TestDatabase {
     pub name: String,
@@ -208,6 +221,17 @@ impl TestDatabase {
     pub fn args(&self) -> DatabaseArgs {
         DatabaseArgs {
             database_url: self.url.clone(),
+            database_max_connections: 4,
+        }
+    }
+
+    /// Settings for a projector reaching this database through `proxy`.
+    pub fn args_via(&self, proxy: SocketAddr) -> DatabaseArgs {
+        let mut url = reqwest::Url::parse(&self.url).expect("a database URL");
+        url.set_ip_host(proxy.ip()).expect("an IP host");
+        url.set_port(Some(proxy.port())).expect("a port");
+        DatabaseArgs {
+            database_url: url.to_string(),
             database_max_connections: 4,
         }
     }
@@ -336,9 +360,14 @@ pub struct RunningProjector {
 impl RunningProjector {
     /// Starts a projector of `kafka`'s topic into `database`.
     pub fn start(kafka: &KafkaArgs, database: &TestDatabase, group: &str) -> Self {
+        Self::start_with(kafka, database.args(), group)
+    }
+
+    /// Starts a projector of `kafka`'s topic into the database `database`.
+    pub fn start_with(kafka: &KafkaArgs, database: DatabaseArgs, group: &str) -> Self {
         init_logs();
         let args = RunArgs {
-            database: database.args(),
+            database,
             kafka: kafka.clone(),
             consumer_group: group.to_owned(),
             batch_size: 100,
@@ -376,6 +405,43 @@ impl RunningProjector {
         self.task.abort();
         let _ = self.task.await;
     }
+}
+
+/// Sends `count` valid submissions to `/v1/scores` at once, for accounts
+/// `{prefix}000000`, `{prefix}000001`, …, and returns the acknowledged event
+/// ids. Every one must be acknowledged with 202.
+pub async fn submit_many(
+    api: &RunningApi,
+    prefix: &str,
+    count: usize,
+) -> std::collections::HashSet<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client");
+    let requests = (0..count).map(|i| {
+        let client = client.clone();
+        let url = api.url("/v1/scores");
+        let body = serde_json::json!({
+            "acc_nbr": format!("{prefix}{i:06}"), "grade1": 5, "grade2": 4, "grade3": 3,
+            "txt1": "服務很好", "txt2": "", "txt3": "ok"
+        });
+        async move {
+            let response = client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .expect("the API answers");
+            assert_eq!(response.status(), 202, "submission {i}");
+            let answer: serde_json::Value = response.json().await.expect("a JSON answer");
+            answer["event_id"].as_str().expect("an event id").to_owned()
+        }
+    });
+    futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .collect()
 }
 
 /// A fresh consumer group name.
