@@ -11,6 +11,12 @@
 //!
 //! Readers dispatch on `(type, version)` and ignore fields they do not know,
 //! so a writer may add optional fields without breaking older readers.
+//!
+//! Versions of `ScoreSubmitted`:
+//! - 1: the fields above.
+//! - 2: adds the optional `scene` (where in the mini-program the rating was
+//!   made). A version 1 event reads as a version 2 event without a scene, so
+//!   events already in the log keep projecting identically.
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
@@ -22,7 +28,9 @@ use crate::submission::{RawSubmission, Submission, ValidationErrors};
 /// The `type` of a [`ScoreSubmitted`] event.
 pub const SCORE_SUBMITTED: &str = "ScoreSubmitted";
 /// The version of [`ScoreSubmitted`] this code writes.
-pub const SCORE_SUBMITTED_VERSION: u32 = 1;
+pub const SCORE_SUBMITTED_VERSION: u32 = 2;
+/// Every version of [`ScoreSubmitted`] this code can read.
+pub const SCORE_SUBMITTED_VERSIONS: [u32; 2] = [1, 2];
 
 /// Namespace of the deterministic event ids derived from an idempotency key.
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6f1d_52a8_7c1e_4b0e_9a57_3c1f_0d2e_8b41);
@@ -54,7 +62,7 @@ impl Channel {
     }
 }
 
-/// A person rated the service. Version 1.
+/// A person rated the service (version 2; version 1 had no `scene`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScoreSubmitted {
     pub event_id: Uuid,
@@ -69,6 +77,9 @@ pub struct ScoreSubmitted {
     pub txt1: String,
     pub txt2: String,
     pub txt3: String,
+    /// Since version 2; absent in version 1 events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scene: Option<String>,
 }
 
 impl ScoreSubmitted {
@@ -87,6 +98,7 @@ impl ScoreSubmitted {
             txt1,
             txt2,
             txt3,
+            scene: submission.scene.as_ref().map(|s| s.as_str().to_owned()),
         }
     }
 
@@ -101,6 +113,7 @@ impl ScoreSubmitted {
             acc_nbr: Some(self.acc_nbr.clone().into()),
             grades: [self.grade1, self.grade2, self.grade3].map(|g| Some(g.into())),
             texts: [&self.txt1, &self.txt2, &self.txt3].map(|t| Some(t.clone().into())),
+            scene: self.scene.clone().map(Into::into),
         };
         Submission::parse(&raw, rules)
     }
@@ -154,6 +167,14 @@ pub enum DecodeError {
     NoEnvelope(serde_json::Error),
     #[error("unknown event type {event_type:?} version {version}")]
     Unknown { event_type: String, version: u64 },
+    #[error(
+        "event type {event_type:?} version {version} is not enabled here (accepted versions: {accepted:?})"
+    )]
+    NotEnabled {
+        event_type: &'static str,
+        version: u32,
+        accepted: Vec<u32>,
+    },
     #[error("{event_type} v{version} payload is malformed: {source}")]
     Payload {
         event_type: &'static str,
@@ -162,13 +183,25 @@ pub enum DecodeError {
     },
 }
 
-/// Decodes one event, dispatching on its `(type, version)`.
+/// Decodes one event, dispatching on its `(type, version)`, accepting every
+/// version this code knows.
 ///
 /// # Errors
 ///
 /// [`DecodeError`] says whether the envelope, the type and version, or the
 /// payload could not be read.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    decode_accepting(bytes, &SCORE_SUBMITTED_VERSIONS)
+}
+
+/// Like [`decode`], but a `ScoreSubmitted` version not in `accepted` is
+/// refused as [`DecodeError::NotEnabled`] (a reader rolled out before its
+/// writers, or one told to hold a version back).
+///
+/// # Errors
+///
+/// As [`decode`], plus [`DecodeError::NotEnabled`].
+pub fn decode_accepting(bytes: &[u8], accepted: &[u32]) -> Result<Event, DecodeError> {
     #[derive(Deserialize)]
     struct Header {
         #[serde(rename = "type")]
@@ -176,19 +209,33 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         version: u64,
     }
     let header: Header = serde_json::from_slice(bytes).map_err(DecodeError::NoEnvelope)?;
-    match (header.event_type.as_str(), header.version) {
-        (SCORE_SUBMITTED, 1) => serde_json::from_slice(bytes)
-            .map(Event::ScoreSubmitted)
-            .map_err(|source| DecodeError::Payload {
-                event_type: SCORE_SUBMITTED,
-                version: 1,
-                source,
-            }),
-        _ => Err(DecodeError::Unknown {
-            event_type: header.event_type,
-            version: header.version,
-        }),
+    let version = match (header.event_type.as_str(), u32::try_from(header.version)) {
+        (SCORE_SUBMITTED, Ok(version)) if SCORE_SUBMITTED_VERSIONS.contains(&version) => version,
+        _ => {
+            return Err(DecodeError::Unknown {
+                event_type: header.event_type,
+                version: header.version,
+            });
+        }
+    };
+    if !accepted.contains(&version) {
+        return Err(DecodeError::NotEnabled {
+            event_type: SCORE_SUBMITTED,
+            version,
+            accepted: accepted.to_vec(),
+        });
     }
+    let payload_error = |source| DecodeError::Payload {
+        event_type: SCORE_SUBMITTED,
+        version: u64::from(version),
+        source,
+    };
+    let mut event: ScoreSubmitted = serde_json::from_slice(bytes).map_err(payload_error)?;
+    if version == 1 {
+        // Version 1 has no scene; a field of that name is an unknown field.
+        event.scene = None;
+    }
+    Ok(Event::ScoreSubmitted(event))
 }
 
 #[cfg(test)]
@@ -206,6 +253,7 @@ mod tests {
                 Some(json!("'); DROP TABLE grade; --")),
                 None,
             ],
+            scene: Some(json!("pages/score/score")),
         };
         let submission = Submission::parse(&raw, &ValidationRules::default()).unwrap();
         ScoreSubmitted::new(new_event_id(), Channel::LegacyForm, &submission)
@@ -222,7 +270,7 @@ mod tests {
     fn the_envelope_names_type_and_version() {
         let value: serde_json::Value = serde_json::from_slice(&event().encode()).unwrap();
         assert_eq!(value["type"], "ScoreSubmitted");
-        assert_eq!(value["version"], 1);
+        assert_eq!(value["version"], 2);
         assert_eq!(value["channel"], "legacy_form");
         assert_eq!(value["channel"], Channel::LegacyForm.as_str());
     }
@@ -242,6 +290,25 @@ mod tests {
         let error = decode(&serde_json::to_vec(&value).unwrap()).unwrap_err();
         assert!(
             matches!(error, DecodeError::Unknown { version: 99, .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_version_1_event_reads_without_a_scene() {
+        let v1 = r#"{"type":"ScoreSubmitted","version":1,"event_id":"0192f0c4-1a2b-7c3d-8e4f-000000000001",
+            "occurred_at":"2026-11-25T08:00:00.123456Z","channel":"legacy_form","acc_nbr":"13800138000",
+            "grade1":5,"grade2":4,"grade3":3,"txt1":"好","txt2":"","txt3":"","scene":"ignored in v1"}"#;
+        let Event::ScoreSubmitted(event) = decode(v1.as_bytes()).unwrap();
+        assert_eq!(event.scene, None);
+        assert_eq!(event.txt1, "好");
+    }
+
+    #[test]
+    fn a_version_that_is_not_accepted_is_reported_as_not_enabled() {
+        let error = decode_accepting(&event().encode(), &[1]).unwrap_err();
+        assert!(
+            matches!(error, DecodeError::NotEnabled { version: 2, .. }),
             "{error}"
         );
     }

@@ -125,3 +125,40 @@ pub async fn ensure_topic(args: &KafkaArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The low and high watermark of every partition of the topic, by
+/// partition. Blocking (librdkafka metadata calls): run it off the async
+/// runtime.
+///
+/// # Errors
+///
+/// When the broker does not answer within `timeout` or the topic is unknown.
+pub fn watermarks(
+    args: &KafkaArgs,
+    timeout: Duration,
+) -> anyhow::Result<std::collections::BTreeMap<i32, (i64, i64)>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let consumer: BaseConsumer = admin_config(args)
+        .create()
+        .context("creating a metadata client")?;
+    let metadata = consumer
+        .fetch_metadata(Some(&args.topic), timeout)
+        .with_context(|| format!("reading metadata of topic {}", args.topic))?;
+    let topic = metadata
+        .topics()
+        .first()
+        .filter(|topic| topic.error().is_none())
+        .with_context(|| format!("topic {} does not exist", args.topic))?;
+    topic
+        .partitions()
+        .iter()
+        .map(|partition| {
+            let id = partition.id();
+            let marks = consumer
+                .fetch_watermarks(&args.topic, id, timeout)
+                .with_context(|| format!("reading watermarks of partition {id}"))?;
+            Ok((id, marks))
+        })
+        .collect()
+}

@@ -6,7 +6,8 @@
 //! 1. [`submission`]: the loosely typed fields a client sent ([`RawSubmission`])
 //!    and the one function that turns them into a validated [`Submission`].
 //! 2. [`domain`]: the validated newtypes ([`AccountNumber`], [`Grade`],
-//!    [`CommentText`]) and the configurable [`ValidationRules`] they obey.
+//!    [`CommentText`], [`Scene`]) and the configurable [`ValidationRules`]
+//!    they obey.
 //! 3. [`event`]: the `ScoreSubmitted` envelope written to the log, its encoder
 //!    and the decoder that dispatches on `(type, version)`.
 //! 4. [`kafka`]: client settings with safe defaults and topic provisioning.
@@ -26,7 +27,7 @@ pub mod shutdown;
 pub mod submission;
 pub mod telemetry;
 
-pub use domain::{AccountNumber, CommentText, Grade, ValidationRules};
+pub use domain::{AccountNumber, CommentText, Grade, Scene, ValidationRules};
 pub use event::{Channel, DecodeError, Event, ScoreSubmitted};
 pub use privacy::masked;
 pub use submission::{FIELD_NAMES, FieldError, RawSubmission, Submission, ValidationErrors};

@@ -7,12 +7,12 @@
 
 use serde_json::Value;
 
-use crate::domain::{AccountNumber, CommentText, Grade, ValidationRules};
+use crate::domain::{AccountNumber, CommentText, Grade, Scene, ValidationRules};
 
 /// The field names of a submission, as the mini-program sends them and as the
 /// `grade` table names its columns.
-pub const FIELD_NAMES: [&str; 7] = [
-    "acc_nbr", "grade1", "grade2", "grade3", "txt1", "txt2", "txt3",
+pub const FIELD_NAMES: [&str; 8] = [
+    "acc_nbr", "grade1", "grade2", "grade3", "txt1", "txt2", "txt3", "scene",
 ];
 
 /// The fields of a submission as received, each as a JSON value (a string,
@@ -22,6 +22,8 @@ pub struct RawSubmission {
     pub acc_nbr: Option<Value>,
     pub grades: [Option<Value>; 3],
     pub texts: [Option<Value>; 3],
+    /// Optional since event version 2.
+    pub scene: Option<Value>,
 }
 
 impl RawSubmission {
@@ -36,6 +38,7 @@ impl RawSubmission {
             "txt1" => Some(&mut self.texts[0]),
             "txt2" => Some(&mut self.texts[1]),
             "txt3" => Some(&mut self.texts[2]),
+            "scene" => Some(&mut self.scene),
             _ => None,
         }
     }
@@ -47,6 +50,7 @@ pub struct Submission {
     pub account: AccountNumber,
     pub grades: [Grade; 3],
     pub texts: [CommentText; 3],
+    pub scene: Option<Scene>,
 }
 
 /// One field that broke a rule, named as the client named it.
@@ -154,6 +158,19 @@ impl Submission {
             };
         }
 
+        // An absent, null or empty scene is no scene.
+        let scene = match &raw.scene {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Scene::parse(s.clone())
+                .map_err(|e| fail("scene", e.to_string()))
+                .ok(),
+            Some(_) => {
+                fail("scene", "must be a string".into());
+                None
+            }
+        };
+
         match (account, grades, texts) {
             (Some(account), [Some(g1), Some(g2), Some(g3)], [Some(t1), Some(t2), Some(t3)])
                 if errors.is_empty() =>
@@ -162,6 +179,7 @@ impl Submission {
                     account,
                     grades: [g1, g2, g3],
                     texts: [t1, t2, t3],
+                    scene,
                 })
             }
             _ => Err(ValidationErrors(errors)),
@@ -180,6 +198,7 @@ mod tests {
             acc_nbr: Some(json!("13800138000")),
             grades: [Some(json!(5)), Some(json!("4")), Some(json!(3))],
             texts: [Some(json!("服務很好")), Some(json!("")), None],
+            scene: None,
         }
     }
 
@@ -264,11 +283,30 @@ mod tests {
             acc_nbr: Some(json!("abc")),
             grades: [Some(json!(0)), Some(json!(6)), None],
             texts: [Some(json!("\0")), None, Some(json!(true))],
+            scene: Some(json!(7)),
         };
         assert_eq!(
             fields(Submission::parse(&raw, &ValidationRules::default())),
-            ["acc_nbr", "grade1", "grade2", "grade3", "txt1", "txt3"]
+            [
+                "acc_nbr", "grade1", "grade2", "grade3", "txt1", "txt3", "scene"
+            ]
         );
+    }
+
+    #[test]
+    fn an_empty_scene_is_no_scene() {
+        let mut raw = valid();
+        raw.scene = Some(json!(""));
+        let submission = Submission::parse(&raw, &ValidationRules::default()).unwrap();
+        assert_eq!(submission.scene, None);
+    }
+
+    #[test]
+    fn a_scene_is_kept() {
+        let mut raw = valid();
+        raw.scene = Some(json!("pages/score/score"));
+        let submission = Submission::parse(&raw, &ValidationRules::default()).unwrap();
+        assert_eq!(submission.scene.unwrap().as_str(), "pages/score/score");
     }
 
     #[test]
