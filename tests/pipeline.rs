@@ -150,13 +150,12 @@ async fn v1_answers_202_and_the_same_idempotency_key_yields_one_row() {
     let partition = answers[2]["partition"].as_i64().unwrap() as i32;
     let last_offset = answers[2]["offset"].as_i64().unwrap();
     let passed = eventually(PROJECTION_LIMIT, || async {
-        let position: Option<i64> = sqlx::query_scalar(
-            "SELECT next_offset FROM projection_position WHERE kafka_partition = ?",
-        )
-        .bind(partition)
-        .fetch_optional(&database.pool)
-        .await
-        .unwrap();
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT next_offset FROM grade_position WHERE kafka_partition = ?")
+                .bind(partition)
+                .fetch_optional(&database.pool)
+                .await
+                .unwrap();
         position.is_some_and(|next| next > last_offset)
     })
     .await;
@@ -403,17 +402,30 @@ async fn a_projector_stopped_and_killed_mid_stream_misses_nothing_and_doubles_no
     let group = unique_group();
 
     let mut acknowledged = HashSet::new();
-    // A graceful stop while events keep arriving, then a restart.
+    // A graceful stop once it is under way, while events keep arriving,
+    // then a restart.
     let projector = RunningProjector::start(&topic.kafka, &database, &group);
     acknowledged.extend(submit_many(&api, "13900", 100).await);
+    assert!(
+        eventually(PROJECTION_LIMIT, || async {
+            database.grade_count().await >= 1
+        })
+        .await
+    );
     projector.stop().await;
     acknowledged.extend(submit_many(&api, "13901", 100).await);
 
     // A crash in the middle of work (the task is dropped wherever it is,
-    // an open transaction included), then a restart.
+    // an open transaction included) with a backlog in hand, then a restart.
+    let before = database.grade_count().await;
     let projector = RunningProjector::start(&topic.kafka, &database, &group);
     acknowledged.extend(submit_many(&api, "13902", 100).await);
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(
+        eventually(PROJECTION_LIMIT, || async {
+            database.grade_count().await > before
+        })
+        .await
+    );
     projector.kill().await;
     acknowledged.extend(submit_many(&api, "13903", 100).await);
 
@@ -474,12 +486,19 @@ async fn a_malformed_event_goes_to_dead_letter_and_the_events_after_it_project()
 
     let dead: Vec<DeadLetter> = sqlx::query_as(
         "SELECT projection, kafka_partition, kafka_offset, message_key, payload, error \
-         FROM dead_letter ORDER BY kafka_offset",
+         FROM dead_letter ORDER BY projection DESC, kafka_offset",
     )
     .fetch_all(&database.pool)
     .await
     .unwrap();
-    assert_eq!(dead.len(), 2, "{dead:?}");
+    // Each projection keeps its own dead letters: grade first, then
+    // account_summary with the same two.
+    assert_eq!(dead.len(), 4, "{dead:?}");
+    assert_eq!(dead[2].projection, "account_summary");
+    assert_eq!(
+        (dead[2].kafka_offset, dead[3].kafka_offset),
+        (garbage_offset, unknown_offset)
+    );
     assert_eq!(
         (
             dead[0].projection.as_str(),

@@ -1,18 +1,27 @@
-//! Applying one batch in one MySQL transaction.
+//! Applying one batch to one projection, in one MySQL transaction.
 //!
-//! The transaction locks the projection's positions for the batch's
-//! partitions, keeps only the records that start exactly at those positions
-//! ([`crate::batch::plan`]), writes their rows and dead letters, and advances
-//! the positions. **Rows and positions commit together or not at all**: that,
-//! not Kafka's committed offsets, is what makes each event land exactly once.
+//! Under the projection's named lock, the transaction locks its position
+//! rows for the batch's partitions, keeps only the records that start exactly
+//! at those positions ([`crate::batch::plan`]), writes the projection's rows
+//! and dead letters, and advances the positions. **Rows, dead letters and
+//! positions commit together or not at all**: that, not Kafka's committed
+//! offsets, is what makes each event land exactly once in each projection.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use score_shared::ValidationRules;
-use sqlx::MySqlPool;
+use chrono::NaiveDateTime;
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, MySql, MySqlConnection, MySqlPool};
+use tokio_util::sync::CancellationToken;
 
-use crate::batch::{self, DeadLetterReason, Decoded, Gap, LogRecord};
-use crate::store::{self, DeadLetterRow, GRADE_PROJECTION, GradeRow};
+use crate::batch::{self, DeadLetterReason, Decoded, Decoder, Gap, LogRecord};
+use crate::projection::{self, Projected, Projection, TableSet};
+use crate::store::{self, DeadLetterRow};
+
+/// How long a batch waits for its projection's lock (held by a rebuild
+/// while it swaps tables, normally for well under a second).
+const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// What a committed batch did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -27,6 +36,17 @@ pub struct BatchReport {
     pub positions: HashMap<i32, i64>,
 }
 
+impl BatchReport {
+    /// Adds `other`'s counts and positions to this one.
+    pub fn absorb(&mut self, other: BatchReport) {
+        self.projected += other.projected;
+        self.dead_lettered += other.dead_lettered;
+        self.already_applied += other.already_applied;
+        self.gaps.extend(other.gaps);
+        self.positions.extend(other.positions);
+    }
+}
+
 /// How the records of a batch are to be written.
 #[derive(Clone, Copy, Debug)]
 pub enum Mode<'a> {
@@ -37,37 +57,188 @@ pub enum Mode<'a> {
     DeadLetter(&'a DeadLetterReason),
 }
 
-/// Applies `records` of `topic` to the `grade` projection, exactly once.
+/// Whether the batch takes the projection's named lock itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Locking {
+    /// Take it around the transaction (the live projector).
+    Take,
+    /// Write without it: the tables are a rebuild's shadow copies, which no
+    /// one else writes, or the caller holds the lock on another connection.
+    Skip,
+}
+
+/// Why a batch was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("timed out waiting for the lock of projection {0} (is a rebuild swapping it?)")]
+    LockTimeout(&'static str),
+}
+
+/// MySQL error numbers that mean "this row cannot be stored" (as opposed to
+/// "MySQL is not available right now"): too long, wrong string, out of
+/// range, bad date, NULL into NOT NULL.
+const DATA_ERRORS: [u16; 5] = [1406, 1366, 1264, 1292, 1048];
+
+impl ApplyError {
+    /// Whether the error is about the data of a record rather than the
+    /// database's availability. Only these may dead-letter a record; every
+    /// other error is retried, so that an outage or a broken schema never
+    /// turns the log into dead letters.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(error)) => error
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .is_some_and(|e| DATA_ERRORS.contains(&e.number())),
+            _ => false,
+        }
+    }
+}
+
+/// One batch for one projection.
+#[derive(Clone, Copy)]
+pub struct BatchJob<'a> {
+    pub projection: &'static dyn Projection,
+    pub tables: &'a TableSet,
+    pub topic: &'a str,
+    pub records: &'a [LogRecord],
+    pub decoder: &'a Decoder,
+    pub accepted_gaps: &'a [Gap],
+    pub mode: Mode<'a>,
+    pub locking: Locking,
+}
+
+/// Applies the job exactly once.
 ///
 /// # Errors
 ///
-/// Any MySQL error; the transaction is then rolled back and nothing moved.
-#[tracing::instrument(name = "apply_batch", skip_all, fields(records = records.len()))]
-pub async fn apply_batch(
-    pool: &MySqlPool,
-    topic: &str,
-    records: &[LogRecord],
-    rules: &ValidationRules,
-    accepted_gaps: &[Gap],
-    mode: Mode<'_>,
-) -> sqlx::Result<BatchReport> {
-    let mut partitions: Vec<i32> = records.iter().map(|r| r.partition).collect();
+/// Any MySQL error, or a lock timeout; the transaction is then rolled back
+/// and nothing moved.
+#[tracing::instrument(name = "apply_batch", skip_all, fields(projection = job.projection.name(), records = job.records.len()))]
+pub async fn apply_batch(pool: &MySqlPool, job: &BatchJob<'_>) -> Result<BatchReport, ApplyError> {
+    let mut connection = pool.acquire().await?;
+    if job.locking == Locking::Skip {
+        return apply_in_transaction(&mut connection, job).await;
+    }
+    let mut lock = NamedLock::acquire(connection, projection::lock_name(job.projection), LOCK_WAIT)
+        .await?
+        .ok_or(ApplyError::LockTimeout(job.projection.name()))?;
+    let outcome = apply_in_transaction(lock.connection(), job).await;
+    lock.release().await;
+    outcome
+}
+
+/// Named locks are server-wide, while projections live in one database: the
+/// name is scoped by the database (its first 30 characters, so that the
+/// whole stays within MySQL's 64), as `<database>/<name>`.
+macro_rules! scoped_lock_name {
+    () => {
+        "CONCAT(LEFT(DATABASE(), 30), '/', ?)"
+    };
+}
+
+/// A MySQL named lock (`GET_LOCK`) held by a pooled connection.
+///
+/// A named lock belongs to the session, not to a transaction: if the future
+/// holding it were dropped (a task aborted, a `select!` that lost) and the
+/// connection went back to the pool, the lock would stay held by an idle
+/// connection. So unless [`NamedLock::release`] ran, dropping this closes
+/// the connection instead, and MySQL releases the lock with the session.
+pub struct NamedLock {
+    connection: Option<PoolConnection<MySql>>,
+    name: String,
+}
+
+impl NamedLock {
+    /// Waits up to `wait` for the lock. `Ok(None)` when it timed out.
+    ///
+    /// # Errors
+    ///
+    /// Any MySQL error.
+    pub async fn acquire(
+        connection: PoolConnection<MySql>,
+        name: String,
+        wait: Duration,
+    ) -> sqlx::Result<Option<Self>> {
+        // Armed before asking, so that a cancellation while waiting cannot
+        // leave a granted lock behind on a pooled connection.
+        let mut lock = Self {
+            connection: Some(connection),
+            name,
+        };
+        let acquired: Option<i64> =
+            sqlx::query_scalar(concat!("SELECT GET_LOCK(", scoped_lock_name!(), ", ?)"))
+                .bind(lock.name.clone())
+                .bind(wait.as_secs())
+                .fetch_one(lock.connection())
+                .await?;
+        if acquired == Some(1) {
+            Ok(Some(lock))
+        } else {
+            // Not granted: the connection holds nothing and may be reused.
+            lock.connection.take();
+            Ok(None)
+        }
+    }
+
+    /// The connection that holds the lock.
+    pub fn connection(&mut self) -> &mut MySqlConnection {
+        self.connection
+            .as_mut()
+            .expect("the connection is held until release")
+    }
+
+    /// Releases the lock and returns the connection to the pool.
+    pub async fn release(mut self) {
+        let Some(mut connection) = self.connection.take() else {
+            return;
+        };
+        let released = sqlx::query(concat!("SELECT RELEASE_LOCK(", scoped_lock_name!(), ")"))
+            .bind(&self.name)
+            .execute(&mut *connection)
+            .await;
+        if released.is_err() {
+            // Unsure whether it is still held: close rather than pool it.
+            drop(connection.detach());
+        }
+    }
+}
+
+impl Drop for NamedLock {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            drop(connection.detach());
+        }
+    }
+}
+
+async fn apply_in_transaction(
+    connection: &mut MySqlConnection,
+    job: &BatchJob<'_>,
+) -> Result<BatchReport, ApplyError> {
+    let mut partitions: Vec<i32> = job.records.iter().map(|r| r.partition).collect();
     partitions.sort_unstable();
     partitions.dedup();
 
-    let mut tx = pool.begin().await?;
-    let stored = store::lock_positions(&mut tx, GRADE_PROJECTION, topic, &partitions).await?;
-    let plans = batch::plan(records, &stored, accepted_gaps);
+    let mut tx = connection.begin().await?;
+    let stored =
+        store::lock_positions(&mut tx, &job.tables.position, job.topic, &partitions).await?;
+    let plans = batch::plan(job.records, &stored, job.accepted_gaps);
 
-    let mut rows = Vec::new();
+    let mut decoded_rows = Vec::new();
     let mut dead_letters = Vec::new();
+    let mut last_event_at: HashMap<i32, NaiveDateTime> = HashMap::new();
     for record in plans.iter().flat_map(|plan| plan.records.iter().copied()) {
-        let decoded = match mode {
-            Mode::Project => batch::decode(record, rules),
+        let decoded = match job.mode {
+            Mode::Project => job.decoder.decode(record),
             Mode::DeadLetter(reason) => Decoded::DeadLetter(reason.clone()),
         };
         match decoded {
-            Decoded::Row(event) => rows.push(GradeRow { event, record }),
+            Decoded::Row(event) => {
+                last_event_at.insert(record.partition, event.occurred_at.naive_utc());
+                decoded_rows.push((event, record));
+            }
             Decoded::DeadLetter(reason) => {
                 tracing::warn!(
                     partition = record.partition,
@@ -79,11 +250,21 @@ pub async fn apply_batch(
             }
         }
     }
-    store::insert_grade_rows(&mut tx, &rows).await?;
-    store::insert_dead_letters(&mut tx, GRADE_PROJECTION, topic, &dead_letters).await?;
+    let events: Vec<Projected<'_>> = decoded_rows
+        .iter()
+        .map(|(event, record)| Projected {
+            event,
+            partition: record.partition,
+            offset: record.offset,
+        })
+        .collect();
+    if !events.is_empty() {
+        job.projection.apply(&mut tx, job.tables, &events).await?;
+    }
+    store::insert_dead_letters(&mut tx, &job.tables.dead_letter, job.topic, &dead_letters).await?;
 
     let mut report = BatchReport {
-        projected: rows.len(),
+        projected: events.len(),
         dead_lettered: dead_letters.len(),
         ..BatchReport::default()
     };
@@ -91,10 +272,11 @@ pub async fn apply_batch(
         if stored.get(&plan.partition) != Some(&plan.next_offset) {
             store::advance_position(
                 &mut tx,
-                GRADE_PROJECTION,
-                topic,
+                &job.tables.position,
+                job.topic,
                 plan.partition,
                 plan.next_offset,
+                last_event_at.get(&plan.partition).copied(),
             )
             .await?;
         }
@@ -106,20 +288,68 @@ pub async fn apply_batch(
     Ok(report)
 }
 
-/// MySQL error numbers that mean "this row cannot be stored" (as opposed to
-/// "MySQL is not available right now"): too long, wrong string, out of
-/// range, bad date, NULL into NOT NULL.
-const DATA_ERRORS: [u16; 5] = [1406, 1366, 1264, 1292, 1048];
+/// Applies the job, waiting out MySQL outages with backoff. A batch MySQL
+/// refuses for its data is split record by record, and a single refused
+/// record is dead-lettered as `unwritable`. Returns `None` only when `stop`
+/// fires while MySQL is unavailable (nothing was applied then: the records
+/// will be read again).
+pub async fn apply_until_done(
+    pool: &MySqlPool,
+    job: &BatchJob<'_>,
+    stop: &CancellationToken,
+) -> Option<BatchReport> {
+    let mut backoff = Backoff::new();
+    loop {
+        match apply_batch(pool, job).await {
+            Ok(report) => return Some(report),
+            Err(error) if error.is_data_error() && job.records.len() > 1 => {
+                tracing::warn!(error = %error, "MySQL refused a record; applying the batch one record at a time");
+                let mut total = BatchReport::default();
+                for record in job.records.chunks(1) {
+                    let single = BatchJob {
+                        records: record,
+                        ..*job
+                    };
+                    total.absorb(Box::pin(apply_until_done(pool, &single, stop)).await?);
+                }
+                return Some(total);
+            }
+            Err(error) if error.is_data_error() => {
+                let reason = DeadLetterReason::new("unwritable", error.to_string());
+                let dead_letter = BatchJob {
+                    mode: Mode::DeadLetter(&reason),
+                    ..*job
+                };
+                match apply_batch(pool, &dead_letter).await {
+                    Ok(report) => return Some(report),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "dead letter not written; retrying")
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(error = %error, "batch not applied; retrying"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            () = tokio::time::sleep(backoff.next()) => {}
+        }
+    }
+}
 
-/// Whether `error` is about the data of a record rather than the database's
-/// availability. Only these may dead-letter a record; every other error is
-/// retried, so that an outage or a broken schema never turns the log into
-/// dead letters.
-pub fn is_data_error(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(database_error) => database_error
-            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-            .is_some_and(|e| DATA_ERRORS.contains(&e.number())),
-        _ => false,
+/// Exponential backoff between retries: 100 ms, doubling, at most 5 s.
+pub(crate) struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const LONGEST: Duration = Duration::from_secs(5);
+
+    pub(crate) fn new() -> Self {
+        Self(Self::FIRST)
+    }
+
+    pub(crate) fn next(&mut self) -> Duration {
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(Self::LONGEST);
+        wait
     }
 }

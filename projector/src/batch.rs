@@ -8,7 +8,7 @@ use score_shared::event::{self, DecodeError, Event};
 use score_shared::{ScoreSubmitted, ValidationRules};
 
 /// One record read from the log, detached from the consumer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct LogRecord {
     pub partition: i32,
     pub offset: i64,
@@ -130,19 +130,51 @@ impl DeadLetterReason {
     }
 }
 
-/// Decodes and validates a record with the same rules the ingest API uses.
-pub fn decode(record: &LogRecord, rules: &ValidationRules) -> Decoded {
-    let Some(payload) = record.payload.as_deref() else {
+/// Decodes and validates records with the same rules the ingest API uses,
+/// accepting the configured event versions.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    pub rules: ValidationRules,
+    pub accepted_versions: Vec<u32>,
+}
+
+impl Decoder {
+    /// What `record` becomes.
+    pub fn decode(&self, record: &LogRecord) -> Decoded {
+        decode_payload(
+            record.payload.as_deref(),
+            &self.rules,
+            &self.accepted_versions,
+        )
+    }
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self {
+            rules: ValidationRules::default(),
+            accepted_versions: event::SCORE_SUBMITTED_VERSIONS.to_vec(),
+        }
+    }
+}
+
+/// Decodes and validates one payload.
+pub fn decode_payload(
+    payload: Option<&[u8]>,
+    rules: &ValidationRules,
+    accepted: &[u32],
+) -> Decoded {
+    let Some(payload) = payload else {
         return Decoded::DeadLetter(DeadLetterReason::new("no_payload", "record has no payload"));
     };
-    match event::decode(payload) {
+    match event::decode_accepting(payload, accepted) {
         Ok(Event::ScoreSubmitted(event)) => match event.validate(rules) {
             Ok(_) => Decoded::Row(event),
             Err(errors) => {
                 Decoded::DeadLetter(DeadLetterReason::new("invalid", errors.to_string()))
             }
         },
-        Err(error @ DecodeError::Unknown { .. }) => {
+        Err(error @ (DecodeError::Unknown { .. } | DecodeError::NotEnabled { .. })) => {
             Decoded::DeadLetter(DeadLetterReason::new("unknown_event", error.to_string()))
         }
         Err(error) => Decoded::DeadLetter(DeadLetterReason::new("undecodable", error.to_string())),
@@ -256,7 +288,7 @@ mod tests {
 
     #[test]
     fn a_record_without_payload_becomes_a_dead_letter() {
-        let decoded = decode(&record(0, 0), &ValidationRules::default());
+        let decoded = Decoder::default().decode(&record(0, 0));
         assert!(matches!(decoded, Decoded::DeadLetter(reason) if reason.kind == "no_payload"));
     }
 
@@ -265,7 +297,7 @@ mod tests {
         let mut bad = record(0, 0);
         bad.payload = Some(b"{\"hello\":1}".to_vec());
         assert!(matches!(
-            decode(&bad, &ValidationRules::default()),
+            Decoder::default().decode(&bad),
             Decoded::DeadLetter(reason) if reason.kind == "undecodable"
         ));
     }
@@ -274,10 +306,30 @@ mod tests {
     fn an_event_of_an_unknown_version_becomes_a_dead_letter_saying_so() {
         let mut bad = record(0, 0);
         bad.payload = Some(br#"{"type":"ScoreSubmitted","version":7}"#.to_vec());
-        let Decoded::DeadLetter(reason) = decode(&bad, &ValidationRules::default()) else {
+        let Decoded::DeadLetter(reason) = Decoder::default().decode(&bad) else {
             panic!("an unknown version must not decode");
         };
         assert_eq!(reason.kind, "unknown_event");
         assert!(reason.detail.contains("version 7"), "{}", reason.detail);
+    }
+
+    #[test]
+    fn an_event_version_held_back_becomes_a_dead_letter_saying_so() {
+        let mut v2 = record(0, 0);
+        v2.payload = Some(
+            br#"{"type":"ScoreSubmitted","version":2,"event_id":"0192f0c4-1a2b-7c3d-8e4f-000000000001",
+                "occurred_at":"2026-11-25T08:00:00Z","channel":"api_v1","acc_nbr":"13800138000",
+                "grade1":5,"grade2":4,"grade3":3,"txt1":"","txt2":"","txt3":"","scene":"pages/a"}"#
+                .to_vec(),
+        );
+        let held_back = Decoder {
+            accepted_versions: vec![1],
+            ..Decoder::default()
+        };
+        let Decoded::DeadLetter(reason) = held_back.decode(&v2) else {
+            panic!("a version not accepted must not decode");
+        };
+        assert_eq!(reason.kind, "unknown_event");
+        assert!(matches!(Decoder::default().decode(&v2), Decoded::Row(_)));
     }
 }

@@ -15,11 +15,168 @@ pub struct Cli {
 
 /// What to do.
 #[derive(clap::Subcommand, Debug)]
+// Parsed once at start; the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Create the database if it is missing and apply the migrations.
     Migrate(MigrateArgs),
     /// Migrate, then project the log into MySQL until stopped (Ctrl-C or SIGTERM).
     Run(RunArgs),
+    /// Rebuild a projection from the start of the log into shadow tables and
+    /// swap them in atomically, while the live projector keeps running.
+    Rebuild(RebuildArgs),
+    /// Show each projection's position, lag and dead letters per partition.
+    Status(StatusArgs),
+    /// List or re-apply events a projection could not apply.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
+}
+
+/// How events are read: the validation rules and the accepted versions.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DecoderArgs {
+    #[command(flatten)]
+    pub validation: ValidationArgs,
+
+    /// `ScoreSubmitted` versions to accept, comma separated; an event of
+    /// another version goes to the dead letters (hold a version back while
+    /// rolling out, then `dead-letters retry`).
+    #[arg(
+        long,
+        env = "SCORES_EVENT_VERSIONS",
+        value_delimiter = ',',
+        default_value = "1,2"
+    )]
+    pub event_versions: Vec<u32>,
+}
+
+impl Default for DecoderArgs {
+    fn default() -> Self {
+        Self {
+            validation: ValidationArgs::default(),
+            event_versions: score_shared::event::SCORE_SUBMITTED_VERSIONS.to_vec(),
+        }
+    }
+}
+
+impl DecoderArgs {
+    /// The decoder these settings describe.
+    ///
+    /// # Errors
+    ///
+    /// Invalid validation settings.
+    pub fn decoder(&self) -> anyhow::Result<crate::batch::Decoder> {
+        use anyhow::Context;
+        Ok(crate::batch::Decoder {
+            rules: self
+                .validation
+                .rules()
+                .context("invalid validation settings")?,
+            accepted_versions: self.event_versions.clone(),
+        })
+    }
+}
+
+/// Settings of `projector rebuild`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RebuildArgs {
+    /// The projection to rebuild (grade, account_summary).
+    pub projection: String,
+
+    /// Keep the replaced tables as `<table>__old` instead of dropping them.
+    #[arg(long)]
+    pub keep_old: bool,
+
+    /// Most events applied in one MySQL transaction.
+    #[arg(long, env = "SCORES_REBUILD_BATCH_SIZE", default_value_t = 2000)]
+    pub batch_size: usize,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub decoder: DecoderArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Settings of `projector status`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// `projector dead-letters …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum DeadLettersCommand {
+    /// List dead letters (unresolved ones unless --all).
+    List(DeadLettersListArgs),
+    /// Re-apply dead letters with the current code and settings, exactly
+    /// once, and mark the ones that apply as resolved.
+    Retry(DeadLettersRetryArgs),
+}
+
+/// Settings of `projector dead-letters list`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeadLettersListArgs {
+    /// Only this projection's dead letters.
+    #[arg(long)]
+    pub projection: Option<String>,
+
+    /// Include resolved dead letters.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Settings of `projector dead-letters retry`.
+#[derive(clap::Args, Clone, Debug)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["id", "all"]))]
+pub struct DeadLettersRetryArgs {
+    /// The projection whose dead letters to retry.
+    #[arg(long)]
+    pub projection: String,
+
+    /// Dead letter ids to retry (repeatable).
+    #[arg(long)]
+    pub id: Vec<u64>,
+
+    /// Retry every unresolved dead letter of the projection.
+    #[arg(long)]
+    pub all: bool,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub decoder: DecoderArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Where MySQL is.
@@ -74,8 +231,18 @@ pub struct RunArgs {
     #[arg(long, env = "SCORES_BATCH_WAIT_MS", default_value_t = 50)]
     pub batch_wait_ms: u64,
 
+    /// Projections to maintain, comma separated. A projection run for the
+    /// first time builds itself from the start of the log.
+    #[arg(
+        long,
+        env = "SCORES_PROJECTIONS",
+        value_delimiter = ',',
+        default_value = "grade,account_summary"
+    )]
+    pub projections: Vec<String>,
+
     #[command(flatten)]
-    pub validation: ValidationArgs,
+    pub decoder: DecoderArgs,
 
     #[command(flatten)]
     pub log: LogArgs,

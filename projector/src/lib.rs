@@ -1,24 +1,34 @@
-//! The projector: materializes MySQL tables from the score event log.
+//! The projector: materializes MySQL tables from the score event log, and
+//! rebuilds them from it.
 //!
 //! Data flows through these modules in order:
 //!
-//! 1. [`runner`]: the consumer loop; reads a batch of records (bounded size
-//!    and wait), applies it, seeks back on a gap, retries outages.
+//! 1. [`runner`]: the live loop; reads a batch of records (bounded size and
+//!    wait), applies it to each projection, seeks back on a gap, resumes
+//!    assigned partitions from MySQL, waits out outages.
 //! 2. [`batch`]: pure logic; which records of a batch start at the stored
-//!    positions, and whether each becomes a row or a dead letter.
-//! 3. [`apply`]: one MySQL transaction per batch: lock the positions, write
-//!    rows and dead letters, advance the positions, commit.
-//! 4. [`store`]: the parameterized SQL of the `grade` projection.
+//!    positions, and whether each decodes to a row or a dead letter.
+//! 3. [`apply`]: the engine; one MySQL transaction per batch and projection,
+//!    under the projection's named lock: positions, rows, dead letters.
+//! 4. [`projection`]: the projections (`grade`, `account_summary`), each a
+//!    name, its tables and how events become rows; [`store`] holds the SQL
+//!    every projection shares.
 //!
-//! [`db`] owns connections and migrations, [`config`] the command line.
-//! **Each event lands in `grade` exactly once: its position advances in the
-//! same transaction as its row.**
+//! Operator commands: [`rebuild`] (blue/green rebuild from the log),
+//! [`status`], [`dead_letters`] (list and re-drive). [`db`] owns connections
+//! and migrations, [`config`] the command line.
+//! **Each event lands in each projection exactly once: its position advances
+//! in the same transaction as its rows.**
 
 pub mod apply;
 pub mod batch;
 pub mod config;
 pub mod db;
+pub mod dead_letters;
+pub mod projection;
+pub mod rebuild;
 pub mod runner;
+pub mod status;
 pub mod store;
 
 pub use config::{Cli, Command, RunArgs};

@@ -1,6 +1,9 @@
 use anyhow::Context;
 use clap::Parser;
-use projector::{Cli, Command, Projector, db};
+use projector::config::DeadLettersCommand;
+use projector::dead_letters::RetryResult;
+use projector::{Cli, Command, Projector, db, dead_letters, rebuild, status};
+use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -10,14 +13,68 @@ async fn main() -> anyhow::Result<()> {
             let pool = db::pool(&args.database)?;
             db::migrate(&args.database, &pool).await?;
             tracing::info!("migrations applied");
-            Ok(())
         }
         Command::Run(args) => {
             score_shared::telemetry::init(args.log.log_format);
             Projector::build(args)
                 .context("starting the projector")?
                 .run_until_stopped(score_shared::shutdown::signal())
-                .await
+                .await?;
+        }
+        Command::Rebuild(args) => {
+            score_shared::telemetry::init(args.log.log_format);
+            let stop = CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                score_shared::shutdown::signal().await;
+                on_signal.cancel();
+            });
+            let summary = rebuild::rebuild(&args, &stop).await?;
+            println!("{summary}");
+        }
+        Command::Status(args) => {
+            score_shared::telemetry::init(args.log.log_format);
+            let pool = db::pool(&args.database)?;
+            let rows = status::status(&pool, &args.kafka).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", status::render(&rows));
+            }
+        }
+        Command::DeadLetters(DeadLettersCommand::List(args)) => {
+            score_shared::telemetry::init(args.log.log_format);
+            let pool = db::pool(&args.database)?;
+            let rows = dead_letters::list(&pool, args.projection.as_deref(), args.all).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", dead_letters::render(&rows));
+            }
+        }
+        Command::DeadLetters(DeadLettersCommand::Retry(args)) => {
+            score_shared::telemetry::init(args.log.log_format);
+            let pool = db::pool(&args.database)?;
+            let ids = (!args.all).then_some(args.id.as_slice());
+            let decoder = args.decoder.decoder()?;
+            let outcomes = dead_letters::retry(&pool, &args.projection, ids, &decoder).await?;
+            let mut still_failing = 0;
+            for outcome in &outcomes {
+                let shown = match &outcome.outcome {
+                    RetryResult::Applied => "applied".to_owned(),
+                    RetryResult::AlreadyResolved => "already resolved".to_owned(),
+                    RetryResult::StillFailing(kind) => {
+                        still_failing += 1;
+                        format!("still failing ({kind})")
+                    }
+                };
+                println!("dead letter {}: {shown}", outcome.id);
+            }
+            println!("{} retried, {still_failing} still failing", outcomes.len());
+            if still_failing > 0 {
+                std::process::exit(1);
+            }
         }
     }
+    Ok(())
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,18 +16,18 @@ use rdkafka::consumer::{
 };
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use score_shared::ValidationRules;
 use sqlx::MySqlPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{self, BatchReport, Mode};
-use crate::batch::{DeadLetterReason, Gap, LogRecord};
+use crate::apply::{self, Backoff, BatchJob, BatchReport, Locking, Mode};
+use crate::batch::{Decoder, Gap, LogRecord};
 use crate::config::RunArgs;
-use crate::db;
+use crate::projection::{self, Projection, TableSet};
+use crate::{db, store};
 
-/// First and longest wait between retries of a failed MySQL transaction.
-const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// How long the loop waits for a record before it looks at assignments.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// Pause after a consumer error, so that an unreachable broker does not
 /// flood the log.
 const CONSUMER_ERROR_PAUSE: Duration = Duration::from_secs(1);
@@ -40,7 +40,8 @@ pub struct Projector {
     args: RunArgs,
     pool: MySqlPool,
     consumer: StreamConsumer<ProjectorContext>,
-    rules: Arc<ValidationRules>,
+    decoder: Decoder,
+    projections: Vec<(&'static dyn Projection, TableSet)>,
 }
 
 impl Projector {
@@ -48,22 +49,34 @@ impl Projector {
     ///
     /// # Errors
     ///
-    /// Invalid settings.
+    /// Invalid settings (an unknown projection among them).
     pub fn build(args: RunArgs) -> anyhow::Result<Self> {
-        let rules = args
-            .validation
-            .rules()
-            .context("invalid validation settings")?;
+        let decoder = args.decoder.decoder()?;
+        let projections = args
+            .projections
+            .iter()
+            .map(|name| {
+                projection::by_name(name)
+                    .map(|p| (p, TableSet::live(p)))
+                    .with_context(|| {
+                        format!(
+                            "unknown projection {name:?}; known: {:?}",
+                            projection::names()
+                        )
+                    })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let pool = db::pool(&args.database)?;
         let consumer: StreamConsumer<ProjectorContext> =
             score_shared::kafka::consumer_config(&args.kafka, &args.consumer_group)
-                .create_with_context(ProjectorContext)
+                .create_with_context(ProjectorContext::default())
                 .context("creating the Kafka consumer")?;
         Ok(Self {
             args,
             pool,
             consumer,
-            rules: Arc::new(rules),
+            decoder,
+            projections,
         })
     }
 
@@ -102,33 +115,64 @@ impl Projector {
         self.consumer
             .subscribe(&[&self.args.kafka.topic])
             .context("subscribing to the topic")?;
-        tracing::info!(topic = %self.args.kafka.topic, group = %self.args.consumer_group, "projector running");
+        let names: Vec<_> = self.projections.iter().map(|(p, _)| p.name()).collect();
+        tracing::info!(topic = %self.args.kafka.topic, group = %self.args.consumer_group, projections = ?names, "projector running");
 
         let mut gaps = GapTracker::default();
-        loop {
+        'batches: loop {
+            if self
+                .consumer
+                .context()
+                .assignment_changed
+                .swap(false, Ordering::SeqCst)
+            {
+                self.resume_assigned_partitions().await;
+            }
             let records = tokio::select! {
                 () = stop.cancelled() => break,
                 records = self.next_batch() => records,
             };
-            // From here the batch is applied even if a stop arrives.
-            let Some(report) = self
-                .apply_with_retry(&records, &gaps.accepted(), stop)
-                .await
-            else {
-                break;
-            };
-            gaps.applied(&report);
-            for gap in &report.gaps {
-                gaps.observe(*gap);
-                self.seek(gap.partition, gap.stored);
+            if records.is_empty() {
+                continue;
             }
-            self.commit_advisory(&report.positions);
-            tracing::debug!(
-                projected = report.projected,
-                dead_lettered = report.dead_lettered,
-                already_applied = report.already_applied,
-                "batch committed"
-            );
+            // From here the batch is applied even if a stop arrives.
+            let mut seek_to: HashMap<i32, i64> = HashMap::new();
+            let mut slowest: HashMap<i32, i64> = HashMap::new();
+            for (projection, tables) in &self.projections {
+                let accepted = gaps.accepted(projection.name());
+                let job = BatchJob {
+                    projection: *projection,
+                    tables,
+                    topic: &self.args.kafka.topic,
+                    records: &records,
+                    decoder: &self.decoder,
+                    accepted_gaps: &accepted,
+                    mode: Mode::Project,
+                    locking: Locking::Take,
+                };
+                let Some(report) = apply::apply_until_done(&self.pool, &job, stop).await else {
+                    break 'batches;
+                };
+                gaps.applied(projection.name(), &report);
+                for gap in &report.gaps {
+                    gaps.observe(projection.name(), *gap);
+                    keep_lowest(&mut seek_to, gap.partition, gap.stored);
+                }
+                for (partition, position) in &report.positions {
+                    keep_lowest(&mut slowest, *partition, *position);
+                }
+                tracing::debug!(
+                    projection = projection.name(),
+                    projected = report.projected,
+                    dead_lettered = report.dead_lettered,
+                    already_applied = report.already_applied,
+                    "batch committed"
+                );
+            }
+            for (partition, offset) in seek_to {
+                self.seek(partition, offset);
+            }
+            self.commit_advisory(&slowest);
         }
         tracing::info!("projector stopped");
         self.consumer.unsubscribe();
@@ -154,17 +198,18 @@ impl Projector {
         }
     }
 
-    /// Waits for one record, then collects more until the batch is full or
-    /// the batch wait has passed.
+    /// Waits up to [`IDLE_WAIT`] for one record, then collects more until
+    /// the batch is full or the batch wait has passed. Empty when the log was
+    /// idle, so that the loop can look at new assignments.
     async fn next_batch(&self) -> Vec<LogRecord> {
-        let first = loop {
-            match self.consumer.recv().await {
-                Ok(message) => break record_of(&message),
-                Err(error) => {
-                    tracing::warn!(error = %error, "consumer error");
-                    tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
-                }
+        let first = match tokio::time::timeout(IDLE_WAIT, self.consumer.recv()).await {
+            Ok(Ok(message)) => record_of(&message),
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "consumer error");
+                tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
+                return Vec::new();
             }
+            Err(_idle) => return Vec::new(),
         };
         let mut records = vec![first];
         let deadline = Instant::now() + self.args.batch_wait();
@@ -181,106 +226,75 @@ impl Projector {
         records
     }
 
-    /// Applies the batch, waiting out MySQL outages. A batch MySQL refuses
-    /// for its data is split, and a single refused record is dead-lettered.
-    /// Returns `None` only when stopped while MySQL is unavailable (nothing
-    /// was applied: the batch will be read again).
-    async fn apply_with_retry(
-        &self,
-        records: &[LogRecord],
-        accepted_gaps: &[Gap],
-        stop: &CancellationToken,
-    ) -> Option<BatchReport> {
-        let topic = self.args.kafka.topic.as_str();
-        let mut backoff = Backoff::new();
-        loop {
-            let attempt = apply::apply_batch(
-                &self.pool,
-                topic,
-                records,
-                &self.rules,
-                accepted_gaps,
-                Mode::Project,
-            )
-            .await;
-            match attempt {
-                Ok(report) => return Some(report),
-                Err(error) if apply::is_data_error(&error) => {
-                    tracing::warn!(error = %error, "MySQL refused a record; applying the batch one record at a time");
-                    return Box::pin(self.apply_one_by_one(records, accepted_gaps, stop)).await;
+    /// Moves every newly assigned partition to the lowest stored position of
+    /// the projections, so that a projection that is behind (or new, with no
+    /// position at all: it starts at offset 0) catches up even when no new
+    /// event arrives. Kafka's committed offset is only where the consumer
+    /// starts before this.
+    async fn resume_assigned_partitions(&self) {
+        let assigned: Vec<i32> = match self.consumer.assignment() {
+            Ok(assignment) => assignment
+                .elements()
+                .iter()
+                .map(|e| e.partition())
+                .collect(),
+            Err(error) => {
+                tracing::warn!(error = %error, "could not read the assignment");
+                self.consumer
+                    .context()
+                    .assignment_changed
+                    .store(true, Ordering::SeqCst);
+                return;
+            }
+        };
+        let mut lowest: HashMap<i32, i64> = HashMap::new();
+        for (_, tables) in &self.projections {
+            let stored = match self.pool.acquire().await {
+                Ok(mut connection) => {
+                    store::positions(&mut connection, &tables.position, &self.args.kafka.topic)
+                        .await
                 }
+                Err(error) => Err(error),
+            };
+            let stored: HashMap<i32, i64> = match stored {
+                Ok(rows) => rows
+                    .into_iter()
+                    .map(|p| (p.kafka_partition, p.next_offset))
+                    .collect(),
                 Err(error) => {
-                    let wait = backoff.next();
-                    tracing::warn!(error = %error, retry_in = ?wait, "batch not applied; retrying");
-                    tokio::select! {
-                        () = stop.cancelled() => return None,
-                        () = tokio::time::sleep(wait) => {}
-                    }
+                    // Batches still check positions; this is retried next turn.
+                    tracing::warn!(error = %error, "could not read positions to resume from");
+                    self.consumer
+                        .context()
+                        .assignment_changed
+                        .store(true, Ordering::SeqCst);
+                    return;
                 }
+            };
+            for partition in &assigned {
+                keep_lowest(
+                    &mut lowest,
+                    *partition,
+                    stored.get(partition).copied().unwrap_or(0),
+                );
             }
         }
-    }
-
-    async fn apply_one_by_one(
-        &self,
-        records: &[LogRecord],
-        accepted_gaps: &[Gap],
-        stop: &CancellationToken,
-    ) -> Option<BatchReport> {
-        let topic = self.args.kafka.topic.as_str();
-        let mut total = BatchReport::default();
-        for record in records.chunks(1) {
-            let report = if records.len() == 1 {
-                let mut backoff = Backoff::new();
-                loop {
-                    let attempt = apply::apply_batch(
-                        &self.pool,
-                        topic,
-                        record,
-                        &self.rules,
-                        accepted_gaps,
-                        Mode::Project,
-                    )
-                    .await;
-                    match attempt {
-                        Ok(report) => break report,
-                        Err(error) if apply::is_data_error(&error) => {
-                            let reason = DeadLetterReason::new("unwritable", error.to_string());
-                            let dead = apply::apply_batch(
-                                &self.pool,
-                                topic,
-                                record,
-                                &self.rules,
-                                accepted_gaps,
-                                Mode::DeadLetter(&reason),
-                            )
-                            .await;
-                            match dead {
-                                Ok(report) => break report,
-                                Err(error) => {
-                                    tracing::warn!(error = %error, "dead letter not written; retrying")
-                                }
-                            }
-                        }
-                        Err(error) => {
-                            tracing::warn!(error = %error, "record not applied; retrying")
-                        }
-                    }
-                    tokio::select! {
-                        () = stop.cancelled() => return None,
-                        () = tokio::time::sleep(backoff.next()) => {}
-                    }
-                }
-            } else {
-                Box::pin(self.apply_with_retry(record, accepted_gaps, stop)).await?
-            };
-            total.projected += report.projected;
-            total.dead_lettered += report.dead_lettered;
-            total.already_applied += report.already_applied;
-            total.gaps.extend(report.gaps);
-            total.positions.extend(report.positions);
+        for (partition, offset) in lowest {
+            if let Err(error) = self.consumer.seek(
+                &self.args.kafka.topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            ) {
+                // Right after an assignment librdkafka may not accept a seek
+                // yet; try again on the next turn of the loop.
+                tracing::debug!(partition, offset, error = %error, "resume seek not accepted yet");
+                self.consumer
+                    .context()
+                    .assignment_changed
+                    .store(true, Ordering::SeqCst);
+            }
         }
-        Some(total)
     }
 
     fn seek(&self, partition: i32, offset: i64) {
@@ -297,8 +311,8 @@ impl Projector {
         }
     }
 
-    /// Tells Kafka where the projector is, for lag tooling only: on start
-    /// and rebalance the projector resumes from MySQL, not from these.
+    /// Tells Kafka where the slowest projection is, for lag tooling only: on
+    /// start and rebalance the projector resumes from MySQL, not from these.
     fn commit_advisory(&self, positions: &HashMap<i32, i64>) {
         let mut offsets = TopicPartitionList::new();
         for (partition, next_offset) in positions {
@@ -317,6 +331,12 @@ impl Projector {
     }
 }
 
+fn keep_lowest(map: &mut HashMap<i32, i64>, partition: i32, offset: i64) {
+    map.entry(partition)
+        .and_modify(|lowest| *lowest = (*lowest).min(offset))
+        .or_insert(offset);
+}
+
 fn record_of(message: &impl Message) -> LogRecord {
     LogRecord {
         partition: message.partition(),
@@ -326,31 +346,16 @@ fn record_of(message: &impl Message) -> LogRecord {
     }
 }
 
-/// Exponential backoff between retries.
-struct Backoff(Duration);
-
-impl Backoff {
-    fn new() -> Self {
-        Self(RETRY_BACKOFF.0)
-    }
-
-    fn next(&mut self) -> Duration {
-        let wait = self.0;
-        self.0 = (self.0 * 2).min(RETRY_BACKOFF.1);
-        wait
-    }
-}
-
-/// Counts how often each gap was seen after seeking back; a gap seen
-/// [`GAP_CONFIRMATIONS`] times is in the log itself and may be crossed.
+/// Counts how often each projection saw each gap after seeking back; a gap
+/// seen [`GAP_CONFIRMATIONS`] times is in the log itself and may be crossed.
 #[derive(Default)]
 struct GapTracker {
-    seen: HashMap<Gap, u32>,
+    seen: HashMap<(&'static str, Gap), u32>,
 }
 
 impl GapTracker {
-    fn observe(&mut self, gap: Gap) {
-        let count = self.seen.entry(gap).or_default();
+    fn observe(&mut self, projection: &'static str, gap: Gap) {
+        let count = self.seen.entry((projection, gap)).or_default();
         *count += 1;
         if *count == GAP_CONFIRMATIONS {
             tracing::warn!(
@@ -362,28 +367,33 @@ impl GapTracker {
         }
     }
 
-    fn accepted(&self) -> Vec<Gap> {
+    fn accepted(&self, projection: &str) -> Vec<Gap> {
         self.seen
             .iter()
-            .filter(|(_, count)| **count >= GAP_CONFIRMATIONS)
-            .map(|(gap, _)| *gap)
+            .filter(|((name, _), count)| *name == projection && **count >= GAP_CONFIRMATIONS)
+            .map(|((_, gap), _)| *gap)
             .collect()
     }
 
-    /// Forgets gaps of partitions that have moved on.
-    fn applied(&mut self, report: &BatchReport) {
-        self.seen.retain(|gap, _| {
-            report
-                .positions
-                .get(&gap.partition)
-                .is_none_or(|position| *position == gap.stored)
+    /// Forgets a projection's gaps in partitions that have moved on.
+    fn applied(&mut self, projection: &str, report: &BatchReport) {
+        self.seen.retain(|(name, gap), _| {
+            *name != projection
+                || report
+                    .positions
+                    .get(&gap.partition)
+                    .is_none_or(|position| *position == gap.stored)
         });
     }
 }
 
-/// Logs partition assignments; correctness does not depend on them, since
-/// every batch checks the stored positions.
-pub struct ProjectorContext;
+/// Logs partition assignments and flags new ones for the loop, which
+/// resumes them from MySQL. Correctness does not depend on it: every batch
+/// checks the stored positions.
+#[derive(Default)]
+pub struct ProjectorContext {
+    assignment_changed: AtomicBool,
+}
 
 impl ClientContext for ProjectorContext {}
 
@@ -391,7 +401,8 @@ impl ConsumerContext for ProjectorContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
-                tracing::info!(partitions = ?partition_numbers(partitions), "partitions assigned")
+                tracing::info!(partitions = ?partition_numbers(partitions), "partitions assigned");
+                self.assignment_changed.store(true, Ordering::SeqCst);
             }
             Rebalance::Revoke(partitions) => {
                 tracing::info!(partitions = ?partition_numbers(partitions), "partitions revoked")

@@ -22,6 +22,8 @@ fn run_help_lists_every_setting_with_its_environment_variable() {
         "SCORES_CONSUMER_GROUP",
         "SCORES_BATCH_SIZE",
         "SCORES_BATCH_WAIT_MS",
+        "SCORES_PROJECTIONS",
+        "SCORES_EVENT_VERSIONS",
         "SCORES_ACC_NBR_PATTERN",
         "SCORES_GRADE_MIN",
         "SCORES_GRADE_MAX",
@@ -36,9 +38,11 @@ fn run_help_lists_every_setting_with_its_environment_variable() {
 }
 
 #[test]
-fn the_top_level_help_names_both_subcommands() {
+fn the_top_level_help_names_every_subcommand() {
     let help = Cli::command().render_help().to_string();
-    assert!(help.contains("migrate") && help.contains("run"), "{help}");
+    for command in ["migrate", "run", "rebuild", "status", "dead-letters"] {
+        assert!(help.contains(command), "{command} missing from {help}");
+    }
 }
 
 #[test]

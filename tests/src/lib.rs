@@ -20,8 +20,7 @@ use std::time::Duration;
 use ingest_api::Application;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use projector::Projector;
-use projector::config::{DatabaseArgs, RunArgs};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use projector::config::{DatabaseArgs, DecoderArgs, RebuildArgs, RunArgs};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use score_shared::config::{KafkaArgs, LogArgs, ValidationArgs};
@@ -110,20 +109,10 @@ impl TestTopic {
     pub async fn high_watermarks(&self) -> HashMap<i32, i64> {
         let kafka = self.kafka.clone();
         tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = score_shared::kafka::admin_config(&kafka)
-                .create()
-                .expect("creating a metadata consumer");
-            (0..kafka.topic_partitions)
-                .map(|partition| {
-                    let (_, high) = consumer
-                        .fetch_watermarks(
-                            &kafka.topic,
-                            partition,
-                            Timeout::After(Duration::from_secs(10)),
-                        )
-                        .expect("fetching watermarks");
-                    (partition, high)
-                })
+            score_shared::kafka::watermarks(&kafka, Duration::from_secs(10))
+                .expect("reading the topic's watermarks")
+                .into_iter()
+                .map(|(partition, (_, high))| (partition, high))
                 .collect()
         })
         .await
@@ -156,7 +145,7 @@ pub fn kafka_args(topic: &str, partitions: i32) -> KafkaArgs {
         topic: topic.to_owned(),
         topic_partitions: partitions,
         topic_replication: 1,
-        kafka_options: vec!["broker.address.family=v4".parse().unwrap()],
+        kafka_options: Vec::new(),
     }
 }
 
@@ -242,6 +231,14 @@ impl TestDatabase {
             .fetch_one(&self.pool)
             .await
             .expect("counting grade rows")
+    }
+
+    /// The lines a content query (such as [`GRADE_CONTENT`]) returns.
+    pub async fn content(&self, query: &'static str) -> Vec<String> {
+        sqlx::query_scalar(query)
+            .fetch_all(&self.pool)
+            .await
+            .expect("reading table content")
     }
 
     /// Every `event_id` in `grade`, with how often it occurs.
@@ -365,6 +362,22 @@ impl RunningProjector {
 
     /// Starts a projector of `kafka`'s topic into the database `database`.
     pub fn start_with(kafka: &KafkaArgs, database: DatabaseArgs, group: &str) -> Self {
+        let projections = projector::projection::names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        Self::start_configured(kafka, database, group, projections, DecoderArgs::default())
+    }
+
+    /// Starts a projector maintaining only `projections`, reading events
+    /// with `decoder`.
+    pub fn start_configured(
+        kafka: &KafkaArgs,
+        database: DatabaseArgs,
+        group: &str,
+        projections: Vec<String>,
+        decoder: DecoderArgs,
+    ) -> Self {
         init_logs();
         let args = RunArgs {
             database,
@@ -372,7 +385,8 @@ impl RunningProjector {
             consumer_group: group.to_owned(),
             batch_size: 100,
             batch_wait_ms: 20,
-            validation: ValidationArgs::default(),
+            projections,
+            decoder,
             log: LogArgs {
                 log_format: LogFormat::Text,
             },
@@ -443,6 +457,38 @@ pub async fn submit_many(
         .into_iter()
         .collect()
 }
+
+/// Settings for rebuilding `projection` of `kafka`'s topic in `database`.
+pub fn rebuild_args(
+    kafka: &KafkaArgs,
+    database: &TestDatabase,
+    projection: &str,
+    keep_old: bool,
+) -> RebuildArgs {
+    RebuildArgs {
+        projection: projection.to_owned(),
+        keep_old,
+        batch_size: 200,
+        database: database.args(),
+        kafka: kafka.clone(),
+        decoder: DecoderArgs::default(),
+        log: LogArgs {
+            log_format: LogFormat::Text,
+        },
+    }
+}
+
+/// Every column of `grade` but the projection-time metadata (`id`,
+/// `projected_at`), one line a row, ordered by event id: two tables with the
+/// same lines hold the same data.
+pub const GRADE_CONTENT: &str = "SELECT CONCAT_WS('|', acc_nbr, grade1, grade2, grade3, HEX(txt1), HEX(txt2), \
+     HEX(txt3), insert_time, event_id, channel, IFNULL(scene, '-'), kafka_partition, kafka_offset) \
+     FROM grade ORDER BY event_id";
+
+/// Every column of `account_summary`, one line a row, ordered by account.
+pub const ACCOUNT_SUMMARY_CONTENT: &str = "SELECT CONCAT_WS('|', acc_nbr, submissions, grade1_sum, \
+     grade2_sum, grade3_sum, avg_grade1, avg_grade2, avg_grade3, first_submission_at, last_submission_at) \
+     FROM account_summary ORDER BY acc_nbr";
 
 /// A fresh consumer group name.
 pub fn unique_group() -> String {

@@ -1,0 +1,125 @@
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::NaiveDateTime;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use sqlx::{MySql, MySqlConnection, QueryBuilder};
+
+use super::{Projected, Projection, TableSet};
+
+/// `account_summary`: one row per account with its number of submissions,
+/// the sums behind its average grades, and its first and last submission
+/// times. `account_summary_event` remembers the events counted, so that a
+/// second record of the same event (a client retry) counts once.
+pub struct AccountSummary;
+
+const IDS_PER_STATEMENT: usize = 1000;
+
+/// One account's share of a batch.
+#[derive(Default)]
+struct Totals {
+    submissions: i64,
+    sums: [i64; 3],
+    first: Option<NaiveDateTime>,
+    last: Option<NaiveDateTime>,
+}
+
+impl Projection for AccountSummary {
+    fn name(&self) -> &'static str {
+        "account_summary"
+    }
+
+    fn data_tables(&self) -> &'static [&'static str] {
+        &["account_summary", "account_summary_event"]
+    }
+
+    fn apply<'a>(
+        &'a self,
+        connection: &'a mut MySqlConnection,
+        tables: &'a TableSet,
+        events: &'a [Projected<'a>],
+    ) -> BoxFuture<'a, sqlx::Result<()>> {
+        async move {
+            let (summary_table, seen_table) = (&tables.data[0], &tables.data[1]);
+            let ids: Vec<String> = events
+                .iter()
+                .map(|p| p.event.event_id.hyphenated().to_string())
+                .collect();
+
+            // Events counted before (by an earlier record of the same event).
+            let mut counted: HashSet<String> = HashSet::new();
+            for chunk in ids.chunks(IDS_PER_STATEMENT) {
+                let mut select = QueryBuilder::<MySql>::new("SELECT event_id FROM ");
+                select.push(seen_table).push(" WHERE event_id IN (");
+                let mut list = select.separated(", ");
+                for id in chunk {
+                    list.push_bind(id.as_str());
+                }
+                select.push(") FOR UPDATE");
+                let found: Vec<(String,)> = select.build_query_as().fetch_all(&mut *connection).await?;
+                counted.extend(found.into_iter().map(|(id,)| id));
+            }
+
+            let mut totals: BTreeMap<&str, Totals> = BTreeMap::new();
+            let mut new_ids = Vec::new();
+            for (projected, id) in events.iter().zip(&ids) {
+                if !counted.insert(id.clone()) {
+                    continue;
+                }
+                new_ids.push(id.as_str());
+                let event = projected.event;
+                let at = event.occurred_at.naive_utc();
+                let entry = totals.entry(event.acc_nbr.as_str()).or_default();
+                entry.submissions += 1;
+                for (sum, grade) in entry.sums.iter_mut().zip([event.grade1, event.grade2, event.grade3]) {
+                    *sum += i64::from(grade);
+                }
+                entry.first = Some(entry.first.map_or(at, |first| first.min(at)));
+                entry.last = Some(entry.last.map_or(at, |last| last.max(at)));
+            }
+            if new_ids.is_empty() {
+                return Ok(());
+            }
+
+            for chunk in new_ids.chunks(IDS_PER_STATEMENT) {
+                let mut insert = QueryBuilder::<MySql>::new("INSERT INTO ");
+                insert.push(seen_table).push(" (event_id) ");
+                insert.push_values(chunk, |mut values, id| {
+                    values.push_bind(*id);
+                });
+                insert.build().execute(&mut *connection).await?;
+            }
+
+            let accounts: Vec<_> = totals.into_iter().collect();
+            for chunk in accounts.chunks(IDS_PER_STATEMENT) {
+                let mut upsert = QueryBuilder::<MySql>::new("INSERT INTO ");
+                upsert.push(summary_table).push(
+                    " (acc_nbr, submissions, grade1_sum, grade2_sum, grade3_sum, \
+                     first_submission_at, last_submission_at) ",
+                );
+                upsert.push_values(chunk, |mut values, (account, totals)| {
+                    values
+                        .push_bind(*account)
+                        .push_bind(totals.submissions)
+                        .push_bind(totals.sums[0])
+                        .push_bind(totals.sums[1])
+                        .push_bind(totals.sums[2])
+                        .push_bind(totals.first)
+                        .push_bind(totals.last);
+                });
+                upsert.push(
+                    " ON DUPLICATE KEY UPDATE \
+                     submissions = submissions + VALUES(submissions), \
+                     grade1_sum = grade1_sum + VALUES(grade1_sum), \
+                     grade2_sum = grade2_sum + VALUES(grade2_sum), \
+                     grade3_sum = grade3_sum + VALUES(grade3_sum), \
+                     first_submission_at = LEAST(first_submission_at, VALUES(first_submission_at)), \
+                     last_submission_at = GREATEST(last_submission_at, VALUES(last_submission_at))",
+                );
+                upsert.build().execute(&mut *connection).await?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
