@@ -160,12 +160,7 @@ async fn v1_answers_202_and_the_same_idempotency_key_yields_one_row() {
     })
     .await;
     assert!(passed, "the projector did not reach offset {last_offset}");
-    assert!(
-        eventually(PROJECTION_LIMIT, || async {
-            database.grade_count().await == 2
-        })
-        .await
-    );
+    database.await_grade_rows(2, PROJECTION_LIMIT).await;
 
     let counts = database.event_id_counts().await;
     let retried = answers[0]["event_id"].as_str().unwrap();
@@ -237,12 +232,7 @@ async fn chinese_emoji_and_sql_lookalikes_round_trip_byte_exact() {
         .unwrap();
     assert_eq!(response.status(), 200);
 
-    assert!(
-        eventually(PROJECTION_LIMIT, || async {
-            database.grade_count().await == 1
-        })
-        .await
-    );
+    database.await_grade_rows(1, PROJECTION_LIMIT).await;
     let stored: (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) = sqlx::query_as(
         "SELECT CAST(acc_nbr AS BINARY), CAST(txt1 AS BINARY), CAST(txt2 AS BINARY), \
          CAST(txt3 AS BINARY) FROM grade",
@@ -477,12 +467,7 @@ async fn a_malformed_event_goes_to_dead_letter_and_the_events_after_it_project()
     assert!(valid["offset"].as_i64().unwrap() > unknown_offset);
 
     let projector = RunningProjector::start(&topic.kafka, &database, &unique_group());
-    assert!(
-        eventually(PROJECTION_LIMIT, || async {
-            database.grade_count().await == 1
-        })
-        .await
-    );
+    database.await_grade_rows(1, PROJECTION_LIMIT).await;
 
     let dead: Vec<DeadLetter> = sqlx::query_as(
         "SELECT projection, kafka_partition, kafka_offset, message_key, payload, error \
@@ -598,12 +583,7 @@ async fn a_mysql_outage_is_waited_out_and_nothing_is_lost_or_doubled() {
     );
 
     let mut acknowledged = submit_many(&api, "13700", 100).await;
-    assert!(
-        eventually(PROJECTION_LIMIT, || async {
-            database.grade_count().await == 100
-        })
-        .await
-    );
+    database.await_grade_rows(100, PROJECTION_LIMIT).await;
 
     // MySQL goes away; the write path does not depend on it.
     proxy.cut().await;

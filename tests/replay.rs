@@ -76,12 +76,7 @@ async fn a_rebuild_reproduces_the_live_tables_row_for_row_and_repairs_damage() {
     }
     topic.produce_raw(1, "13800000000", b"not an event").await;
     let expected_rows = acknowledged.len() as i64;
-    assert!(
-        eventually(LIMIT, || async {
-            database.grade_count().await == expected_rows
-        })
-        .await
-    );
+    database.await_grade_rows(expected_rows, LIMIT).await;
     assert!(
         eventually(LIMIT, || async {
             summary_submissions(&database).await == expected_rows
@@ -129,12 +124,7 @@ async fn a_rebuild_reproduces_the_live_tables_row_for_row_and_repairs_damage() {
     // The live projector carries on from the swapped-in positions.
     acknowledged.extend(submit_many(&api, "13805", 30).await);
     let expected_rows = acknowledged.len() as i64;
-    assert!(
-        eventually(LIMIT, || async {
-            database.grade_count().await == expected_rows
-        })
-        .await
-    );
+    database.await_grade_rows(expected_rows, LIMIT).await;
     assert!(
         database
             .event_id_counts()
@@ -159,7 +149,7 @@ async fn a_rebuild_under_load_keeps_readers_served_and_every_event_once() {
     for wave in 0..10 {
         acknowledged.extend(submit_many(&api, &format!("1370{wave}"), 100).await);
     }
-    assert!(eventually(LIMIT, || async { database.grade_count().await == 1000 }).await);
+    database.await_grade_rows(1000, LIMIT).await;
 
     // An analyst polling the table throughout.
     let reading = Arc::new(AtomicBool::new(true));
@@ -251,7 +241,7 @@ async fn a_projection_added_later_builds_itself_from_the_whole_log() {
         DecoderArgs::default(),
     );
     let acknowledged = submit_many(&api, "13600", 150).await;
-    assert!(eventually(LIMIT, || async { database.grade_count().await == 150 }).await);
+    database.await_grade_rows(150, LIMIT).await;
     projector.stop().await;
     assert_eq!(
         summary_submissions(&database).await,
@@ -346,7 +336,7 @@ async fn v1_and_v2_events_project_an_unknown_version_waits_in_dead_letters_until
         names,
         v1_only,
     );
-    assert!(eventually(LIMIT, || async { database.grade_count().await == 2 }).await);
+    database.await_grade_rows(2, LIMIT).await;
     let open = dead_letters::list(&database.pool, Some("grade"), false)
         .await
         .unwrap();
@@ -428,7 +418,7 @@ async fn a_killed_rebuild_leaves_the_live_tables_untouched_and_a_rerun_succeeds(
     for wave in 0..10 {
         submit_many(&api, &format!("1340{wave}"), 100).await;
     }
-    assert!(eventually(LIMIT, || async { database.grade_count().await == 1000 }).await);
+    database.await_grade_rows(1000, LIMIT).await;
     projector.stop().await;
     let live = grade_and_summary(&database).await;
     let positions: Vec<(i32, i64)> =
@@ -503,7 +493,7 @@ async fn status_shows_each_projections_position_lag_and_dead_letters_per_partiti
         })
         .await
     );
-    assert!(eventually(LIMIT, || async { database.grade_count().await == 40 }).await);
+    database.await_grade_rows(40, LIMIT).await;
     let after = projector::status::status(&database.pool, &topic.kafka)
         .await
         .unwrap();

@@ -170,7 +170,7 @@ impl Projector {
                 );
             }
             for (partition, offset) in seek_to {
-                self.seek(partition, offset);
+                self.seek_back(partition, offset);
             }
             self.commit_advisory(&slowest);
         }
@@ -280,12 +280,7 @@ impl Projector {
             }
         }
         for (partition, offset) in lowest {
-            if let Err(error) = self.consumer.seek(
-                &self.args.kafka.topic,
-                partition,
-                Offset::Offset(offset),
-                Duration::from_secs(5),
-            ) {
+            if let Err(error) = self.seek(partition, offset) {
                 // Right after an assignment librdkafka may not accept a seek
                 // yet; try again on the next turn of the loop.
                 tracing::debug!(partition, offset, error = %error, "resume seek not accepted yet");
@@ -297,14 +292,18 @@ impl Projector {
         }
     }
 
-    fn seek(&self, partition: i32, offset: i64) {
-        tracing::info!(partition, offset, "seeking back to the stored position");
-        if let Err(error) = self.consumer.seek(
+    fn seek(&self, partition: i32, offset: i64) -> rdkafka::error::KafkaResult<()> {
+        self.consumer.seek(
             &self.args.kafka.topic,
             partition,
             Offset::Offset(offset),
             Duration::from_secs(5),
-        ) {
+        )
+    }
+
+    fn seek_back(&self, partition: i32, offset: i64) {
+        tracing::info!(partition, offset, "seeking back to the stored position");
+        if let Err(error) = self.seek(partition, offset) {
             // The next batch from that partition shows the gap again and the
             // seek is retried then.
             tracing::warn!(partition, offset, error = %error, "seek failed");

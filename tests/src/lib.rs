@@ -241,6 +241,20 @@ impl TestDatabase {
             .expect("reading table content")
     }
 
+    /// Waits until `grade` holds exactly `expected` rows.
+    ///
+    /// # Panics
+    ///
+    /// When it does not within `limit`, saying how many it holds.
+    pub async fn await_grade_rows(&self, expected: i64, limit: Duration) {
+        let reached = eventually(limit, || async { self.grade_count().await == expected }).await;
+        assert!(
+            reached,
+            "grade holds {} rows, not {expected}, after {limit:?}",
+            self.grade_count().await
+        );
+    }
+
     /// Every `event_id` in `grade`, with how often it occurs.
     pub async fn event_id_counts(&self) -> HashMap<String, i64> {
         let rows: Vec<(String, i64)> =
