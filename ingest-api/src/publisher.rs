@@ -5,14 +5,18 @@
 //! serialized: each request awaits its own delivery future, so many are in
 //! flight at once and librdkafka batches them.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
+use tokio::sync::mpsc;
 use score_shared::ScoreSubmitted;
 use score_shared::config::KafkaArgs;
 use score_shared::event::{SCORE_SUBMITTED, SCORE_SUBMITTED_VERSION};
@@ -31,31 +35,112 @@ pub enum PublishError {
     NotAcknowledged(#[source] KafkaError),
     #[error("the broker did not acknowledge the event within {0:?}")]
     TimedOut(Duration),
+    #[error("every broker is down")]
+    BrokersDown,
 }
 
 /// The ingest API's handle on the log.
+///
+/// After every broker was unreachable, the producer in use is retired: its
+/// queued and in-flight sends are purged at once (their requests answer 503)
+/// and the next send starts a new producer, with a new producer id. A broker
+/// restarted from its storage may not know the old producer id any more
+/// (Tansu 0.6.0 then fails every later produce), while a new one is always
+/// valid; on Apache Kafka the renewal is merely harmless.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    current: Arc<RwLock<Arc<Generation>>>,
+    kafka: Arc<KafkaArgs>,
     topic: Arc<str>,
     timeout: Duration,
+    last_renewal: Arc<Mutex<Instant>>,
+    retire: mpsc::UnboundedSender<()>,
+}
+
+/// One producer and whether it has been retired.
+struct Generation {
+    producer: FutureProducer<PublisherContext>,
+    retired: Arc<AtomicBool>,
+}
+
+/// Fewest time between two producer renewals, so that an outage does not
+/// create a producer for every request.
+const RENEWAL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Marks its producer retired when every broker is down.
+pub struct PublisherContext {
+    retired: Arc<AtomicBool>,
+    retire: mpsc::UnboundedSender<()>,
+}
+
+impl ClientContext for PublisherContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "Kafka client error");
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
+            && !self.retired.swap(true, Ordering::SeqCst)
+        {
+            let _ = self.retire.send(());
+        }
+    }
 }
 
 impl Publisher {
-    /// Creates the idempotent producer (it connects lazily).
+    /// Creates the idempotent producer (it connects lazily) and the task that
+    /// retires producers after an outage. Must run inside a Tokio runtime.
     ///
     /// # Errors
     ///
     /// When librdkafka refuses the settings.
     pub fn new(kafka: &KafkaArgs, timeout: Duration) -> anyhow::Result<Self> {
-        let producer = score_shared::kafka::producer_config(kafka, timeout)
-            .create()
-            .context("creating the Kafka producer")?;
-        Ok(Self {
-            producer,
+        let (retire, mut retirements) = mpsc::unbounded_channel();
+        let first = Generation::create(kafka, timeout, &retire)?;
+        let publisher = Self {
+            current: Arc::new(RwLock::new(Arc::new(first))),
+            kafka: Arc::new(kafka.clone()),
             topic: kafka.topic.as_str().into(),
             timeout,
-        })
+            last_renewal: Arc::new(Mutex::new(Instant::now())),
+            retire,
+        };
+        let current = Arc::downgrade(&publisher.current);
+        tokio::spawn(async move {
+            while retirements.recv().await.is_some() {
+                let Some(current) = current.upgrade() else { return };
+                let generation = current.read().expect("producer lock").clone();
+                if generation.retired.load(Ordering::SeqCst) {
+                    // Nothing it holds may reach a broker that came back.
+                    generation
+                        .producer
+                        .purge(PurgeConfig::default().queue().inflight());
+                    tracing::warn!("every broker is down; retired the producer");
+                }
+            }
+        });
+        Ok(publisher)
+    }
+
+    /// The producer to send with: the current one, or a new one when it was
+    /// retired (at most one renewal per [`RENEWAL_INTERVAL`]).
+    fn producer(&self) -> Result<FutureProducer<PublisherContext>, PublishError> {
+        let generation = self.current.read().expect("producer lock").clone();
+        if !generation.retired.load(Ordering::SeqCst) {
+            return Ok(generation.producer.clone());
+        }
+        let mut last_renewal = self.last_renewal.lock().expect("renewal lock");
+        let mut current = self.current.write().expect("producer lock");
+        if !current.retired.load(Ordering::SeqCst) {
+            // Another request renewed it meanwhile.
+            return Ok(current.producer.clone());
+        }
+        if last_renewal.elapsed() < RENEWAL_INTERVAL {
+            return Err(PublishError::BrokersDown);
+        }
+        let renewed = Generation::create(&self.kafka, self.timeout, &self.retire)
+            .map_err(|_| PublishError::BrokersDown)?;
+        *last_renewal = Instant::now();
+        *current = Arc::new(renewed);
+        tracing::info!("started a new producer");
+        Ok(current.producer.clone())
     }
 
     /// Appends `event`, keyed by account number so that one account's events
@@ -86,7 +171,8 @@ impl Publisher {
             .headers(headers);
         // librdkafka's message.timeout.ms bounds the delivery; the outer
         // timeout is a second fence so that no request can hang on a bug.
-        let delivery = self.producer.send(record, Timeout::After(self.timeout));
+        let producer = self.producer()?;
+        let delivery = producer.send(record, Timeout::After(self.timeout));
         let fence = self.timeout + Duration::from_secs(1);
         match tokio::time::timeout(fence, delivery).await {
             Ok(Ok(delivery)) => Ok(Receipt {
@@ -101,7 +187,7 @@ impl Publisher {
     /// Whether the broker answers a metadata request for our topic within
     /// `timeout`.
     pub async fn is_ready(&self, timeout: Duration) -> bool {
-        let producer = self.producer.clone();
+        let producer = self.current.read().expect("producer lock").producer.clone();
         let topic = self.topic.clone();
         let probe = tokio::task::spawn_blocking(move || {
             producer
@@ -119,7 +205,7 @@ impl Publisher {
 
     /// Waits up to `timeout` for every queued event to be acknowledged.
     pub async fn flush(&self, timeout: Duration) {
-        let producer = self.producer.clone();
+        let producer = self.current.read().expect("producer lock").producer.clone();
         let flushed =
             tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout))).await;
         match flushed {
@@ -127,5 +213,19 @@ impl Publisher {
             Ok(Err(error)) => tracing::warn!(error = %error, "producer flush incomplete"),
             Err(error) => tracing::warn!(error = %error, "producer flush task failed"),
         }
+    }
+}
+
+impl Generation {
+    fn create(kafka: &KafkaArgs, timeout: Duration, retire: &mpsc::UnboundedSender<()>) -> anyhow::Result<Self> {
+        let retired = Arc::new(AtomicBool::new(false));
+        let context = PublisherContext {
+            retired: retired.clone(),
+            retire: retire.clone(),
+        };
+        let producer = score_shared::kafka::producer_config(kafka, timeout)
+            .create_with_context(context)
+            .context("creating the Kafka producer")?;
+        Ok(Self { producer, retired })
     }
 }
