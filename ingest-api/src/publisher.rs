@@ -16,10 +16,10 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
-use tokio::sync::mpsc;
 use score_shared::ScoreSubmitted;
 use score_shared::config::KafkaArgs;
 use score_shared::event::{SCORE_SUBMITTED, SCORE_SUBMITTED_VERSION};
+use tokio::sync::mpsc;
 
 /// Where an acknowledged event landed in the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,12 +41,14 @@ pub enum PublishError {
 
 /// The ingest API's handle on the log.
 ///
-/// After every broker was unreachable, the producer in use is retired: its
-/// queued and in-flight sends are purged at once (their requests answer 503)
-/// and the next send starts a new producer, with a new producer id. A broker
-/// restarted from its storage may not know the old producer id any more
-/// (Tansu 0.6.0 then fails every later produce), while a new one is always
-/// valid; on Apache Kafka the renewal is merely harmless.
+/// After every broker was unreachable, or a send failed, the producer in use
+/// is retired: its queued and in-flight sends are purged at once (their
+/// requests answer 503) and the next send starts a new producer, with a new
+/// producer id. A broker restarted from its storage may not know the old
+/// producer id, and a producer whose send timed out in flight must bump its
+/// epoch; Tansu 0.6.0 handles neither and then stops serving produce
+/// requests, while a new producer id is always valid. On Apache Kafka the
+/// renewal is merely harmless.
 #[derive(Clone)]
 pub struct Publisher {
     current: Arc<RwLock<Arc<Generation>>>,
@@ -61,6 +63,7 @@ pub struct Publisher {
 struct Generation {
     producer: FutureProducer<PublisherContext>,
     retired: Arc<AtomicBool>,
+    purged: AtomicBool,
 }
 
 /// Fewest time between two producer renewals, so that an outage does not
@@ -105,14 +108,13 @@ impl Publisher {
         let current = Arc::downgrade(&publisher.current);
         tokio::spawn(async move {
             while retirements.recv().await.is_some() {
-                let Some(current) = current.upgrade() else { return };
+                let Some(current) = current.upgrade() else {
+                    return;
+                };
                 let generation = current.read().expect("producer lock").clone();
                 if generation.retired.load(Ordering::SeqCst) {
-                    // Nothing it holds may reach a broker that came back.
-                    generation
-                        .producer
-                        .purge(PurgeConfig::default().queue().inflight());
-                    tracing::warn!("every broker is down; retired the producer");
+                    tracing::warn!("every broker is down; retiring the producer");
+                    generation.retire();
                 }
             }
         });
@@ -121,16 +123,16 @@ impl Publisher {
 
     /// The producer to send with: the current one, or a new one when it was
     /// retired (at most one renewal per [`RENEWAL_INTERVAL`]).
-    fn producer(&self) -> Result<FutureProducer<PublisherContext>, PublishError> {
+    fn producer(&self) -> Result<Arc<Generation>, PublishError> {
         let generation = self.current.read().expect("producer lock").clone();
         if !generation.retired.load(Ordering::SeqCst) {
-            return Ok(generation.producer.clone());
+            return Ok(generation);
         }
         let mut last_renewal = self.last_renewal.lock().expect("renewal lock");
         let mut current = self.current.write().expect("producer lock");
         if !current.retired.load(Ordering::SeqCst) {
             // Another request renewed it meanwhile.
-            return Ok(current.producer.clone());
+            return Ok(current.clone());
         }
         if last_renewal.elapsed() < RENEWAL_INTERVAL {
             return Err(PublishError::BrokersDown);
@@ -140,7 +142,7 @@ impl Publisher {
         *last_renewal = Instant::now();
         *current = Arc::new(renewed);
         tracing::info!("started a new producer");
-        Ok(current.producer.clone())
+        Ok(current.clone())
     }
 
     /// Appends `event`, keyed by account number so that one account's events
@@ -171,17 +173,26 @@ impl Publisher {
             .headers(headers);
         // librdkafka's message.timeout.ms bounds the delivery; the outer
         // timeout is a second fence so that no request can hang on a bug.
-        let producer = self.producer()?;
-        let delivery = producer.send(record, Timeout::After(self.timeout));
+        let generation = self.producer()?;
+        let delivery = generation
+            .producer
+            .send(record, Timeout::After(self.timeout));
         let fence = self.timeout + Duration::from_secs(1);
-        match tokio::time::timeout(fence, delivery).await {
-            Ok(Ok(delivery)) => Ok(Receipt {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
-            Ok(Err((error, _message))) => Err(PublishError::NotAcknowledged(error)),
-            Err(_elapsed) => Err(PublishError::TimedOut(fence)),
-        }
+        let outcome = match tokio::time::timeout(fence, delivery).await {
+            Ok(Ok(delivery)) => {
+                return Ok(Receipt {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                });
+            }
+            Ok(Err((error, _message))) => PublishError::NotAcknowledged(error),
+            Err(_elapsed) => PublishError::TimedOut(fence),
+        };
+        // A send that failed (typically timed out in flight) leaves the
+        // idempotent producer needing a new epoch, which some brokers mishandle
+        // (Tansu 0.6.0 stops serving produce requests): start afresh instead.
+        generation.retire();
+        Err(outcome)
     }
 
     /// Whether the broker answers a metadata request for our topic within
@@ -217,7 +228,11 @@ impl Publisher {
 }
 
 impl Generation {
-    fn create(kafka: &KafkaArgs, timeout: Duration, retire: &mpsc::UnboundedSender<()>) -> anyhow::Result<Self> {
+    fn create(
+        kafka: &KafkaArgs,
+        timeout: Duration,
+        retire: &mpsc::UnboundedSender<()>,
+    ) -> anyhow::Result<Self> {
         let retired = Arc::new(AtomicBool::new(false));
         let context = PublisherContext {
             retired: retired.clone(),
@@ -226,6 +241,20 @@ impl Generation {
         let producer = score_shared::kafka::producer_config(kafka, timeout)
             .create_with_context(context)
             .context("creating the Kafka producer")?;
-        Ok(Self { producer, retired })
+        Ok(Self {
+            producer,
+            retired,
+            purged: AtomicBool::new(false),
+        })
+    }
+
+    /// Takes the producer out of service: nothing it still holds may reach
+    /// a broker (its queued and in-flight sends fail, answering 503).
+    fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        if !self.purged.swap(true, Ordering::SeqCst) {
+            self.producer
+                .purge(PurgeConfig::default().queue().inflight());
+        }
     }
 }

@@ -222,6 +222,13 @@ pub struct RunArgs {
     )]
     pub consumer_group: String,
 
+    /// Stable name of this instance in the consumer group (for example the
+    /// host name). Restarted under the same name, an instance takes its
+    /// partitions back at once; unset, a crashed instance's partitions wait
+    /// for its session to time out (and Tansu 0.6.0 may keep it for good).
+    #[arg(long, env = "SCORES_CONSUMER_INSTANCE_ID")]
+    pub consumer_instance_id: Option<String>,
+
     /// Most events applied in one MySQL transaction.
     #[arg(long, env = "SCORES_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,

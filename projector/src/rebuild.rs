@@ -281,9 +281,10 @@ impl<'a> Rebuild<'a> {
             projection.name(),
             uuid::Uuid::new_v4().simple()
         );
-        let consumer: StreamConsumer = score_shared::kafka::consumer_config(&args.kafka, &group)
-            .create()
-            .context("creating the rebuild's Kafka consumer")?;
+        let consumer: StreamConsumer =
+            score_shared::kafka::consumer_config(&args.kafka, &group, None)
+                .create()
+                .context("creating the rebuild's Kafka consumer")?;
         let progress = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         progress.set_style(
             ProgressStyle::with_template(

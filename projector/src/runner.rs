@@ -67,10 +67,13 @@ impl Projector {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let pool = db::pool(&args.database)?;
-        let consumer: StreamConsumer<ProjectorContext> =
-            score_shared::kafka::consumer_config(&args.kafka, &args.consumer_group)
-                .create_with_context(ProjectorContext::default())
-                .context("creating the Kafka consumer")?;
+        let consumer: StreamConsumer<ProjectorContext> = score_shared::kafka::consumer_config(
+            &args.kafka,
+            &args.consumer_group,
+            args.consumer_instance_id.as_deref(),
+        )
+        .create_with_context(ProjectorContext::default())
+        .context("creating the Kafka consumer")?;
         Ok(Self {
             args,
             pool,

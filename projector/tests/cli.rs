@@ -20,6 +20,7 @@ fn run_help_lists_every_setting_with_its_environment_variable() {
         "SCORES_TOPIC_REPLICATION",
         "SCORES_KAFKA_OPTIONS",
         "SCORES_CONSUMER_GROUP",
+        "SCORES_CONSUMER_INSTANCE_ID",
         "SCORES_BATCH_SIZE",
         "SCORES_BATCH_WAIT_MS",
         "SCORES_PROJECTIONS",

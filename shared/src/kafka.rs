@@ -67,8 +67,19 @@ pub fn producer_config(args: &KafkaArgs, publish_timeout: Duration) -> ClientCon
 /// Settings for the projector's consumer. Offsets are never committed
 /// automatically: the projector's position lives in MySQL and Kafka's
 /// committed offsets are only advisory (for lag tooling).
-pub fn consumer_config(args: &KafkaArgs, group_id: &str) -> ClientConfig {
+///
+/// With an `instance_id` the consumer is a static group member: restarted
+/// under the same id, it takes its partitions back at once instead of
+/// waiting for its crashed predecessor's session to time out.
+pub fn consumer_config(
+    args: &KafkaArgs,
+    group_id: &str,
+    instance_id: Option<&str>,
+) -> ClientConfig {
     let mut config = client_config(args);
+    if let Some(instance_id) = instance_id {
+        config.set("group.instance.id", instance_id);
+    }
     config
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")

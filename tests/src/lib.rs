@@ -8,6 +8,7 @@
 //! whose service is missing fails with a message saying so: none skips.
 //! Logs are printed only when `TEST_LOG` is set.
 
+pub mod processes;
 pub mod proxy;
 
 use std::collections::HashMap;
@@ -165,6 +166,7 @@ pub struct TestDatabase {
     pub name: String,
     pub url: String,
     pub pool: MySqlPool,
+    server: String,
 }
 
 impl TestDatabase {
@@ -174,7 +176,12 @@ impl TestDatabase {
     ///
     /// When MariaDB cannot be reached: the tests need it.
     pub async fn create() -> Self {
-        let server = mysql_server_url();
+        Self::create_on(&mysql_server_url()).await
+    }
+
+    /// Creates and migrates a fresh database on the server at `server`.
+    pub async fn create_on(server: &str) -> Self {
+        let server = server.to_owned();
         let name = unique_name(TEST_DATABASE_PREFIX);
         let url = format!("{server}/{name}");
         let mut admin = MySqlConnectOptions::from_str(&server)
@@ -203,7 +210,12 @@ impl TestDatabase {
             .connect(&url)
             .await
             .expect("connecting to the test database");
-        Self { name, url, pool }
+        Self {
+            name,
+            url,
+            pool,
+            server,
+        }
     }
 
     /// Settings for a projector writing into this database.
@@ -268,7 +280,7 @@ impl TestDatabase {
     /// Drops the database (called at the end of a passing test).
     pub async fn drop_database(self) {
         self.pool.close().await;
-        let mut admin = MySqlConnectOptions::from_str(&mysql_server_url())
+        let mut admin = MySqlConnectOptions::from_str(&self.server)
             .expect("URL")
             .connect()
             .await
@@ -397,6 +409,7 @@ impl RunningProjector {
             database,
             kafka: kafka.clone(),
             consumer_group: group.to_owned(),
+            consumer_instance_id: None,
             batch_size: 100,
             batch_wait_ms: 20,
             projections,

@@ -1,0 +1,305 @@
+//! Fault injection: the real binaries as separate processes, killed and
+//! restarted under load, with the broker or MariaDB taken away. Each test
+//! records every event id the API acknowledged and, after recovery, checks
+//! `grade` against them: nothing acknowledged missing, nothing twice. Load
+//! and kill points come from a seed printed at the start (replay a failure
+//! with `SCORES_TEST_SEED`). Every wait is bounded.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use pipeline_tests::processes::{Broker, Load, LoadReport, PrivateMariaDb, Seeded, Service};
+use pipeline_tests::{TestDatabase, eventually, unique_group};
+use tokio::sync::Mutex;
+
+/// One fault test at a time: each runs a broker, services and load of its
+/// own, and together they would starve a 2-core machine into timeouts that
+/// are not the fault under test.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+/// How long projection may take to catch up after the last fault (a killed
+/// consumer's partitions move on after its 10 s session timeout).
+const RECOVERY: Duration = Duration::from_secs(90);
+
+fn env(brokers: &str, topic: &str, database_url: &str, group: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("SCORES_KAFKA_BROKERS", brokers.to_owned()),
+        ("SCORES_TOPIC", topic.to_owned()),
+        ("SCORES_TOPIC_PARTITIONS", "3".to_owned()),
+        ("SCORES_DATABASE_URL", database_url.to_owned()),
+        ("SCORES_CONSUMER_GROUP", group.to_owned()),
+        ("SCORES_PUBLISH_TIMEOUT_MS", "3000".to_owned()),
+        ("SCORES_BATCH_SIZE", "50".to_owned()),
+    ]
+}
+
+/// Waits until every acknowledged event is in `grade`, then checks that no
+/// event id is there twice and that nothing appeared that no request asked
+/// for. With `strict`, `grade` must hold exactly the acknowledged events
+/// (when every request was answered 2xx).
+async fn assert_exactly_once(
+    database: &TestDatabase,
+    report: &LoadReport,
+    strict: bool,
+    logs: &[&Service],
+) {
+    let acknowledged = &report.acknowledged;
+    let arrived = eventually(RECOVERY, || async {
+        let present: HashSet<String> = database.event_id_counts().await.into_keys().collect();
+        acknowledged.is_subset(&present)
+    })
+    .await;
+    let counts = database.event_id_counts().await;
+    let present: HashSet<String> = counts.keys().cloned().collect();
+    let missing = acknowledged.difference(&present).count();
+    let tails: Vec<String> = logs.iter().map(|service| service.log_tail()).collect();
+    assert!(
+        arrived,
+        "{missing} of {} acknowledged events never reached grade\n{}",
+        acknowledged.len(),
+        tails.join("\n")
+    );
+    let doubled: Vec<_> = counts.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(
+        doubled.is_empty(),
+        "events in grade more than once: {doubled:?}"
+    );
+    let extra = present.difference(acknowledged).count();
+    let unacknowledged_requests = report.refused.len() + report.unanswered;
+    if strict {
+        assert_eq!(extra, 0, "grade holds events nobody was told were accepted");
+    } else {
+        // A request that timed out may still have reached the log: it then
+        // appears once, and its client was told to retry (503), never 2xx.
+        assert!(
+            extra <= unacknowledged_requests,
+            "{extra} unacknowledged events in grade, but only {unacknowledged_requests} requests went unacknowledged"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_broker_killed_under_load_means_503s_then_recovery_without_a_restart() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let mut seed = Seeded::from_env("broker kill");
+    let mut broker = Broker::start();
+    let database = TestDatabase::create().await;
+    let env = env(
+        &broker.address(),
+        "score-events",
+        &database.url,
+        &unique_group(),
+    );
+    let (api, url) = Service::ingest_api(&env);
+    let projector = Service::projector(&env);
+
+    let load = Load::start(vec![url.clone()], 8, 200_000, seed.between(1, u64::MAX));
+    load.wait_for_more(200, Duration::from_secs(30)).await;
+
+    broker.kill();
+    // Requests in flight when the broker died may still be acknowledged by
+    // it; after that, nothing may be.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_outage = load.acknowledged();
+    tokio::time::sleep(Duration::from_millis(seed.between(2000, 4000))).await;
+    assert_eq!(
+        load.acknowledged(),
+        before_outage,
+        "a 2xx was given while the broker was down"
+    );
+    let refused = load.refused();
+    assert!(
+        refused.contains(&503),
+        "no 503 while the broker was down: {refused:?}"
+    );
+
+    broker.restart();
+    load.wait_for_more(200, Duration::from_secs(60)).await;
+    let report = load.finish().await;
+    assert!(
+        report.refused.iter().all(|status| *status == 503),
+        "only 503 may refuse a valid submission: {:?}",
+        report.refused
+    );
+    assert_exactly_once(&database, &report, false, &[&api, &projector]).await;
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_projector_killed_five_times_mid_batch_projects_everything_once() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let mut seed = Seeded::from_env("projector kills");
+    let database = TestDatabase::create().await;
+    let broker = Broker::start();
+    let mut env = env(
+        &broker.address(),
+        "score-events",
+        &database.url,
+        &unique_group(),
+    );
+    // Restarted by its supervisor under the same name, as in production.
+    env.push(("SCORES_CONSUMER_INSTANCE_ID", "projector-a".to_owned()));
+    let (api, url) = Service::ingest_api(&env);
+
+    let load = Load::start(vec![url], 8, 4000, seed.between(1, u64::MAX));
+    let mut projector = Service::projector(&env);
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(seed.between(300, 1500))).await;
+        projector.kill();
+        tokio::time::sleep(Duration::from_millis(seed.between(0, 500))).await;
+        projector = Service::projector(&env);
+    }
+    let report = load.complete().await;
+    // The broker may time a send out under this load (503, retry later);
+    // no other refusal is acceptable.
+    assert!(
+        report.refused.iter().all(|status| *status == 503),
+        "{:?}",
+        report.refused
+    );
+    let strict = report.refused.is_empty() && report.unanswered == 0;
+    assert_exactly_once(&database, &report, strict, &[&api, &projector]).await;
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn mariadb_stopped_during_projection_is_waited_out() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let mut seed = Seeded::from_env("mariadb stop");
+    let mut mariadb = PrivateMariaDb::start();
+    let database = TestDatabase::create_on(&mariadb.url()).await;
+    let broker = Broker::start();
+    let env = env(
+        &broker.address(),
+        "score-events",
+        &database.url,
+        &unique_group(),
+    );
+    let (api, url) = Service::ingest_api(&env);
+    let projector = Service::projector(&env);
+
+    let load = Load::start(vec![url], 8, 3000, seed.between(1, u64::MAX));
+    load.wait_for_more(300, Duration::from_secs(30)).await;
+    mariadb.stop();
+    // The write path does not depend on MySQL: acknowledgments go on.
+    load.wait_for_more(300, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(seed.between(3000, 5000))).await;
+    mariadb.restart();
+
+    let report = load.complete().await;
+    // The broker may time a send out under this load (503, retry later);
+    // no other refusal is acceptable.
+    assert!(
+        report.refused.iter().all(|status| *status == 503),
+        "{:?}",
+        report.refused
+    );
+    let strict = report.refused.is_empty() && report.unanswered == 0;
+    assert_exactly_once(&database, &report, strict, &[&api, &projector]).await;
+}
+
+#[tokio::test]
+async fn an_ingest_api_sent_sigterm_under_load_answers_in_flight_requests_and_exits_0() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let seed = Seeded::from_env("api sigterm").between(1, u64::MAX);
+    let database = TestDatabase::create().await;
+    let broker = Broker::start();
+    let env = env(
+        &broker.address(),
+        "score-events",
+        &database.url,
+        &unique_group(),
+    );
+    let (mut api, url) = Service::ingest_api(&env);
+    let projector = Service::projector(&env);
+
+    let load = Load::start(vec![url], 16, 100_000, seed);
+    load.wait_for_more(300, Duration::from_secs(30)).await;
+    let status = api.terminate(Duration::from_secs(15));
+    let report = load.finish().await;
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "ingest-api did not exit 0 within 15 s of SIGTERM: {status:?}\n{}",
+        api.log_tail()
+    );
+    // Requests sent after the listener closed get no answer; none that were
+    // answered may have been refused.
+    assert!(
+        report.refused.iter().all(|status| *status == 503),
+        "{:?}",
+        report.refused
+    );
+    assert_exactly_once(&database, &report, false, &[&api, &projector]).await;
+    database.drop_database().await;
+}
+
+#[tokio::test]
+#[ignore = "Tansu 0.6.0 keeps a crashed member in the group, so its partitions never move to the \
+            survivor (seen: the survivor is re-assigned the same partitions after the session \
+            timeout); run with --ignored against Apache Kafka"]
+async fn two_projectors_in_one_group_with_one_killed_mid_load_project_everything_once() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let mut seed = Seeded::from_env("two projectors");
+    let database = TestDatabase::create().await;
+    let broker = Broker::start();
+    let mut env = env(
+        &broker.address(),
+        "score-events",
+        &database.url,
+        &unique_group(),
+    );
+    let (api, url) = Service::ingest_api(&env);
+    // Their logs say when the group has given them partitions.
+    env.push(("RUST_LOG", "warn,projector::runner=info".to_owned()));
+
+    let load = Load::start(vec![url], 8, 12_000, seed.between(1, u64::MAX));
+    let mut first = Service::projector(&env);
+    load.wait_for_more(300, Duration::from_secs(30)).await;
+    // The second joins: a rebalance hands it part of the partitions. Then
+    // the first crashes while events keep coming, so that the second must
+    // take its partitions over.
+    let second = Service::projector(&env);
+    second.wait_for_partitions(Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(seed.between(500, 1500))).await;
+    first.kill();
+
+    let report = load.complete().await;
+    assert!(
+        report.refused.iter().all(|status| *status == 503),
+        "{:?}",
+        report.refused
+    );
+    let strict = report.refused.is_empty() && report.unanswered == 0;
+    assert_exactly_once(&database, &report, strict, &[&api, &second]).await;
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn two_ingest_apis_on_one_topic_project_everything_once() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let seed = Seeded::from_env("two apis").between(1, u64::MAX);
+    let database = TestDatabase::create().await;
+    let broker = Broker::start();
+    let env = env(
+        &broker.address(),
+        "score-events",
+        &database.url,
+        &unique_group(),
+    );
+    let (first, first_url) = Service::ingest_api(&env);
+    let (second, second_url) = Service::ingest_api(&env);
+    let projector = Service::projector(&env);
+
+    let report = Load::start(vec![first_url, second_url], 8, 2000, seed)
+        .complete()
+        .await;
+    assert_eq!(
+        (report.refused.len(), report.unanswered),
+        (0, 0),
+        "{:?}",
+        report.refused
+    );
+    assert_eq!(report.acknowledged.len(), 2000);
+    assert_exactly_once(&database, &report, true, &[&first, &second, &projector]).await;
+    database.drop_database().await;
+}

@@ -1,0 +1,538 @@
+//! The real binaries as separate processes, for tests that kill them: a
+//! private Tansu broker, a private MariaDB server, `ingest-api` and
+//! `projector run`, and a load generator that records every acknowledgment.
+//!
+//! Binaries come from `SCORES_TEST_BIN_DIR` (set by `./deploy/local test`,
+//! which builds them), or from the target directory this test runs from;
+//! Tansu from `SCORES_TANSU_BIN` or the `deploy/local` cache. A missing
+//! binary fails the test with a message saying how to build it.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Waits until something accepts connections on `port`.
+///
+/// # Panics
+///
+/// When nothing does within `limit`.
+pub fn wait_for_port(port: u16, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    let address: SocketAddr = ([127, 0, 0, 1], port).into();
+    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on port {port} within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn scratch_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    dir
+}
+
+/// Where the workspace's binaries are.
+pub fn bin_dir() -> PathBuf {
+    let dir = std::env::var_os("SCORES_TEST_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // target/<profile>/deps/<test binary>
+            let exe = std::env::current_exe().expect("the test binary's path");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("a target directory")
+                .to_path_buf()
+        });
+    for binary in ["ingest-api", "projector"] {
+        assert!(
+            dir.join(binary).is_file(),
+            "{binary} is not built in {}; run ./deploy/local test, or cargo build --bins first",
+            dir.display()
+        );
+    }
+    dir
+}
+
+fn tansu_bin() -> PathBuf {
+    let path = std::env::var_os("SCORES_TANSU_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME");
+            PathBuf::from(home).join(".cache/score-pipeline/tansu-0.6.0/bin/tansu")
+        });
+    assert!(
+        path.is_file(),
+        "Tansu is not at {}; ./deploy/local test builds it (or set SCORES_TANSU_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// Sends `signal` to `child`.
+fn signal(child: &Child, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+    // SAFETY: kill(2) with a pid we spawned and still own.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// Waits for `child` to exit, at most `limit`.
+fn wait_with_limit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A Tansu broker of the test's own, with SQLite storage in a scratch
+/// directory that survives restarts.
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// Starts a broker on a free port.
+    pub fn start() -> Self {
+        let mut broker = Self {
+            port: free_port(),
+            dir: scratch_dir("tansu"),
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))
+            .expect("the broker's log");
+        let child = Command::new(tansu_bin())
+            .current_dir(&self.dir)
+            .args(["broker", "--storage-engine", "sqlite://tansu.db"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting Tansu");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(20), "Tansu");
+    }
+
+    /// SIGKILL, and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A MariaDB server of the test's own, on a free port, with a scratch data
+/// directory: a test may stop it without disturbing the others.
+pub struct PrivateMariaDb {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateMariaDb {
+    /// Initializes a data directory and starts the server.
+    pub fn start() -> Self {
+        let dir = scratch_dir("mariadb");
+        let status = Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .args([
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("mariadb-install-db (from mariadb-server) must be installed");
+        assert!(status.success(), "mariadb-install-db failed");
+        let mut server = Self {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// `mysql://root@127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again on the same data.
+    pub fn restart(&mut self) {
+        let log = self.dir.join("mariadb.log");
+        let child = Command::new("mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", self.dir.join("data").display()))
+            .arg(format!(
+                "--socket={}",
+                self.dir.join("mariadb.sock").display()
+            ))
+            .arg(format!(
+                "--pid-file={}",
+                self.dir.join("mariadb.pid").display()
+            ))
+            .arg(format!("--log-error={}", log.display()))
+            .args(["--user=root", "--bind-address=127.0.0.1"])
+            .arg(format!("--port={}", self.port))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mariadbd must be installed");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(60), "MariaDB");
+    }
+
+    /// Shuts it down (SIGTERM, as an operator or a crash-restarting
+    /// supervisor would) and waits for it to be gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, libc::SIGTERM);
+            if wait_with_limit(&mut child, Duration::from_secs(30)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+impl Drop for PrivateMariaDb {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running `ingest-api` or `projector` process.
+pub struct Service {
+    name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Service {
+    /// Starts `ingest-api` with `env` on a free port and waits until it
+    /// answers `/healthz`. Returns it and its base URL.
+    pub fn ingest_api(env: &[(&str, String)]) -> (Self, String) {
+        let port = free_port();
+        let mut env = env.to_vec();
+        env.push(("SCORES_HTTP_ADDR", format!("127.0.0.1:{port}")));
+        let service = Self::spawn("ingest-api", &[], &env);
+        wait_for_port(port, Duration::from_secs(30), "ingest-api");
+        (service, format!("http://127.0.0.1:{port}"))
+    }
+
+    /// Starts `projector run` with `env`.
+    pub fn projector(env: &[(&str, String)]) -> Self {
+        Self::spawn("projector", &["run"], env)
+    }
+
+    fn spawn(name: &'static str, args: &[&str], env: &[(&str, String)]) -> Self {
+        let log = scratch_dir(name).join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("a log file");
+        let mut command = Command::new(bin_dir().join(name));
+        // Only the settings the test gives: none inherited from the shell
+        // (./deploy/local exports the stack's own).
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SCORES_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command
+            .args(args)
+            .env("SCORES_LOG_FORMAT", "text")
+            .env(
+                "RUST_LOG",
+                std::env::var("SERVICE_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self {
+            name,
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// SIGKILL: no cleanup of any kind.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and the exit status if it exits within `limit`.
+    pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        signal(&child, libc::SIGTERM);
+        let status = wait_with_limit(&mut child, limit);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        status
+    }
+
+    /// Waits until a projector logged that the group gave it partitions (it
+    /// logs assignments at `info` for `projector::runner`).
+    ///
+    /// # Panics
+    ///
+    /// When it has not within `limit`.
+    pub async fn wait_for_partitions(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let assigned_some = |line: &str| {
+            line.contains("partitions assigned")
+                && line
+                    .split("partitions=[")
+                    .nth(1)
+                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        };
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.lines().any(assigned_some) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} was given no partitions within {limit:?}\n{}",
+                self.name,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines the process logged, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "--- {} log ---\n{}",
+            self.name,
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A small, seedable pseudo-random sequence (xorshift64*), so that load and
+/// kill points can be replayed from the seed a failing test prints.
+pub struct Seeded(u64);
+
+impl Seeded {
+    /// From `SCORES_TEST_SEED` when set, else from the clock; prints the seed.
+    pub fn from_env(test: &str) -> Self {
+        let seed = std::env::var("SCORES_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        eprintln!("{test}: seed {seed} (replay with SCORES_TEST_SEED={seed})");
+        Self(seed.max(1))
+    }
+
+    /// The next number in `range`.
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let value = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        low + value % (high - low).max(1)
+    }
+}
+
+/// What a load generator saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Event ids of every 2xx.
+    pub acknowledged: HashSet<String>,
+    /// Status codes of every answer that was not a 2xx.
+    pub refused: Vec<u16>,
+    /// Requests that got no complete HTTP answer (refused or reset).
+    pub unanswered: usize,
+}
+
+enum Outcome {
+    Acknowledged(String),
+    Refused(u16),
+    Unanswered,
+}
+
+/// Sends submissions to `/v1/scores` of the given APIs, `concurrency` at a
+/// time, round robin, until stopped or `limit` requests were made.
+pub struct Load {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    report: Arc<Mutex<LoadReport>>,
+}
+
+impl Load {
+    /// Starts the load; accounts and grades come from `seed`.
+    pub fn start(apis: Vec<String>, concurrency: usize, limit: usize, seed: u64) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let report: Arc<Mutex<LoadReport>> = Arc::default();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .expect("an HTTP client");
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let workers: Vec<_> = (0..concurrency)
+            .map(|worker| {
+                let (stop, report, client, apis, next) = (
+                    stop.clone(),
+                    report.clone(),
+                    client.clone(),
+                    apis.clone(),
+                    next.clone(),
+                );
+                async move {
+                    let mut random = Seeded(seed.wrapping_add(worker as u64 + 1).max(1));
+                    while !stop.is_cancelled() {
+                        let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if n >= limit {
+                            break;
+                        }
+                        let body = serde_json::json!({
+                            "acc_nbr": format!("1{:010}", random.between(0, 10_000_000_000)),
+                            "grade1": random.between(1, 6), "grade2": 3, "grade3": 4,
+                            "txt1": format!("load {n}")
+                        });
+                        let url = format!("{}/v1/scores", apis[n % apis.len()]);
+                        let outcome = match client.post(url).json(&body).send().await {
+                            Ok(response) if response.status().is_success() => {
+                                match response.json::<serde_json::Value>().await {
+                                    Ok(value) => Outcome::Acknowledged(
+                                        value["event_id"].as_str().expect("an event id").to_owned(),
+                                    ),
+                                    Err(_) => Outcome::Unanswered,
+                                }
+                            }
+                            Ok(response) => Outcome::Refused(response.status().as_u16()),
+                            Err(_) => Outcome::Unanswered,
+                        };
+                        {
+                            let mut report = report.lock().expect("report");
+                            match outcome {
+                                Outcome::Acknowledged(id) => {
+                                    report.acknowledged.insert(id);
+                                }
+                                Outcome::Refused(status) => report.refused.push(status),
+                                Outcome::Unanswered => report.unanswered += 1,
+                            }
+                        }
+                        if matches!(n % 8, 0) {
+                            // Pace the load a little so that it spans the
+                            // faults instead of finishing before them.
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                }
+            })
+            .collect();
+        let task = tokio::spawn(async move {
+            futures::future::join_all(workers).await;
+        });
+        Self { stop, task, report }
+    }
+
+    /// Acknowledgments so far.
+    pub fn acknowledged(&self) -> usize {
+        self.report.lock().expect("report").acknowledged.len()
+    }
+
+    /// Answers that were not a 2xx so far, by status.
+    pub fn refused(&self) -> Vec<u16> {
+        self.report.lock().expect("report").refused.clone()
+    }
+
+    /// Waits until at least `count` acknowledgments more than now.
+    pub async fn wait_for_more(&self, count: usize, limit: Duration) {
+        let target = self.acknowledged() + count;
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.acknowledged() < target {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "load made {} of {target} acknowledgments within {limit:?}",
+                self.acknowledged()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops sending, waits for the requests in flight, and reports.
+    pub async fn finish(self) -> LoadReport {
+        self.stop.cancel();
+        let _ = self.task.await;
+        std::mem::take(&mut *self.report.lock().expect("report"))
+    }
+
+    /// Waits until the load has sent everything it was asked to, then
+    /// reports.
+    pub async fn complete(self) -> LoadReport {
+        let _ = self.task.await;
+        std::mem::take(&mut *self.report.lock().expect("report"))
+    }
+}
