@@ -286,3 +286,51 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn no_form_body_makes_the_decoder_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = legacy_form(&body);
+        }
+
+        #[test]
+        fn no_json_body_makes_the_decoders_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = legacy_json(&body);
+            let _ = v1_json(&body);
+        }
+
+        #[test]
+        fn stringified_text_survives_the_form_byte_for_byte(text in any::<String>()) {
+            // What the mini-program does: JSON.stringify, then percent-encode.
+            let stringified = serde_json::to_string(&text).unwrap();
+            let body = format!("txt1={}", utf8_percent_encode(&stringified, NON_ALPHANUMERIC));
+            let raw = legacy_form(body.as_bytes()).unwrap();
+            prop_assert_eq!(raw.texts[0].clone(), Some(json!(text)));
+        }
+
+        #[test]
+        fn unstringified_text_survives_the_form_as_a_string_or_number(text in any::<String>()) {
+            let body = format!("txt2={}", utf8_percent_encode(&text, NON_ALPHANUMERIC));
+            let raw = legacy_form(body.as_bytes()).unwrap();
+            let value = raw.texts[1].clone().unwrap();
+            match value {
+                serde_json::Value::String(decoded) => {
+                    let unwrapped = serde_json::from_str::<String>(&text).ok();
+                    prop_assert!(decoded == text || Some(decoded) == unwrapped);
+                }
+                serde_json::Value::Number(number) => {
+                    prop_assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), json!(number));
+                }
+                other => prop_assert!(false, "unexpected {other:?}"),
+            }
+        }
+    }
+}

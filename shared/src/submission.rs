@@ -318,3 +318,49 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(any::<String>(), inner, 0..4)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_values_either_validate_or_name_the_fields_they_break(
+            acc_nbr in prop::option::of(any_json()),
+            grades in prop::array::uniform3(prop::option::of(any_json())),
+            texts in prop::array::uniform3(prop::option::of(any_json())),
+            scene in prop::option::of(any_json()),
+        ) {
+            let raw = RawSubmission { acc_nbr, grades, texts, scene };
+            match Submission::parse(&raw, &ValidationRules::default()) {
+                Ok(submission) => prop_assert!((1..=5).contains(&submission.grades[0].value())),
+                Err(errors) => {
+                    prop_assert!(!errors.0.is_empty());
+                    for error in &errors.0 {
+                        prop_assert!(FIELD_NAMES.contains(&error.field));
+                    }
+                }
+            }
+        }
+    }
+}

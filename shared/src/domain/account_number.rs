@@ -138,3 +138,24 @@ mod tests {
         assert!(!shown.contains("13800138000"), "{shown}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_plus_and_five_to_twenty_digits_is_accepted(number in r"\+?[0-9]{5,20}") {
+            let account = AccountNumber::parse(&number, &ValidationRules::default()).unwrap();
+            prop_assert_eq!(account.as_str(), number.as_str());
+        }
+
+        #[test]
+        fn anything_else_is_rejected(raw in any::<String>()) {
+            let well_formed = regex::Regex::new(r"^\+?[0-9]{5,20}$").unwrap().is_match(&raw);
+            prop_assert_eq!(AccountNumber::parse(&raw, &ValidationRules::default()).is_ok(), well_formed);
+        }
+    }
+}

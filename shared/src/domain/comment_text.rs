@@ -123,3 +123,26 @@ mod tests {
         assert!(CommentText::parse("abcd".into(), &rules).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn a_comment_is_accepted_exactly_when_short_enough_and_free_of_control_characters(raw in any::<String>()) {
+            let rules = ValidationRules::default();
+            let allowed = raw.chars().count() <= rules.text_max_chars()
+                && raw.chars().all(|c| !c.is_control() || c == '\t' || c == '\n');
+            match CommentText::parse(raw.clone(), &rules) {
+                Ok(text) => {
+                    prop_assert!(allowed);
+                    prop_assert_eq!(text.as_str().as_bytes(), raw.as_bytes());
+                }
+                Err(_) => prop_assert!(!allowed),
+            }
+        }
+    }
+}

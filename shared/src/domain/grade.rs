@@ -73,3 +73,19 @@ mod tests {
         assert!(Grade::parse(11, &rules).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn a_grade_is_accepted_exactly_inside_the_range(value in any::<i64>(), low in -10_i32..10, span in 0_i32..20) {
+            let rules = ValidationRules::new(r"^[0-9]+$", low, low + span, 10).unwrap();
+            let inside = value >= i64::from(low) && value <= i64::from(low + span);
+            prop_assert_eq!(Grade::parse(value, &rules).is_ok(), inside);
+        }
+    }
+}
