@@ -30,6 +30,8 @@ fn env(brokers: &str, topic: &str, database_url: &str, group: &str) -> Vec<(&'st
         ("SCORES_CONSUMER_GROUP", group.to_owned()),
         ("SCORES_PUBLISH_TIMEOUT_MS", "3000".to_owned()),
         ("SCORES_BATCH_SIZE", "50".to_owned()),
+        ("SCORES_RATE_LIMIT_PER_CLIENT_PER_MINUTE", "0".to_owned()),
+        ("SCORES_RATE_LIMIT_PER_ACCOUNT_PER_MINUTE", "0".to_owned()),
     ]
 }
 

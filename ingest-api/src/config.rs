@@ -1,8 +1,9 @@
 //! The ingest API's settings: flags, each backed by a `SCORES_*` variable.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use score_shared::config::{KafkaArgs, LogArgs, ValidationArgs};
 
 /// Validates score submissions and appends them to the event log.
@@ -25,6 +26,43 @@ pub struct Config {
     #[arg(long, env = "SCORES_BODY_LIMIT_BYTES", default_value_t = 16 * 1024)]
     pub body_limit_bytes: u64,
 
+    /// Most requests handled at once; beyond it requests are answered 503
+    /// at once instead of queueing without bound.
+    #[arg(long, env = "SCORES_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+
+    /// Requests a client address may make per minute (0: no limit). Behind
+    /// a proxy, set SCORES_TRUSTED_PROXIES or every client shares its address.
+    #[arg(
+        long,
+        env = "SCORES_RATE_LIMIT_PER_CLIENT_PER_MINUTE",
+        default_value_t = 600
+    )]
+    pub rate_limit_per_client_per_minute: u32,
+
+    /// Submissions an account number may make per minute (0: no limit).
+    #[arg(
+        long,
+        env = "SCORES_RATE_LIMIT_PER_ACCOUNT_PER_MINUTE",
+        default_value_t = 60
+    )]
+    pub rate_limit_per_account_per_minute: u32,
+
+    /// Proxies whose X-Forwarded-For is believed (addresses or CIDR ranges,
+    /// comma separated), such as the nginx in front of the API.
+    #[arg(long, env = "SCORES_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// A client that has not sent its request headers within this many
+    /// milliseconds is disconnected.
+    #[arg(long, env = "SCORES_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// A client that has not sent its whole body within this many
+    /// milliseconds is answered 408.
+    #[arg(long, env = "SCORES_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
+
     /// How long a shutdown waits for in-flight sends to be flushed, in
     /// milliseconds.
     #[arg(long, env = "SCORES_SHUTDOWN_FLUSH_MS", default_value_t = 10_000)]
@@ -38,6 +76,14 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// An address (`127.0.0.1`) or a range (`10.0.0.0/8`).
+fn parse_network(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("expected an IP address or CIDR range, got {text:?}"))
 }
 
 impl Config {

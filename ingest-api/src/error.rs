@@ -36,6 +36,12 @@ pub enum ApiError {
     },
     #[error("request body could not be read")]
     BodyRead,
+    #[error("request body was not sent in time")]
+    BodyTimeout,
+    #[error("too many requests; retry in {} s", retry_after_seconds(*.retry_after))]
+    RateLimited { retry_after: std::time::Duration },
+    #[error("too many requests in flight; retry shortly")]
+    Overloaded,
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
     #[error("content type must be {expected}")]
@@ -57,6 +63,9 @@ impl ApiError {
             Self::Invalid(_) | Self::Malformed(_) | Self::InvalidHeader { .. } | Self::BodyRead => {
                 StatusCode::BAD_REQUEST
             }
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -71,6 +80,9 @@ impl ApiError {
             Self::Invalid(_) => "invalid_submission",
             Self::Malformed(_) | Self::BodyRead => "malformed_body",
             Self::InvalidHeader { .. } => "invalid_header",
+            Self::BodyTimeout => "body_timeout",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Overloaded => "overloaded",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::NotFound => "not_found",
@@ -130,11 +142,16 @@ impl ApiError {
 
     fn finish(&self, mut response: Response) -> Response {
         *response.status_mut() = self.status();
-        if matches!(self, Self::Unavailable(_)) {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
-            );
+        let retry_after = match self {
+            Self::Unavailable(_) => Some(RETRY_AFTER_SECONDS.to_owned()),
+            Self::Overloaded => Some("1".to_owned()),
+            Self::RateLimited { retry_after } => {
+                Some(retry_after_seconds(*retry_after).to_string())
+            }
+            _ => None,
+        };
+        if let Some(value) = retry_after.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
     }
@@ -160,6 +177,11 @@ impl ApiError {
         match self {
             Self::InvalidHeader { name, message } => Self::InvalidHeader { name, message },
             Self::BodyRead => Self::BodyRead,
+            Self::BodyTimeout => Self::BodyTimeout,
+            Self::RateLimited { retry_after } => Self::RateLimited {
+                retry_after: *retry_after,
+            },
+            Self::Overloaded => Self::Overloaded,
             Self::PayloadTooLarge { limit } => Self::PayloadTooLarge { limit: *limit },
             Self::UnsupportedMediaType { expected } => Self::UnsupportedMediaType { expected },
             Self::NotFound => Self::NotFound,
@@ -169,4 +191,9 @@ impl ApiError {
             Self::Invalid(_) | Self::Malformed(_) | Self::Unavailable(_) => Self::BodyRead,
         }
     }
+}
+
+/// Whole seconds, rounded up, for `Retry-After`.
+fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }

@@ -10,7 +10,10 @@ use score_shared::{Channel, RawSubmission, ScoreSubmitted, Submission, Validatio
 use warp::http::StatusCode;
 use warp::reply::{self, Reply, Response};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::error::{ApiError, LEGACY_SUCCESS};
+use crate::limits::Limits;
 use crate::publisher::{Publisher, Receipt};
 use crate::routes::MediaType;
 use crate::wire;
@@ -20,7 +23,22 @@ use crate::wire;
 pub struct AppState {
     pub publisher: Publisher,
     pub rules: Arc<ValidationRules>,
+    pub limits: Arc<Limits>,
     pub body_limit_bytes: u64,
+    pub body_read_timeout: Duration,
+}
+
+/// A request let in: it holds a place among the requests in flight until
+/// its handler returns.
+pub struct Admission {
+    _in_flight: OwnedSemaphorePermit,
+}
+
+impl Admission {
+    /// Holds `permit` for the request's lifetime.
+    pub fn new(permit: OwnedSemaphorePermit) -> Self {
+        Self { _in_flight: permit }
+    }
 }
 
 /// How long `/readyz` waits for the broker.
@@ -28,6 +46,7 @@ const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `POST /score`.
 pub async fn legacy_score(
+    _admission: Admission,
     media_type: MediaType,
     idempotency_key: Option<String>,
     body: Bytes,
@@ -49,6 +68,7 @@ pub async fn legacy_score(
 
 /// `POST /v1/scores`.
 pub async fn v1_score(
+    _admission: Admission,
     _media_type: MediaType,
     idempotency_key: Option<String>,
     body: Bytes,
@@ -87,6 +107,7 @@ async fn submit(
     })?;
     let span = tracing::Span::current();
     span.record("account", tracing::field::display(&submission.account));
+    state.limits.check_account(&submission.account)?;
     let event_id = match idempotency_key {
         Some(key) => idempotent_event_id(key, submission.account.as_str()),
         None => new_event_id(),

@@ -19,6 +19,7 @@
 pub mod config;
 pub mod error;
 pub mod handlers;
+pub mod limits;
 pub mod publisher;
 pub mod routes;
 pub mod startup;

@@ -4,6 +4,7 @@
 //! own error format), so `or` only falls through on paths.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
@@ -12,7 +13,8 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::error::ApiError;
-use crate::handlers::{self, AppState};
+use crate::handlers::{self, Admission, AppState};
+use crate::limits::PeerAddr;
 
 /// Every route, with the fallback that answers unknown paths.
 pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
@@ -34,14 +36,17 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
 pub fn legacy_score(
     state: AppState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = state.body_limit_bytes;
     let submit = warp::post()
+        .and(admission(state.clone()))
         .and(media_type(
             &[MediaType::Form, MediaType::Json],
             "application/x-www-form-urlencoded or application/json",
         ))
         .and(idempotency_key())
-        .and(limited_body(limit))
+        .and(limited_body(
+            state.body_limit_bytes,
+            state.body_read_timeout,
+        ))
         .and(with_state(state))
         .then(handlers::legacy_score)
         .recover(|rejection: Rejection| async move {
@@ -54,11 +59,14 @@ pub fn legacy_score(
 /// `POST /v1/scores`: a JSON object; answers `202` with the event's id and
 /// its place in the log.
 pub fn v1_scores(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = state.body_limit_bytes;
     let submit = warp::post()
+        .and(admission(state.clone()))
         .and(media_type(&[MediaType::Json], "application/json"))
         .and(idempotency_key())
-        .and(limited_body(limit))
+        .and(limited_body(
+            state.body_limit_bytes,
+            state.body_read_timeout,
+        ))
         .and(with_state(state))
         .then(handlers::v1_score)
         .recover(|rejection: Rejection| async move {
@@ -150,10 +158,42 @@ fn idempotency_key() -> impl Filter<Extract = (Option<String>,), Error = Rejecti
     })
 }
 
+/// Lets a request in: its client is within its rate (429 otherwise) and a
+/// place among the requests in flight is free (503 otherwise).
+fn admission(state: AppState) -> impl Filter<Extract = (Admission,), Error = Rejection> + Clone {
+    warp::ext::optional::<PeerAddr>()
+        .and(warp::addr::remote())
+        .and(warp::header::headers_cloned())
+        .and_then(
+            move |ours: Option<PeerAddr>,
+                  warps: Option<std::net::SocketAddr>,
+                  headers: HeaderMap| {
+                let limits = state.limits.clone();
+                async move {
+                    let peer = ours
+                        .map(|peer| peer.0)
+                        .or(warps)
+                        .map(|address| address.ip());
+                    let forwarded = headers
+                        .get("x-forwarded-for")
+                        .and_then(|value| value.to_str().ok());
+                    let client = limits.client_address(peer, forwarded);
+                    limits.check_client(client).map_err(warp::reject::custom)?;
+                    let permit = limits.admit().map_err(warp::reject::custom)?;
+                    Ok::<_, Rejection>(Admission::new(permit))
+                }
+            },
+        )
+}
+
 /// The request body, refused with 413 as soon as it is known to exceed
 /// `limit`: from `Content-Length` before reading, or while reading a body
-/// that declared none (chunked).
-fn limited_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+/// that declared none (chunked); a body not complete within `timeout` is a
+/// 408.
+fn limited_body(
+    limit: u64,
+    timeout: Duration,
+) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::header::headers_cloned()
         .and_then(move |headers: HeaderMap| async move {
             let declared = headers
@@ -169,7 +209,11 @@ fn limited_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection
         })
         .untuple_one()
         .and(warp::body::stream())
-        .and_then(move |stream| collect_limited(stream, limit))
+        .and_then(move |stream| async move {
+            tokio::time::timeout(timeout, collect_limited(stream, limit))
+                .await
+                .map_err(|_| warp::reject::custom(ApiError::BodyTimeout))?
+        })
 }
 
 async fn collect_limited<B: Buf>(

@@ -11,8 +11,14 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::handlers::AppState;
+use crate::limits::{Limits, PeerAddr};
 use crate::publisher::Publisher;
 use crate::routes;
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 
 /// How often topic creation is retried while the broker is unreachable.
 const TOPIC_RETRY_INTERVAL: Duration = Duration::from_secs(5);
@@ -22,6 +28,7 @@ pub struct Application {
     address: SocketAddr,
     listener: TcpListener,
     state: AppState,
+    header_read_timeout: Duration,
     shutdown_flush: Duration,
 }
 
@@ -50,8 +57,11 @@ impl Application {
             state: AppState {
                 publisher,
                 rules: Arc::new(rules),
+                limits: Arc::new(Limits::new(&config)),
                 body_limit_bytes: config.body_limit_bytes,
+                body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
             },
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
             shutdown_flush: Duration::from_millis(config.shutdown_flush_ms),
         })
     }
@@ -62,7 +72,8 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then stops accepting, answers the
-    /// requests in flight and flushes the producer.
+    /// requests in flight and flushes the producer. A client that does not
+    /// send its headers within the header read timeout is disconnected.
     ///
     /// # Errors
     ///
@@ -73,16 +84,63 @@ impl Application {
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.address, "ingest-api listening");
         let publisher = self.state.publisher.clone();
-        warp::serve(routes::routes(self.state))
-            .incoming(self.listener)
-            .graceful(shutdown)
-            .run()
-            .await;
-        tracing::info!("stopped accepting; flushing the producer");
+        let limits = self.state.limits.clone();
+        let forget_idle = tokio::spawn(async move {
+            let mut every = tokio::time::interval(LIMITER_CLEANUP_INTERVAL);
+            loop {
+                every.tick().await;
+                limits.forget_idle();
+            }
+        });
+
+        let service = warp::service(routes::routes(self.state));
+        let mut connections = auto::Builder::new(TokioExecutor::new());
+        connections
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout);
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: pause, go on.
+                        tracing::warn!(error = %error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let service = service.clone();
+            let handler = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(PeerAddr(peer));
+                let mut service = service.clone();
+                async move { tower_service::Service::call(&mut service, request).await }
+            });
+            let connection =
+                connections.serve_connection_with_upgrades(TokioIo::new(stream), handler);
+            let connection = graceful.watch(connection.into_owned());
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(error = %error, "connection ended with an error");
+                }
+            });
+        }
+        drop(self.listener);
+        tracing::info!("stopped accepting; answering requests in flight");
+        graceful.shutdown().await;
+        forget_idle.abort();
+        tracing::info!("flushing the producer");
         publisher.flush(self.shutdown_flush).await;
         Ok(())
     }
 }
+
+/// How often the rate limiters forget clients not seen lately.
+const LIMITER_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Creates the topic now if the broker answers within `timeout`, otherwise
 /// keeps trying in the background.

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::CommandFactory;
+use clap::Parser;
 use ingest_api::Config;
 use ingest_api::handlers::AppState;
+use ingest_api::limits::Limits;
 use ingest_api::publisher::Publisher;
 use ingest_api::routes::routes;
 use score_shared::ValidationRules;
@@ -26,10 +28,13 @@ fn state() -> AppState {
         topic_replication: 1,
         kafka_options: Vec::new(),
     };
+    let config = Config::parse_from(["ingest-api", "--rate-limit-per-client-per-minute", "3"]);
     AppState {
         publisher: Publisher::new(&kafka, Duration::from_millis(100)).expect("a producer"),
         rules: Arc::new(ValidationRules::default()),
+        limits: Arc::new(Limits::new(&config)),
         body_limit_bytes: LIMIT,
+        body_read_timeout: Duration::from_secs(5),
     }
 }
 
@@ -176,6 +181,12 @@ fn help_lists_every_setting_with_its_environment_variable() {
         "SCORES_PUBLISH_TIMEOUT_MS",
         "SCORES_BODY_LIMIT_BYTES",
         "SCORES_SHUTDOWN_FLUSH_MS",
+        "SCORES_MAX_IN_FLIGHT",
+        "SCORES_RATE_LIMIT_PER_CLIENT_PER_MINUTE",
+        "SCORES_RATE_LIMIT_PER_ACCOUNT_PER_MINUTE",
+        "SCORES_TRUSTED_PROXIES",
+        "SCORES_HEADER_READ_TIMEOUT_MS",
+        "SCORES_BODY_READ_TIMEOUT_MS",
         "SCORES_KAFKA_BROKERS",
         "SCORES_TOPIC",
         "SCORES_TOPIC_PARTITIONS",
@@ -192,4 +203,31 @@ fn help_lists_every_setting_with_its_environment_variable() {
             "--help does not mention {variable}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_gets_429_with_retry_after_in_each_doors_format() {
+    let app = app();
+    let client: std::net::SocketAddr = "203.0.113.9:40000".parse().unwrap();
+    let send = |path: &'static str| {
+        warp::test::request()
+            .method("POST")
+            .path(path)
+            .remote_addr(client)
+            .header("content-type", "application/json")
+            .body("[]")
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            send("/v1/scores").reply(&app).await.status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+    let limited = send("/v1/scores").reply(&app).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(error_code(limited.body()), "rate_limited");
+    let legacy = send("/score").reply(&app).await;
+    assert_eq!(legacy.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(legacy.body().as_ref(), "\"數據提交失敗\"".as_bytes());
 }

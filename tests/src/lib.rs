@@ -365,6 +365,14 @@ pub fn api_config(kafka: &KafkaArgs) -> ingest_api::Config {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         publish_timeout_ms: 5000,
         body_limit_bytes: 16 * 1024,
+        max_in_flight: 1024,
+        // Tests send thousands of requests from one address; the limits
+        // have tests of their own.
+        rate_limit_per_client_per_minute: 0,
+        rate_limit_per_account_per_minute: 0,
+        trusted_proxies: Vec::new(),
+        header_read_timeout_ms: 10_000,
+        body_read_timeout_ms: 10_000,
         shutdown_flush_ms: 5000,
         kafka: kafka.clone(),
         validation: ValidationArgs::default(),
