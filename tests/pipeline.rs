@@ -615,3 +615,45 @@ async fn a_mysql_outage_is_waited_out_and_nothing_is_lost_or_doubled() {
     api.stop().await;
     database.drop_database().await;
 }
+
+#[tokio::test]
+async fn the_projector_and_analyst_accounts_have_only_the_rights_they_need() {
+    let database = TestDatabase::create().await;
+    let other = TestDatabase::create().await;
+
+    // Analysts read, and nothing else.
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM grade_daily")
+        .fetch_one(&database.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+    for write in [
+        "DELETE FROM grade",
+        "DROP TABLE grade",
+        "UPDATE grade_position SET next_offset = 0",
+    ] {
+        let refused = sqlx::query(write).execute(&database.pool).await;
+        assert!(refused.is_err(), "the analyst account could run {write}");
+    }
+    // The projector writes its own database and no other.
+    sqlx::query("UPDATE grade_position SET next_offset = 0")
+        .execute(&database.projector_pool)
+        .await
+        .unwrap();
+    let elsewhere = format!("DELETE FROM `{}`.grade", other.name);
+    assert!(
+        sqlx::query(sqlx::AssertSqlSafe(elsewhere))
+            .execute(&database.projector_pool)
+            .await
+            .is_err()
+    );
+    assert!(
+        sqlx::query("SELECT COUNT(*) FROM mysql.user")
+            .fetch_one(&database.projector_pool)
+            .await
+            .is_err()
+    );
+
+    database.drop_database().await;
+    other.drop_database().await;
+}

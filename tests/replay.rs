@@ -88,11 +88,11 @@ async fn a_rebuild_reproduces_the_live_tables_row_for_row_and_repairs_damage() {
 
     // Damage the live tables the way an operator's mistake would.
     sqlx::query("DELETE FROM grade WHERE acc_nbr LIKE '13801%'")
-        .execute(&database.pool)
+        .execute(&database.admin_pool)
         .await
         .unwrap();
     sqlx::query("UPDATE account_summary SET submissions = 999")
-        .execute(&database.pool)
+        .execute(&database.admin_pool)
         .await
         .unwrap();
     assert_ne!(grade_and_summary(&database).await, live);
@@ -369,7 +369,7 @@ async fn v1_and_v2_events_project_an_unknown_version_waits_in_dead_letters_until
     // The fix: version 2 enabled. Retrying applies it once; 99 still fails.
     let fixed = DecoderArgs::default().decoder().unwrap();
     for projection in ["grade", "account_summary"] {
-        let outcomes = dead_letters::retry(&database.pool, projection, None, &fixed)
+        let outcomes = dead_letters::retry(&database.projector_pool, projection, None, &fixed)
             .await
             .unwrap();
         let results: Vec<_> = outcomes.iter().map(|o| o.outcome.clone()).collect();
@@ -382,9 +382,14 @@ async fn v1_and_v2_events_project_an_unknown_version_waits_in_dead_letters_until
             "{projection}"
         );
     }
-    let again = dead_letters::retry(&database.pool, "grade", Some(&[open[0].id]), &fixed)
-        .await
-        .unwrap();
+    let again = dead_letters::retry(
+        &database.projector_pool,
+        "grade",
+        Some(&[open[0].id]),
+        &fixed,
+    )
+    .await
+    .unwrap();
     assert_eq!(again[0].outcome, RetryResult::AlreadyResolved);
 
     let scene: Option<String> =

@@ -164,10 +164,22 @@ pub fn mysql_socket_address() -> SocketAddr {
 /// A database of its own on the real MariaDB, migrated.
 pub struct TestDatabase {
     pub name: String,
+    /// The projector account's URL: the projector runs with the least
+    /// privilege it needs, as in production.
     pub url: String,
+    /// Read-only, through the analyst account: what tests check with.
     pub pool: MySqlPool,
+    /// Through the projector account, for operations the projector runs.
+    pub projector_pool: MySqlPool,
+    /// Through the server's administrator, for damage only an operator could
+    /// do.
+    pub admin_pool: MySqlPool,
     server: String,
+    accounts: [String; 2],
 }
+
+/// The accounts script `./deploy/local` runs, shared with the tests.
+const ACCOUNTS_SQL: &str = include_str!("../../deploy/mysql-accounts.sql");
 
 impl TestDatabase {
     /// Creates and migrates a fresh database.
@@ -179,11 +191,15 @@ impl TestDatabase {
         Self::create_on(&mysql_server_url()).await
     }
 
-    /// Creates and migrates a fresh database on the server at `server`.
+    /// Creates a fresh database on the server at `server`, its projector and
+    /// analyst accounts (with `deploy/mysql-accounts.sql`), and migrates it
+    /// as the projector account.
     pub async fn create_on(server: &str) -> Self {
         let server = server.to_owned();
         let name = unique_name(TEST_DATABASE_PREFIX);
-        let url = format!("{server}/{name}");
+        let suffix = &name[TEST_DATABASE_PREFIX.len()..];
+        let (projector_user, analyst_user) = (format!("p_{suffix}"), format!("a_{suffix}"));
+        let password = uuid::Uuid::new_v4().simple().to_string();
         let mut admin = MySqlConnectOptions::from_str(&server)
             .expect("SCORES_TEST_MYSQL_URL is a MySQL URL")
             .connect()
@@ -197,24 +213,49 @@ impl TestDatabase {
             )))
             .await
             .expect("creating the test database");
+        // Names and password are generated here (hex), never input.
+        let variables = format!(
+            "SET @db = '{name}', @host = '%', @projector_user = '{projector_user}', \
+             @projector_password = '{password}', @analyst_user = '{analyst_user}', \
+             @analyst_password = '{password}';"
+        );
+        admin
+            .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "{variables}\n{ACCOUNTS_SQL}"
+            ))))
+            .await
+            .expect("creating the least-privilege accounts");
+
+        let with_user = |user: &str| {
+            let mut url = reqwest::Url::parse(&format!("{server}/{name}")).expect("a database URL");
+            url.set_username(user).expect("a user");
+            url.set_password(Some(&password)).expect("a password");
+            url.to_string()
+        };
+        let url = with_user(&projector_user);
         let database = DatabaseArgs {
             database_url: url.clone(),
             database_max_connections: 4,
         };
-        let pool = projector::db::pool(&database).expect("pool");
-        projector::db::migrate(&database, &pool)
+        let projector_pool = projector::db::pool(&database).expect("pool");
+        projector::db::migrate(&database, &projector_pool)
             .await
-            .expect("migrating the test database");
-        let pool = MySqlPoolOptions::new()
-            .max_connections(4)
-            .connect(&url)
-            .await
-            .expect("connecting to the test database");
+            .expect("migrating the test database as the projector account");
+        let connect = |url: String| async move {
+            MySqlPoolOptions::new()
+                .max_connections(4)
+                .connect(&url)
+                .await
+                .expect("connecting to the test database")
+        };
         Self {
+            pool: connect(with_user(&analyst_user)).await,
+            admin_pool: connect(format!("{server}/{name}")).await,
+            projector_pool,
             name,
             url,
-            pool,
             server,
+            accounts: [projector_user, analyst_user],
         }
     }
 
@@ -280,6 +321,8 @@ impl TestDatabase {
     /// Drops the database (called at the end of a passing test).
     pub async fn drop_database(self) {
         self.pool.close().await;
+        self.projector_pool.close().await;
+        self.admin_pool.close().await;
         let mut admin = MySqlConnectOptions::from_str(&self.server)
             .expect("URL")
             .connect()
@@ -292,6 +335,14 @@ impl TestDatabase {
             )))
             .await
             .expect("dropping the test database");
+        for account in &self.accounts {
+            admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP USER IF EXISTS '{account}'@'%'"
+                )))
+                .await
+                .expect("dropping a test account");
+        }
     }
 }
 
