@@ -305,3 +305,88 @@ async fn two_ingest_apis_on_one_topic_project_everything_once() {
     assert_exactly_once(&database, &report, true, &[&first, &second, &projector]).await;
     database.drop_database().await;
 }
+
+#[tokio::test]
+async fn logs_never_hold_a_phone_number_in_full() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let database = TestDatabase::create().await;
+    let mut broker = Broker::start();
+    let mut env = env(
+        &broker.address(),
+        "score-events",
+        &database.url,
+        &unique_group(),
+    );
+    // Everything, down to debug, that the services would ever log.
+    env.push(("RUST_LOG", "debug".to_owned()));
+    let (api, url) = Service::ingest_api(&env);
+    let projector = Service::projector(&env);
+
+    let account = "13812345678";
+    let client = reqwest::Client::new();
+    let valid = serde_json::json!({"acc_nbr": account, "grade1": 5, "grade2": 4, "grade3": 3});
+    let invalid = serde_json::json!({"acc_nbr": account, "grade1": 9, "grade2": 4, "grade3": 3, "txt1": "\u{0}"});
+    let legacy = [
+        ("acc_nbr", format!("\"{account}\"")),
+        ("grade1", "5".into()),
+        ("grade2", "5".into()),
+        ("grade3", "5".into()),
+    ];
+    assert_eq!(
+        client
+            .post(format!("{url}/v1/scores"))
+            .json(&valid)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_eq!(
+        client
+            .post(format!("{url}/v1/scores"))
+            .json(&invalid)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        client
+            .post(format!("{url}/score"))
+            .form(&legacy)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(eventually(RECOVERY, || async { database.grade_count().await == 2 }).await);
+    // And with the broker gone.
+    broker.kill();
+    assert_eq!(
+        client
+            .post(format!("{url}/v1/scores"))
+            .json(&valid)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+
+    let api_log = api.log_tail_all();
+    assert!(
+        api_log.contains("138****5678"),
+        "the API logs the masked number:\n{api_log}"
+    );
+    for service in [&api, &projector] {
+        let log = service.log_tail_all();
+        assert!(
+            !log.contains(account),
+            "a full phone number in the log:\n{log}"
+        );
+    }
+    database.drop_database().await;
+}

@@ -357,6 +357,11 @@ impl Service {
         }
     }
 
+    /// Everything the process logged.
+    pub fn log_tail_all(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines the process logged, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
