@@ -282,6 +282,7 @@ impl Projector {
                 );
             }
         }
+        self.warn_if_beyond_the_log(&lowest).await;
         for (partition, offset) in lowest {
             if let Err(error) = self.seek(partition, offset) {
                 // Right after an assignment librdkafka may not accept a seek
@@ -291,6 +292,31 @@ impl Projector {
                     .context()
                     .assignment_changed
                     .store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// A stored position beyond the end of the log means the log was reset
+    /// or replaced under the tables: its events would be taken as already
+    /// applied. That needs an operator (a rebuild), so it is logged loudly.
+    async fn warn_if_beyond_the_log(&self, lowest: &HashMap<i32, i64>) {
+        let kafka = self.args.kafka.clone();
+        let marks = tokio::task::spawn_blocking(move || {
+            score_shared::kafka::watermarks(&kafka, Duration::from_secs(5))
+        })
+        .await;
+        let Ok(Ok(marks)) = marks else { return };
+        for (partition, position) in lowest {
+            if let Some((_, high)) = marks.get(partition)
+                && position > high
+            {
+                tracing::error!(
+                    partition,
+                    stored_position = position,
+                    high_watermark = high,
+                    "stored position is beyond the end of the log: the log was reset or replaced; \
+                     rebuild the projections from it (projector rebuild <projection>)"
+                );
             }
         }
     }

@@ -23,7 +23,9 @@ pub struct PartitionStatus {
     pub position: i64,
     /// The partition's high watermark; `None` when the broker did not answer.
     pub high_watermark: Option<i64>,
-    /// Events in the log not yet applied.
+    /// Events in the log not yet applied. Negative when the stored position
+    /// is beyond the end of the log: the log was reset or replaced, and the
+    /// projection must be rebuilt from it.
     pub lag: Option<i64>,
     /// When the last applied event occurred (UTC).
     pub last_event_at: Option<NaiveDateTime>,
@@ -88,7 +90,7 @@ pub async fn status(pool: &MySqlPool, kafka: &KafkaArgs) -> anyhow::Result<Vec<P
                 partition,
                 position,
                 high_watermark,
-                lag: high_watermark.map(|high| (high - position).max(0)),
+                lag: high_watermark.map(|high| high - position),
                 last_event_at: stored.and_then(|p| p.last_event_at),
                 dead_letters: dead_letters.get(&partition).copied().unwrap_or(0),
             });
@@ -120,12 +122,22 @@ pub fn render(rows: &[PartitionStatus]) -> String {
             row.partition,
             row.position,
             row.high_watermark.map_or_else(unknown, |v| v.to_string()),
-            row.lag.map_or_else(unknown, |v| v.to_string()),
+            row.lag.map_or_else(unknown, |lag| if lag < 0 {
+                format!("{lag} (!)")
+            } else {
+                lag.to_string()
+            }),
             row.last_event_at.map_or_else(
                 || "-".to_owned(),
                 |t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
             ),
             row.dead_letters,
+        );
+    }
+    if rows.iter().any(|row| row.lag.is_some_and(|lag| lag < 0)) {
+        out.push_str(
+            "(!) position beyond the end of the log: the log was reset or replaced; \
+             rebuild the projection (projector rebuild <projection>)\n",
         );
     }
     out
@@ -150,5 +162,20 @@ mod tests {
         assert!(line.starts_with("grade"), "{line}");
         assert!(line.contains(" ? "), "{line}");
         assert!(line.trim_end().ends_with('2'), "{line}");
+    }
+
+    #[test]
+    fn a_position_beyond_the_end_of_the_log_is_flagged() {
+        let table = render(&[PartitionStatus {
+            projection: "grade",
+            partition: 0,
+            position: 7,
+            high_watermark: Some(2),
+            lag: Some(-5),
+            last_event_at: None,
+            dead_letters: 0,
+        }]);
+        assert!(table.contains("-5 (!)"), "{table}");
+        assert!(table.contains("rebuild the projection"), "{table}");
     }
 }
