@@ -21,13 +21,15 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 /// consumer's partitions move on after its 10 s session timeout).
 const RECOVERY: Duration = Duration::from_secs(90);
 
-fn env(brokers: &str, topic: &str, database_url: &str, group: &str) -> Vec<(&'static str, String)> {
+/// The settings of every service of one test: its broker and database, the
+/// default topic (each test has a broker of its own) and a fresh group.
+fn env(brokers: &str, database_url: &str) -> Vec<(&'static str, String)> {
     vec![
         ("SCORES_KAFKA_BROKERS", brokers.to_owned()),
-        ("SCORES_TOPIC", topic.to_owned()),
+        ("SCORES_TOPIC", "score-events".to_owned()),
         ("SCORES_TOPIC_PARTITIONS", "3".to_owned()),
         ("SCORES_DATABASE_URL", database_url.to_owned()),
-        ("SCORES_CONSUMER_GROUP", group.to_owned()),
+        ("SCORES_CONSUMER_GROUP", unique_group()),
         ("SCORES_PUBLISH_TIMEOUT_MS", "3000".to_owned()),
         ("SCORES_BATCH_SIZE", "50".to_owned()),
         ("SCORES_RATE_LIMIT_PER_CLIENT_PER_MINUTE", "0".to_owned()),
@@ -88,12 +90,7 @@ async fn a_broker_killed_under_load_means_503s_then_recovery_without_a_restart()
     let mut seed = Seeded::from_env("broker kill");
     let mut broker = Broker::start();
     let database = TestDatabase::create().await;
-    let env = env(
-        &broker.address(),
-        "score-events",
-        &database.url,
-        &unique_group(),
-    );
+    let env = env(&broker.address(), &database.url);
     let (api, url) = Service::ingest_api(&env);
     let projector = Service::projector(&env);
 
@@ -130,12 +127,7 @@ async fn a_projector_killed_five_times_mid_batch_projects_everything_once() {
     let mut seed = Seeded::from_env("projector kills");
     let database = TestDatabase::create().await;
     let broker = Broker::start();
-    let mut env = env(
-        &broker.address(),
-        "score-events",
-        &database.url,
-        &unique_group(),
-    );
+    let mut env = env(&broker.address(), &database.url);
     // Restarted by its supervisor under the same name, as in production.
     env.push(("SCORES_CONSUMER_INSTANCE_ID", "projector-a".to_owned()));
     let (api, url) = Service::ingest_api(&env);
@@ -160,12 +152,7 @@ async fn mariadb_stopped_during_projection_is_waited_out() {
     let mut mariadb = PrivateMariaDb::start();
     let database = TestDatabase::create_on(&mariadb.url()).await;
     let broker = Broker::start();
-    let env = env(
-        &broker.address(),
-        "score-events",
-        &database.url,
-        &unique_group(),
-    );
+    let env = env(&broker.address(), &database.url);
     let (api, url) = Service::ingest_api(&env);
     let projector = Service::projector(&env);
 
@@ -187,12 +174,7 @@ async fn an_ingest_api_sent_sigterm_under_load_answers_in_flight_requests_and_ex
     let seed = Seeded::from_env("api sigterm").between(1, u64::MAX);
     let database = TestDatabase::create().await;
     let broker = Broker::start();
-    let env = env(
-        &broker.address(),
-        "score-events",
-        &database.url,
-        &unique_group(),
-    );
+    let env = env(&broker.address(), &database.url);
     let (mut api, url) = Service::ingest_api(&env);
     let projector = Service::projector(&env);
 
@@ -210,6 +192,9 @@ async fn an_ingest_api_sent_sigterm_under_load_answers_in_flight_requests_and_ex
     database.drop_database().await;
 }
 
+// Ignored here for a reason outside this project: the broker. Tansu 0.6.0
+// never hands a crashed member's partitions to the survivor; Apache Kafka
+// does, and this test passes there (cargo test -- --ignored).
 #[tokio::test]
 #[ignore = "Tansu 0.6.0 keeps a crashed member in the group, so its partitions never move to the \
             survivor (seen: the survivor is re-assigned the same partitions after the session \
@@ -219,12 +204,7 @@ async fn two_projectors_in_one_group_with_one_killed_mid_load_project_everything
     let mut seed = Seeded::from_env("two projectors");
     let database = TestDatabase::create().await;
     let broker = Broker::start();
-    let mut env = env(
-        &broker.address(),
-        "score-events",
-        &database.url,
-        &unique_group(),
-    );
+    let mut env = env(&broker.address(), &database.url);
     let (api, url) = Service::ingest_api(&env);
     // Their logs say when the group has given them partitions.
     env.push(("RUST_LOG", "warn,projector::runner=info".to_owned()));
@@ -251,12 +231,7 @@ async fn two_ingest_apis_on_one_topic_project_everything_once() {
     let seed = Seeded::from_env("two apis").between(1, u64::MAX);
     let database = TestDatabase::create().await;
     let broker = Broker::start();
-    let env = env(
-        &broker.address(),
-        "score-events",
-        &database.url,
-        &unique_group(),
-    );
+    let env = env(&broker.address(), &database.url);
     let (first, first_url) = Service::ingest_api(&env);
     let (second, second_url) = Service::ingest_api(&env);
     let projector = Service::projector(&env);
@@ -280,12 +255,7 @@ async fn logs_never_hold_a_phone_number_in_full() {
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let database = TestDatabase::create().await;
     let mut broker = Broker::start();
-    let mut env = env(
-        &broker.address(),
-        "score-events",
-        &database.url,
-        &unique_group(),
-    );
+    let mut env = env(&broker.address(), &database.url);
     // Everything, down to debug, that the services would ever log.
     env.push(("RUST_LOG", "debug".to_owned()));
     let (api, url) = Service::ingest_api(&env);
