@@ -164,8 +164,6 @@ impl ApiError {
         }
         if rejection.is_not_found() {
             Self::NotFound
-        } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-            Self::PayloadTooLarge { limit: 0 }
         } else {
             Self::MethodNotAllowed
         }

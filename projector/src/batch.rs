@@ -159,11 +159,7 @@ impl Default for Decoder {
 }
 
 /// Decodes and validates one payload.
-pub fn decode_payload(
-    payload: Option<&[u8]>,
-    rules: &ValidationRules,
-    accepted: &[u32],
-) -> Decoded {
+fn decode_payload(payload: Option<&[u8]>, rules: &ValidationRules, accepted: &[u32]) -> Decoded {
     let Some(payload) = payload else {
         return Decoded::DeadLetter(DeadLetterReason::new("no_payload", "record has no payload"));
     };
