@@ -238,6 +238,14 @@ pub struct RunArgs {
     #[arg(long, env = "SCORES_BATCH_WAIT_MS", default_value_t = 50)]
     pub batch_wait_ms: u64,
 
+    /// Rejoin the consumer group when a partition that is not assigned here
+    /// has unprojected events and its stored position has not moved for this
+    /// many milliseconds (a coordinator that dropped a crashed member without
+    /// reassigning its partitions, as Tansu 0.6.0 does). Keep it above the
+    /// session timeout (10 s); 0 turns the check off.
+    #[arg(long, env = "SCORES_TAKEOVER_AFTER_MS", default_value_t = 30_000)]
+    pub takeover_after_ms: u64,
+
     /// Projections to maintain, comma separated. A projection run for the
     /// first time builds itself from the start of the log.
     #[arg(
@@ -259,5 +267,11 @@ impl RunArgs {
     /// The batch wait as a duration.
     pub fn batch_wait(&self) -> Duration {
         Duration::from_millis(self.batch_wait_ms)
+    }
+
+    /// How long an unassigned partition's position may stand still, if the
+    /// check is on.
+    pub fn takeover_after(&self) -> Option<Duration> {
+        (self.takeover_after_ms > 0).then(|| Duration::from_millis(self.takeover_after_ms))
     }
 }

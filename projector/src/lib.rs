@@ -5,7 +5,8 @@
 //!
 //! 1. [`runner`]: the live loop; reads a batch of records (bounded size and
 //!    wait), applies it to each projection, seeks back on a gap, resumes
-//!    assigned partitions from MySQL, waits out outages.
+//!    assigned partitions from MySQL, waits out outages, and rejoins the
+//!    group when [`takeover`] sees partitions nobody projects.
 //! 2. [`batch`]: pure logic; which records of a batch start at the stored
 //!    positions, and whether each decodes to a row or a dead letter.
 //! 3. [`apply`]: the engine; one MySQL transaction per batch and projection,
@@ -30,6 +31,7 @@ pub mod rebuild;
 pub mod runner;
 pub mod status;
 pub mod store;
+pub mod takeover;
 
 pub use config::{Cli, Command, RunArgs};
 pub use runner::Projector;

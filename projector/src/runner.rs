@@ -6,8 +6,9 @@
 //! isolated and dead-lettered. On shutdown the batch being applied finishes.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,6 +25,7 @@ use crate::apply::{self, Backoff, BatchJob, BatchReport, Locking, Mode};
 use crate::batch::{Decoder, Gap, LogRecord};
 use crate::config::RunArgs;
 use crate::projection::{self, Projection, TableSet};
+use crate::takeover::StallWatch;
 use crate::{db, store};
 
 /// How long the loop waits for a record before it looks at assignments.
@@ -34,6 +36,8 @@ const CONSUMER_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// A gap is believed to be in the log itself (not a stale read) once a seek
 /// back to the stored position has shown it this many times.
 const GAP_CONFIRMATIONS: u32 = 3;
+/// How often the loop looks for partitions nobody projects.
+const STALL_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// A configured, not yet running, projector.
 pub struct Projector {
@@ -122,7 +126,16 @@ impl Projector {
         tracing::info!(topic = %self.args.kafka.topic, group = %self.args.consumer_group, projections = ?names, "projector running");
 
         let mut gaps = GapTracker::default();
+        let mut stalls = self.args.takeover_after().map(|after| StallCheck {
+            watch: StallWatch::new(after),
+            due: Instant::now() + STALL_CHECK_EVERY,
+            rebalances: 0,
+        });
         'batches: loop {
+            if let Some(check) = stalls.as_mut().filter(|check| Instant::now() >= check.due) {
+                self.rejoin_if_stalled(check).await?;
+                check.due = Instant::now() + STALL_CHECK_EVERY;
+            }
             if self
                 .consumer
                 .context()
@@ -250,38 +263,18 @@ impl Projector {
                 return;
             }
         };
-        let mut lowest: HashMap<i32, i64> = HashMap::new();
-        for (_, tables) in &self.projections {
-            let stored = match self.pool.acquire().await {
-                Ok(mut connection) => {
-                    store::positions(&mut connection, &tables.position, &self.args.kafka.topic)
-                        .await
-                }
-                Err(error) => Err(error),
-            };
-            let stored: HashMap<i32, i64> = match stored {
-                Ok(rows) => rows
-                    .into_iter()
-                    .map(|p| (p.kafka_partition, p.next_offset))
-                    .collect(),
-                Err(error) => {
-                    // Batches still check positions; this is retried next turn.
-                    tracing::warn!(error = %error, "could not read positions to resume from");
-                    self.consumer
-                        .context()
-                        .assignment_changed
-                        .store(true, Ordering::SeqCst);
-                    return;
-                }
-            };
-            for partition in &assigned {
-                keep_lowest(
-                    &mut lowest,
-                    *partition,
-                    stored.get(partition).copied().unwrap_or(0),
-                );
+        let lowest = match self.lowest_positions(&assigned).await {
+            Ok(lowest) => lowest,
+            Err(error) => {
+                // Batches still check positions; this is retried next turn.
+                tracing::warn!(error = %error, "could not read positions to resume from");
+                self.consumer
+                    .context()
+                    .assignment_changed
+                    .store(true, Ordering::SeqCst);
+                return;
             }
-        }
+        };
         self.warn_if_beyond_the_log(&lowest).await;
         for (partition, offset) in lowest {
             if let Err(error) = self.seek(partition, offset) {
@@ -294,6 +287,85 @@ impl Projector {
                     .store(true, Ordering::SeqCst);
             }
         }
+    }
+
+    /// The lowest stored position of the projections in each of
+    /// `partitions`; 0 where a projection has none yet.
+    async fn lowest_positions(&self, partitions: &[i32]) -> sqlx::Result<HashMap<i32, i64>> {
+        let mut connection = self.pool.acquire().await?;
+        let mut lowest: HashMap<i32, i64> = HashMap::new();
+        for (_, tables) in &self.projections {
+            let stored: HashMap<i32, i64> =
+                store::positions(&mut connection, &tables.position, &self.args.kafka.topic)
+                    .await?
+                    .into_iter()
+                    .map(|p| (p.kafka_partition, p.next_offset))
+                    .collect();
+            for partition in partitions {
+                keep_lowest(
+                    &mut lowest,
+                    *partition,
+                    stored.get(partition).copied().unwrap_or(0),
+                );
+            }
+        }
+        Ok(lowest)
+    }
+
+    /// Looks for partitions nobody projects (see [`crate::takeover`]) and,
+    /// when there are some, rejoins the group so that they are assigned
+    /// again. A look that cannot be taken (broker or MySQL away) is skipped.
+    ///
+    /// # Errors
+    ///
+    /// Only when subscribing again is refused.
+    async fn rejoin_if_stalled(&self, check: &mut StallCheck) -> anyhow::Result<()> {
+        let rebalances = self.consumer.context().rebalances.load(Ordering::SeqCst);
+        if rebalances != check.rebalances {
+            // The assignment moved since the last look: start over.
+            check.rebalances = rebalances;
+            check.watch.reset();
+        }
+        let Ok(assignment) = self.consumer.assignment() else {
+            return Ok(());
+        };
+        let assigned: HashSet<i32> = assignment
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        let kafka = self.args.kafka.clone();
+        let marks = tokio::task::spawn_blocking(move || {
+            score_shared::kafka::watermarks(&kafka, Duration::from_secs(2))
+        })
+        .await;
+        let Ok(Ok(marks)) = marks else { return Ok(()) };
+        let partitions: Vec<i32> = marks.keys().copied().collect();
+        let Ok(positions) = self.lowest_positions(&partitions).await else {
+            return Ok(());
+        };
+        let highs = marks
+            .into_iter()
+            .map(|(partition, (_, high))| (partition, high))
+            .collect();
+        let stalled = check
+            .watch
+            .observe(Instant::now(), &assigned, &positions, &highs);
+        if stalled.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            partitions = ?stalled,
+            unmoved_for = ?check.watch.after(),
+            "partitions with events to project are assigned to no one here and have not moved; \
+             rejoining the consumer group so that they are assigned again"
+        );
+        self.consumer.unsubscribe();
+        self.consumer
+            .subscribe(&[&self.args.kafka.topic])
+            .context("subscribing to the topic again")?;
+        check.watch.reset();
+        Ok(())
     }
 
     /// A stored position beyond the end of the log means the log was reset
@@ -374,6 +446,14 @@ fn record_of(message: &impl Message) -> LogRecord {
     }
 }
 
+/// The state of the stalled-partition check between two looks.
+struct StallCheck {
+    watch: StallWatch,
+    due: Instant,
+    /// The rebalance count at the last look.
+    rebalances: u64,
+}
+
 /// Counts how often each projection saw each gap after seeking back; a gap
 /// seen [`GAP_CONFIRMATIONS`] times is in the log itself and may be crossed.
 #[derive(Default)]
@@ -421,12 +501,15 @@ impl GapTracker {
 #[derive(Default)]
 pub struct ProjectorContext {
     assignment_changed: AtomicBool,
+    /// Assignments and revocations seen so far.
+    rebalances: AtomicU64,
 }
 
 impl ClientContext for ProjectorContext {}
 
 impl ConsumerContext for ProjectorContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::SeqCst);
         match rebalance {
             Rebalance::Assign(partitions) => {
                 tracing::info!(partitions = ?partition_numbers(partitions), "partitions assigned");
