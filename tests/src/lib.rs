@@ -141,8 +141,13 @@ impl TestTopic {
 
 /// Kafka settings for a test topic.
 pub fn kafka_args(topic: &str, partitions: i32) -> KafkaArgs {
+    kafka_args_on(&kafka_brokers(), topic, partitions)
+}
+
+/// Client settings for `topic` on the broker at `brokers`.
+pub fn kafka_args_on(brokers: &str, topic: &str, partitions: i32) -> KafkaArgs {
     KafkaArgs {
-        kafka_brokers: kafka_brokers(),
+        kafka_brokers: brokers.to_owned(),
         topic: topic.to_owned(),
         topic_partitions: partitions,
         topic_replication: 1,

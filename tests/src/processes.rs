@@ -263,9 +263,12 @@ pub struct Service {
 impl Service {
     /// Starts `ingest-api` with `env` on a free port and waits until it
     /// answers `/healthz`. Returns it and its base URL.
-    pub fn ingest_api(env: &[(&str, String)]) -> (Self, String) {
+    pub fn ingest_api<K: AsRef<str>>(env: &[(K, String)]) -> (Self, String) {
         let port = free_port();
-        let mut env = env.to_vec();
+        let mut env: Vec<(&str, String)> = env
+            .iter()
+            .map(|(key, value)| (key.as_ref(), value.clone()))
+            .collect();
         env.push(("SCORES_HTTP_ADDR", format!("127.0.0.1:{port}")));
         let service = Self::spawn("ingest-api", &[], &env);
         wait_for_port(port, Duration::from_secs(30), "ingest-api");
@@ -273,11 +276,16 @@ impl Service {
     }
 
     /// Starts `projector run` with `env`.
-    pub fn projector(env: &[(&str, String)]) -> Self {
+    pub fn projector<K: AsRef<str>>(env: &[(K, String)]) -> Self {
         Self::spawn("projector", &["run"], env)
     }
 
-    fn spawn(name: &'static str, args: &[&str], env: &[(&str, String)]) -> Self {
+    /// Starts another `projector` command (`rebuild grade`, say) with `env`.
+    pub fn projector_command<K: AsRef<str>>(args: &[&str], env: &[(K, String)]) -> Self {
+        Self::spawn("projector", args, env)
+    }
+
+    fn spawn<K: AsRef<str>>(name: &'static str, args: &[&str], env: &[(K, String)]) -> Self {
         let log = scratch_dir(name).join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("a log file");
         let mut command = Command::new(bin_dir().join(name));
@@ -295,7 +303,10 @@ impl Service {
                 "RUST_LOG",
                 std::env::var("SERVICE_LOG").unwrap_or_else(|_| "warn".to_owned()),
             )
-            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+            .envs(
+                env.iter()
+                    .map(|(key, value)| (key.as_ref(), value.as_str())),
+            )
             .stdout(file.try_clone().expect("log"))
             .stderr(file)
             .spawn()
@@ -305,6 +316,31 @@ impl Service {
             child: Some(child),
             log,
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The most resident memory the process has used so far, in KiB (Linux
+    /// `VmHWM`); `None` once it has exited or off Linux.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Waits for the process to exit on its own, at most `limit`; the exit
+    /// status, or `None` if it is still running.
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let status = wait_with_limit(self.child.as_mut()?, limit);
+        if status.is_some() {
+            self.child = None;
+        }
+        status
     }
 
     /// SIGKILL: no cleanup of any kind.

@@ -1,0 +1,49 @@
+//! The per-submission work of `POST /score` without the network: decode the
+//! form `wx.request` sends, validate it, build and encode the event.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ingest_api::wire;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use score_shared::event::new_event_id;
+use score_shared::{Channel, ScoreSubmitted, Submission, ValidationRules};
+
+/// A typical legacy body: values `JSON.stringify`'d, then percent-encoded.
+fn legacy_body() -> String {
+    let fields = [
+        ("acc_nbr", "\"13812345678\""),
+        ("grade1", "5"),
+        ("grade2", "4"),
+        ("grade3", "3"),
+        ("txt1", "\"服务很好，态度热情👍\""),
+        ("txt2", "\"环境干净，价格实惠😊\""),
+        ("txt3", "\"等了很久才有人来，希望改进🙏\""),
+    ];
+    fields
+        .iter()
+        .map(|(name, value)| format!("{name}={}", utf8_percent_encode(value, NON_ALPHANUMERIC)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn hot_path(c: &mut Criterion) {
+    let body = legacy_body();
+    let rules = ValidationRules::default();
+    let mut group = c.benchmark_group("ingest");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("decode_form", |b| {
+        b.iter(|| wire::legacy_form(black_box(body.as_bytes())).expect("valid"))
+    });
+    group.bench_function("decode_validate_encode", |b| {
+        b.iter(|| {
+            let raw = wire::legacy_form(black_box(body.as_bytes())).expect("valid");
+            let submission = Submission::parse(&raw, &rules).expect("valid");
+            ScoreSubmitted::new(new_event_id(), Channel::LegacyForm, &submission).encode()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);

@@ -1,0 +1,57 @@
+//! Building one projector batch without MySQL: split 500 records by
+//! partition against the stored positions, then decode and validate each.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use projector::batch::{self, Decoded, Decoder, LogRecord};
+use score_shared::event::new_event_id;
+use score_shared::{Channel, RawSubmission, ScoreSubmitted, Submission, ValidationRules};
+
+const BATCH: usize = 500;
+const PARTITIONS: i32 = 3;
+
+fn records() -> Vec<LogRecord> {
+    (0..BATCH)
+        .map(|i| {
+            let raw = RawSubmission {
+                acc_nbr: Some(format!("138{:08}", i * 7919).into()),
+                grades: [Some(5.into()), Some(4.into()), Some(3.into())],
+                texts: ["服务很好，态度热情👍", "环境干净😊", ""].map(|t| Some(t.into())),
+                scene: None,
+            };
+            let submission = Submission::parse(&raw, &ValidationRules::default()).expect("valid");
+            let event = ScoreSubmitted::new(new_event_id(), Channel::LegacyForm, &submission);
+            let partition = i32::try_from(i).expect("small") % PARTITIONS;
+            LogRecord {
+                partition,
+                offset: i64::try_from(i).expect("small") / i64::from(PARTITIONS),
+                key: Some(event.acc_nbr.clone().into_bytes()),
+                payload: Some(event.encode()),
+            }
+        })
+        .collect()
+}
+
+fn build_batch(c: &mut Criterion) {
+    let records = records();
+    let stored: HashMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
+    let decoder = Decoder::default();
+    let mut group = c.benchmark_group("projector");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("plan_and_decode_500", |b| {
+        b.iter(|| {
+            let plans = batch::plan(black_box(&records), &stored, &[]);
+            plans
+                .iter()
+                .flat_map(|plan| &plan.records)
+                .filter(|record| matches!(decoder.decode(record), Decoded::Row(_)))
+                .count()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, build_batch);
+criterion_main!(benches);
