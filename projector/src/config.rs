@@ -242,8 +242,8 @@ pub struct RunArgs {
     /// has unprojected events and its stored position has not moved for this
     /// many milliseconds (a coordinator that dropped a crashed member without
     /// reassigning its partitions, as Tansu 0.6.0 does). Keep it above the
-    /// session timeout (10 s); 0 turns the check off.
-    #[arg(long, env = "SCORES_TAKEOVER_AFTER_MS", default_value_t = 30_000)]
+    /// consumer's session timeout (45 s); 0 turns the check off.
+    #[arg(long, env = "SCORES_TAKEOVER_AFTER_MS", default_value_t = 60_000)]
     pub takeover_after_ms: u64,
 
     /// Projections to maintain, comma separated. A projection run for the

@@ -476,7 +476,7 @@ impl RunningProjector {
             consumer_instance_id: None,
             batch_size: 100,
             batch_wait_ms: 20,
-            takeover_after_ms: 30_000,
+            takeover_after_ms: 60_000,
             projections,
             decoder,
             log: LogArgs {
