@@ -92,6 +92,8 @@ pub struct Figures {
     pub end_to_end: Option<EndToEnd>,
     /// Criterion results: benchmark name and mean time per iteration.
     pub micro: Vec<(String, Duration)>,
+    /// Steps that could not complete, and why.
+    pub failures: Vec<(String, String)>,
 }
 
 impl Figures {
@@ -140,6 +142,7 @@ impl Figures {
             catch_up: None,
             end_to_end: None,
             micro: Vec::new(),
+            failures: Vec::new(),
         })
     }
 
@@ -328,6 +331,14 @@ pub fn markdown(figures: &Figures, chart_file: &str, notes: &str) -> String {
         "\nEverything (broker, MariaDB, the services and the load generator) shares the \
          machine's cores, as the targets assume.\n"
     );
+
+    if !figures.failures.is_empty() {
+        let _ = writeln!(w, "## Steps that did not complete\n");
+        for (step, error) in &figures.failures {
+            let _ = writeln!(w, "- **{step}**: {}", error.replace('\n', " "));
+        }
+        let _ = writeln!(w);
+    }
 
     let _ = writeln!(w, "## Targets\n");
     let _ = writeln!(w, "| Target | Figure | Baseline | |\n|---|---|---|---|");

@@ -30,20 +30,35 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn run(settings: &Settings) -> anyhow::Result<Figures> {
     let mut figures = Figures::new(settings).await?;
     let broker = Broker::start();
+    // A step that cannot complete is reported, and the others still run.
+    let failed = |figures: &mut Figures, step: &str, error: anyhow::Error| {
+        eprintln!("  {step} did not complete: {error:#}");
+        figures
+            .failures
+            .push((step.to_owned(), format!("{error:#}")));
+    };
     if settings.steps.contains(&Step::Ingest) {
         eprintln!("==> ingest: raw producer baseline, closed loop, open loop");
-        ingest(settings, &broker, &mut figures).await?;
+        if let Err(error) = ingest(settings, &broker, &mut figures).await {
+            failed(&mut figures, "ingest", error);
+        }
     }
     if settings.steps.contains(&Step::CatchUp) {
         eprintln!(
             "==> projector catch-up and rebuild over {} events",
             settings.backlog
         );
-        figures.catch_up = Some(catch_up(settings, &broker).await?);
+        match catch_up(settings, &broker).await {
+            Ok(catch_up) => figures.catch_up = Some(catch_up),
+            Err(error) => failed(&mut figures, "catch-up", error),
+        }
     }
     if settings.steps.contains(&Step::EndToEnd) {
         eprintln!("==> end to end at {}/s", settings.end_to_end_rate);
-        figures.end_to_end = Some(end_to_end(settings, &broker).await?);
+        match end_to_end(settings, &broker).await {
+            Ok(end_to_end) => figures.end_to_end = Some(end_to_end),
+            Err(error) => failed(&mut figures, "end-to-end", error),
+        }
     }
     Ok(figures)
 }
@@ -257,7 +272,8 @@ async fn catch_up(settings: &Settings, broker: &Broker) -> anyhow::Result<CatchU
     let mut projector = Service::projector(&env);
     let mut first_row = None;
     let mut peak = None;
-    let deadline = started + Duration::from_secs(600);
+    // Generous: ten times what the raw consumer took, and at least 2 min.
+    let deadline = started + (consume.elapsed * 10).max(Duration::from_secs(120));
     loop {
         let done = projected(&database, topic).await?;
         if done > 0 {
@@ -267,12 +283,14 @@ async fn catch_up(settings: &Settings, broker: &Broker) -> anyhow::Result<CatchU
         if done >= settings.backlog {
             break;
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the projector had projected {done} of {} after 10 minutes\n{}",
-            settings.backlog,
-            projector.log_tail()
-        );
+        if Instant::now() >= deadline {
+            eprintln!("{}", projector.log_tail());
+            anyhow::bail!(
+                "the projector had projected {done} of {} events after {:.0} s",
+                settings.backlog,
+                started.elapsed().as_secs_f64()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let finished = Instant::now();
