@@ -21,6 +21,8 @@ const PERCENTILES: [(f64, &str); 4] = [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")
 pub struct OpenLoopStep {
     pub rate: f64,
     pub seen: Latencies,
+    /// The ingest API's peak RSS up to the end of this step.
+    pub api_peak_rss_kib: Option<u64>,
 }
 
 impl OpenLoopStep {
@@ -86,6 +88,8 @@ pub struct Figures {
     pub duration: Duration,
     pub raw_produce: Vec<(usize, Latencies)>,
     pub closed_loop: Option<Latencies>,
+    /// The ingest API's peak RSS up to the end of the closed loop.
+    pub closed_loop_api_peak_rss_kib: Option<u64>,
     pub open_loop: Vec<OpenLoopStep>,
     pub ingest_api_peak_rss_kib: Option<u64>,
     pub catch_up: Option<CatchUp>,
@@ -137,6 +141,7 @@ impl Figures {
             duration: settings.duration,
             raw_produce: Vec::new(),
             closed_loop: None,
+            closed_loop_api_peak_rss_kib: None,
             open_loop: Vec::new(),
             ingest_api_peak_rss_kib: None,
             catch_up: None,
@@ -394,16 +399,17 @@ pub fn markdown(figures: &Figures, chart_file: &str, notes: &str) -> String {
     );
     let _ = writeln!(
         w,
-        "| Offered /s | answered /s | {header} | errors |\n|---|---|---|---|---|---|---|"
+        "| Offered /s | answered /s | {header} | errors | API peak RSS so far |\n|---|---|---|---|---|---|---|---|"
     );
     for step in &figures.open_loop {
         let _ = writeln!(
             w,
-            "| {:.0} | {:.0} | {} | {} |",
+            "| {:.0} | {:.0} | {} | {} | {} |",
             step.rate,
             step.seen.throughput(),
             latency_cells(&step.seen),
-            errors_cell(&step.seen)
+            errors_cell(&step.seen),
+            mib(step.api_peak_rss_kib)
         );
     }
 

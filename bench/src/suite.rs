@@ -177,6 +177,7 @@ async fn ingest(settings: &Settings, broker: &Broker, figures: &mut Figures) -> 
         closed.error_count()
     );
     figures.closed_loop = Some(closed);
+    figures.closed_loop_api_peak_rss_kib = api.peak_rss_kib();
 
     for &rate in &settings.open_loop_rates {
         let seen = load::open_loop(
@@ -185,7 +186,11 @@ async fn ingest(settings: &Settings, broker: &Broker, figures: &mut Figures) -> 
             legacy_sender(client.clone(), score_url.clone()),
         )
         .await;
-        let step = OpenLoopStep { rate, seen };
+        let step = OpenLoopStep {
+            rate,
+            seen,
+            api_peak_rss_kib: api.peak_rss_kib(),
+        };
         eprintln!(
             "  open loop at {rate:.0}/s: {:.0}/s answered, p99 {:.1} ms, {} errors",
             step.seen.throughput(),
