@@ -248,18 +248,11 @@ impl Projector {
     /// event arrives. Kafka's committed offset is only where the consumer
     /// starts before this.
     async fn resume_assigned_partitions(&self) {
-        let assigned: Vec<i32> = match self.consumer.assignment() {
-            Ok(assignment) => assignment
-                .elements()
-                .iter()
-                .map(|e| e.partition())
-                .collect(),
+        let assigned = match self.consumer.assignment() {
+            Ok(assignment) => partition_numbers(&assignment),
             Err(error) => {
                 tracing::warn!(error = %error, "could not read the assignment");
-                self.consumer
-                    .context()
-                    .assignment_changed
-                    .store(true, Ordering::SeqCst);
+                self.resume_again_next_turn();
                 return;
             }
         };
@@ -268,10 +261,7 @@ impl Projector {
             Err(error) => {
                 // Batches still check positions; this is retried next turn.
                 tracing::warn!(error = %error, "could not read positions to resume from");
-                self.consumer
-                    .context()
-                    .assignment_changed
-                    .store(true, Ordering::SeqCst);
+                self.resume_again_next_turn();
                 return;
             }
         };
@@ -281,12 +271,17 @@ impl Projector {
                 // Right after an assignment librdkafka may not accept a seek
                 // yet; try again on the next turn of the loop.
                 tracing::debug!(partition, offset, error = %error, "resume seek not accepted yet");
-                self.consumer
-                    .context()
-                    .assignment_changed
-                    .store(true, Ordering::SeqCst);
+                self.resume_again_next_turn();
             }
         }
+    }
+
+    /// Has the loop resume the assigned partitions again on its next turn.
+    fn resume_again_next_turn(&self) {
+        self.consumer
+            .context()
+            .assignment_changed
+            .store(true, Ordering::SeqCst);
     }
 
     /// The lowest stored position of the projections in each of
@@ -329,11 +324,7 @@ impl Projector {
         let Ok(assignment) = self.consumer.assignment() else {
             return Ok(());
         };
-        let assigned: HashSet<i32> = assignment
-            .elements()
-            .iter()
-            .map(|e| e.partition())
-            .collect();
+        let assigned: HashSet<i32> = partition_numbers(&assignment).into_iter().collect();
         let kafka = self.args.kafka.clone();
         let marks = tokio::task::spawn_blocking(move || {
             score_shared::kafka::watermarks(&kafka, Duration::from_secs(2))
