@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use score_shared::kafka::LogMetadata;
 use sqlx::MySqlPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +48,8 @@ pub struct Projector {
     consumer: StreamConsumer<ProjectorContext>,
     decoder: Decoder,
     projections: Vec<(&'static dyn Projection, TableSet)>,
+    /// Kept for the periodic looks at the log's end.
+    metadata: Arc<LogMetadata>,
 }
 
 impl Projector {
@@ -78,12 +82,14 @@ impl Projector {
         )
         .create_with_context(ProjectorContext::default())
         .context("creating the Kafka consumer")?;
+        let metadata = Arc::new(LogMetadata::new(&args.kafka)?);
         Ok(Self {
             args,
             pool,
             consumer,
             decoder,
             projections,
+            metadata,
         })
     }
 
@@ -325,11 +331,9 @@ impl Projector {
             return Ok(());
         };
         let assigned: HashSet<i32> = partition_numbers(&assignment).into_iter().collect();
-        let kafka = self.args.kafka.clone();
-        let marks = tokio::task::spawn_blocking(move || {
-            score_shared::kafka::watermarks(&kafka, Duration::from_secs(2))
-        })
-        .await;
+        let metadata = self.metadata.clone();
+        let marks =
+            tokio::task::spawn_blocking(move || metadata.watermarks(Duration::from_secs(2))).await;
         let Ok(Ok(marks)) = marks else { return Ok(()) };
         let partitions: Vec<i32> = marks.keys().copied().collect();
         let Ok(positions) = self.lowest_positions(&partitions).await else {
@@ -363,11 +367,9 @@ impl Projector {
     /// or replaced under the tables: its events would be taken as already
     /// applied. That needs an operator (a rebuild), so it is logged loudly.
     async fn warn_if_beyond_the_log(&self, lowest: &HashMap<i32, i64>) {
-        let kafka = self.args.kafka.clone();
-        let marks = tokio::task::spawn_blocking(move || {
-            score_shared::kafka::watermarks(&kafka, Duration::from_secs(5))
-        })
-        .await;
+        let metadata = self.metadata.clone();
+        let marks =
+            tokio::task::spawn_blocking(move || metadata.watermarks(Duration::from_secs(5))).await;
         let Ok(Ok(marks)) = marks else { return };
         for (partition, position) in lowest {
             if let Some((_, high)) = marks.get(partition)

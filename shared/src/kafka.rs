@@ -137,9 +137,69 @@ pub async fn ensure_topic(args: &KafkaArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The low and high watermark of every partition of the topic, by
-/// partition. Blocking (librdkafka metadata calls): run it off the async
-/// runtime.
+/// A metadata client for one topic, to create once and keep: every
+/// librdkafka client has threads and connections of its own, too many to
+/// make for each look at the log.
+pub struct LogMetadata {
+    client: rdkafka::consumer::BaseConsumer,
+    topic: String,
+}
+
+impl LogMetadata {
+    /// Creates the client; it connects on first use.
+    ///
+    /// # Errors
+    ///
+    /// When librdkafka refuses the settings.
+    pub fn new(args: &KafkaArgs) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: admin_config(args)
+                .create()
+                .context("creating a metadata client")?,
+            topic: args.topic.clone(),
+        })
+    }
+
+    /// The low and high watermark of every partition of the topic, by
+    /// partition. Blocking (librdkafka metadata calls): run it off the
+    /// async runtime.
+    ///
+    /// # Errors
+    ///
+    /// When the broker does not answer within `timeout` or the topic is
+    /// unknown.
+    pub fn watermarks(
+        &self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::collections::BTreeMap<i32, (i64, i64)>> {
+        use rdkafka::consumer::Consumer;
+
+        let metadata = self
+            .client
+            .fetch_metadata(Some(&self.topic), timeout)
+            .with_context(|| format!("reading metadata of topic {}", self.topic))?;
+        let topic = metadata
+            .topics()
+            .first()
+            .filter(|topic| topic.error().is_none())
+            .with_context(|| format!("topic {} does not exist", self.topic))?;
+        topic
+            .partitions()
+            .iter()
+            .map(|partition| {
+                let id = partition.id();
+                let marks = self
+                    .client
+                    .fetch_watermarks(&self.topic, id, timeout)
+                    .with_context(|| format!("reading watermarks of partition {id}"))?;
+                Ok((id, marks))
+            })
+            .collect()
+    }
+}
+
+/// The watermarks of every partition of the topic, with a client made for
+/// this one call ([`LogMetadata`] keeps one). Blocking.
 ///
 /// # Errors
 ///
@@ -148,28 +208,5 @@ pub fn watermarks(
     args: &KafkaArgs,
     timeout: Duration,
 ) -> anyhow::Result<std::collections::BTreeMap<i32, (i64, i64)>> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-
-    let consumer: BaseConsumer = admin_config(args)
-        .create()
-        .context("creating a metadata client")?;
-    let metadata = consumer
-        .fetch_metadata(Some(&args.topic), timeout)
-        .with_context(|| format!("reading metadata of topic {}", args.topic))?;
-    let topic = metadata
-        .topics()
-        .first()
-        .filter(|topic| topic.error().is_none())
-        .with_context(|| format!("topic {} does not exist", args.topic))?;
-    topic
-        .partitions()
-        .iter()
-        .map(|partition| {
-            let id = partition.id();
-            let marks = consumer
-                .fetch_watermarks(&args.topic, id, timeout)
-                .with_context(|| format!("reading watermarks of partition {id}"))?;
-            Ok((id, marks))
-        })
-        .collect()
+    LogMetadata::new(args)?.watermarks(timeout)
 }
