@@ -19,9 +19,10 @@ use crate::batch::{self, DeadLetterReason, Decoded, Decoder, Gap, LogRecord};
 use crate::projection::{self, Projected, Projection, TableSet};
 use crate::store::{self, DeadLetterRow};
 
-/// How long a batch waits for its projection's lock (held by a rebuild
-/// while it swaps tables, normally for well under a second).
-const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// How long a batch (or a dead-letter retry) waits for its projection's
+/// lock (held by a rebuild while it swaps tables, normally for well under a
+/// second).
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// What a committed batch did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -217,10 +218,7 @@ async fn apply_in_transaction(
     connection: &mut MySqlConnection,
     job: &BatchJob<'_>,
 ) -> Result<BatchReport, ApplyError> {
-    let mut partitions: Vec<i32> = job.records.iter().map(|r| r.partition).collect();
-    partitions.sort_unstable();
-    partitions.dedup();
-
+    let partitions: Vec<i32> = job.records.iter().map(|r| r.partition).collect();
     let mut tx = connection.begin().await?;
     let stored =
         store::lock_positions(&mut tx, &job.tables.position, job.topic, &partitions).await?;

@@ -16,6 +16,18 @@ pub struct LogRecord {
     pub payload: Option<Vec<u8>>,
 }
 
+impl LogRecord {
+    /// Copies what the projector needs out of a consumed message.
+    pub fn detach(message: &impl rdkafka::Message) -> Self {
+        Self {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
 /// What the batch does in one partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionPlan<'a> {

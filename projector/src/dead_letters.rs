@@ -1,17 +1,12 @@
 //! `projector dead-letters`: listing dead letters and re-applying them once
 //! the reason they failed is fixed.
 
-use std::time::Duration;
-
 use chrono::NaiveDateTime;
 use sqlx::{Connection, MySql, MySqlPool, QueryBuilder};
 
-use crate::apply::NamedLock;
+use crate::apply::{LOCK_WAIT, NamedLock};
 use crate::batch::{Decoded, Decoder, LogRecord};
 use crate::projection::{self, Projected, Projection, TableSet};
-
-/// How long a retry waits for the projection's lock.
-const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// One dead letter, as listed.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
@@ -41,7 +36,7 @@ pub async fn list(
     include_resolved: bool,
 ) -> anyhow::Result<Vec<DeadLetter>> {
     let projections = match projection {
-        Some(name) => vec![lookup(name)?],
+        Some(name) => vec![projection::lookup(name)?],
         None => projection::all(),
     };
     let mut listed = Vec::new();
@@ -96,7 +91,7 @@ pub async fn retry(
     ids: Option<&[u64]>,
     decoder: &Decoder,
 ) -> anyhow::Result<Vec<RetryOutcome>> {
-    let projection = lookup(projection)?;
+    let projection = projection::lookup(projection)?;
     let tables = TableSet::live(projection);
     let ids = match ids {
         Some(ids) => ids.to_vec(),
@@ -184,15 +179,6 @@ async fn retry_locked(
     };
     tx.commit().await?;
     Ok(result)
-}
-
-fn lookup(name: &str) -> anyhow::Result<&'static dyn Projection> {
-    projection::by_name(name).ok_or_else(|| {
-        anyhow::anyhow!(
-            "unknown projection {name:?}; known: {}",
-            projection::names().join(", ")
-        )
-    })
 }
 
 /// Dead letters as a table for people.

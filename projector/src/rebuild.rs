@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::{Executor, MySqlPool};
 use tokio_util::sync::CancellationToken;
@@ -114,13 +113,7 @@ pub async fn rebuild(
     args: &RebuildArgs,
     stop: &CancellationToken,
 ) -> anyhow::Result<RebuildSummary> {
-    let projection = projection::by_name(&args.projection).with_context(|| {
-        format!(
-            "unknown projection {:?}; known: {}",
-            args.projection,
-            projection::names().join(", ")
-        )
-    })?;
+    let projection = projection::lookup(&args.projection)?;
     let decoder = args.decoder.decoder()?;
     let pool = db::pool(&args.database)?;
     db::migrate(&args.database, &pool).await?;
@@ -175,7 +168,7 @@ pub async fn rebuild(
     let kept_old_tables = if args.keep_old {
         old.all().into_iter().map(str::to_owned).collect()
     } else {
-        drop_tables(&pool, &old).await?;
+        drop_tables(&mut *pool.acquire().await?, &old).await?;
         Vec::new()
     };
     rebuild_lock.release().await;
@@ -192,7 +185,7 @@ pub async fn rebuild(
 
 /// Fresh, empty shadow tables shaped like the live ones.
 async fn create_shadow(pool: &MySqlPool, live: &TableSet, shadow: &TableSet) -> anyhow::Result<()> {
-    drop_tables(pool, shadow).await?;
+    drop_tables(&mut *pool.acquire().await?, shadow).await?;
     for (live_table, shadow_table) in live.all().into_iter().zip(shadow.all()) {
         // Table names come from the projection registry, never from input.
         let statement = format!("CREATE TABLE `{shadow_table}` LIKE `{live_table}`");
@@ -203,10 +196,14 @@ async fn create_shadow(pool: &MySqlPool, live: &TableSet, shadow: &TableSet) -> 
     Ok(())
 }
 
-async fn drop_tables(pool: &MySqlPool, tables: &TableSet) -> anyhow::Result<()> {
+async fn drop_tables(
+    connection: &mut sqlx::MySqlConnection,
+    tables: &TableSet,
+) -> anyhow::Result<()> {
     for table in tables.all() {
         let statement = format!("DROP TABLE IF EXISTS `{table}`");
-        pool.execute(sqlx::AssertSqlSafe(statement))
+        connection
+            .execute(sqlx::AssertSqlSafe(statement))
             .await
             .with_context(|| format!("dropping {table}"))?;
     }
@@ -221,10 +218,7 @@ async fn swap(
     shadow: &TableSet,
     old: &TableSet,
 ) -> anyhow::Result<()> {
-    for table in old.all() {
-        let statement = format!("DROP TABLE IF EXISTS `{table}`");
-        connection.execute(sqlx::AssertSqlSafe(statement)).await?;
-    }
+    drop_tables(&mut *connection, old).await?;
     let renames: Vec<String> = live
         .all()
         .into_iter()
@@ -412,12 +406,7 @@ impl<'a> Rebuild<'a> {
         let deadline = tokio::time::Instant::now() + IDLE_READ;
         while records.len() < self.args.batch_size.max(1) {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => records.push(LogRecord {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    payload: message.payload().map(<[u8]>::to_vec),
-                }),
+                Ok(Ok(message)) => records.push(LogRecord::detach(&message)),
                 Ok(Err(error)) => {
                     tracing::warn!(error = %error, "consumer error during rebuild");
                     break;

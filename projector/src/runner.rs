@@ -16,7 +16,6 @@ use anyhow::Context;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use score_shared::kafka::LogMetadata;
 use sqlx::MySqlPool;
@@ -63,16 +62,7 @@ impl Projector {
         let projections = args
             .projections
             .iter()
-            .map(|name| {
-                projection::by_name(name)
-                    .map(|p| (p, TableSet::live(p)))
-                    .with_context(|| {
-                        format!(
-                            "unknown projection {name:?}; known: {:?}",
-                            projection::names()
-                        )
-                    })
-            })
+            .map(|name| projection::lookup(name).map(|p| (p, TableSet::live(p))))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let pool = db::pool(&args.database)?;
         let consumer: StreamConsumer<ProjectorContext> = score_shared::kafka::consumer_config(
@@ -225,7 +215,7 @@ impl Projector {
     /// idle, so that the loop can look at new assignments.
     async fn next_batch(&self) -> Vec<LogRecord> {
         let first = match tokio::time::timeout(IDLE_WAIT, self.consumer.recv()).await {
-            Ok(Ok(message)) => record_of(&message),
+            Ok(Ok(message)) => LogRecord::detach(&message),
             Ok(Err(error)) => {
                 tracing::warn!(error = %error, "consumer error");
                 tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
@@ -237,7 +227,7 @@ impl Projector {
         let deadline = Instant::now() + self.args.batch_wait();
         while records.len() < self.args.batch_size.max(1) {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => records.push(record_of(&message)),
+                Ok(Ok(message)) => records.push(LogRecord::detach(&message)),
                 Ok(Err(error)) => {
                     tracing::warn!(error = %error, "consumer error");
                     break;
@@ -428,15 +418,6 @@ fn keep_lowest(map: &mut HashMap<i32, i64>, partition: i32, offset: i64) {
     map.entry(partition)
         .and_modify(|lowest| *lowest = (*lowest).min(offset))
         .or_insert(offset);
-}
-
-fn record_of(message: &impl Message) -> LogRecord {
-    LogRecord {
-        partition: message.partition(),
-        offset: message.offset(),
-        key: message.key().map(<[u8]>::to_vec),
-        payload: message.payload().map(<[u8]>::to_vec),
-    }
 }
 
 /// The state of the stalled-partition check between two looks.

@@ -53,6 +53,17 @@ pub fn by_name(name: &str) -> Option<&'static dyn Projection> {
     all().into_iter().find(|p| p.name() == name)
 }
 
+/// The projection called `name`, or an error naming the known ones.
+///
+/// # Errors
+///
+/// When no projection has that name.
+pub fn lookup(name: &str) -> anyhow::Result<&'static dyn Projection> {
+    by_name(name).ok_or_else(|| {
+        anyhow::anyhow!("unknown projection {name:?}; known: {}", names().join(", "))
+    })
+}
+
 /// The names of every projection, for messages.
 pub fn names() -> Vec<&'static str> {
     all().iter().map(|p| p.name()).collect()
