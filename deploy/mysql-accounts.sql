@@ -10,8 +10,8 @@
 --
 -- The projector owns the database: it migrates it, writes its projections
 -- and, to rebuild one, creates, renames and drops that projection's tables.
--- It has no rights anywhere else. Analysts can only read. The ingest API
--- has no MySQL account at all.
+-- It has no rights anywhere else. Analysts can only read; the ingest API
+-- reads its results queries through the same read-only account.
 
 SET @projector = CONCAT(QUOTE(@projector_user), '@', QUOTE(@host));
 SET @analyst = CONCAT(QUOTE(@analyst_user), '@', QUOTE(@host));

@@ -68,6 +68,26 @@ pub struct Config {
     #[arg(long, env = "SCORES_SHUTDOWN_FLUSH_MS", default_value_t = 10_000)]
     pub shutdown_flush_ms: u64,
 
+    /// MySQL URL of a read-only account (such as scores_analyst) for the
+    /// results queries, GET /v1/accounts/{acc_nbr}/scores and
+    /// /graderesult. Unset: they answer 503. Submissions never need MySQL.
+    #[arg(long, env = "SCORES_QUERY_DATABASE_URL")]
+    pub query_database_url: Option<String>,
+
+    /// Connections in the results queries' pool.
+    #[arg(
+        long,
+        env = "SCORES_QUERY_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 8
+    )]
+    pub query_database_max_connections: u32,
+
+    /// Longest wait of a results query for the projection to pass the
+    /// consistency token it was given, in milliseconds; past it the query
+    /// answers with what it has, marked stale.
+    #[arg(long, env = "SCORES_CONSISTENCY_WAIT_MS", default_value_t = 2000)]
+    pub consistency_wait_ms: u64,
+
     #[command(flatten)]
     pub kafka: KafkaArgs,
 

@@ -12,6 +12,7 @@ use warp::reject::Rejection;
 use warp::reply::{self, Reply, Response};
 
 use crate::publisher::PublishError;
+use crate::results::ReadError;
 use crate::wire::WireError;
 
 /// The toast the mini-program shows on success.
@@ -52,6 +53,12 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error(transparent)]
     Unavailable(#[from] PublishError),
+    #[error("the query is invalid")]
+    InvalidQuery(Vec<FieldError>),
+    #[error(transparent)]
+    ResultsUnavailable(#[from] ReadError),
+    #[error("results are not served by this instance (no SCORES_QUERY_DATABASE_URL)")]
+    ResultsNotConfigured,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -60,9 +67,11 @@ impl ApiError {
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Invalid(_) | Self::Malformed(_) | Self::InvalidHeader { .. } | Self::BodyRead => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::Invalid(_)
+            | Self::Malformed(_)
+            | Self::InvalidHeader { .. }
+            | Self::BodyRead
+            | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -70,7 +79,9 @@ impl ApiError {
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::ResultsUnavailable(_) | Self::ResultsNotConfigured => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -88,6 +99,8 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable(_) => "log_unavailable",
+            Self::InvalidQuery(_) => "invalid_query",
+            Self::ResultsUnavailable(_) | Self::ResultsNotConfigured => "results_unavailable",
         }
     }
 
@@ -95,6 +108,7 @@ impl ApiError {
         match self {
             Self::Invalid(_) => "the submission is invalid".to_owned(),
             Self::Unavailable(_) => "the event log is unavailable; retry later".to_owned(),
+            Self::ResultsUnavailable(_) => "results are unavailable; retry later".to_owned(),
             other => other.to_string(),
         }
     }
@@ -102,6 +116,7 @@ impl ApiError {
     fn fields(&self) -> &[FieldError] {
         match self {
             Self::Invalid(errors) => &errors.0,
+            Self::InvalidQuery(fields) => fields,
             _ => &[],
         }
     }
@@ -143,7 +158,9 @@ impl ApiError {
     fn finish(&self, mut response: Response) -> Response {
         *response.status_mut() = self.status();
         let retry_after = match self {
-            Self::Unavailable(_) => Some(RETRY_AFTER_SECONDS.to_owned()),
+            Self::Unavailable(_) | Self::ResultsUnavailable(_) => {
+                Some(RETRY_AFTER_SECONDS.to_owned())
+            }
             Self::Overloaded => Some("1".to_owned()),
             Self::RateLimited { retry_after } => {
                 Some(retry_after_seconds(*retry_after).to_string())
@@ -184,9 +201,15 @@ impl ApiError {
             Self::UnsupportedMediaType { expected } => Self::UnsupportedMediaType { expected },
             Self::NotFound => Self::NotFound,
             Self::MethodNotAllowed => Self::MethodNotAllowed,
-            // Validation, decoding and publishing happen in handlers, which
-            // answer directly; they never travel as rejections.
-            Self::Invalid(_) | Self::Malformed(_) | Self::Unavailable(_) => Self::BodyRead,
+            Self::InvalidQuery(fields) => Self::InvalidQuery(fields.clone()),
+            Self::ResultsNotConfigured => Self::ResultsNotConfigured,
+            // Validation, decoding, publishing and reading happen in
+            // handlers, which answer directly; they never travel as
+            // rejections.
+            Self::Invalid(_)
+            | Self::Malformed(_)
+            | Self::Unavailable(_)
+            | Self::ResultsUnavailable(_) => Self::BodyRead,
         }
     }
 }

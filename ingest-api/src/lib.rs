@@ -13,14 +13,23 @@
 //! 5. [`error`]: the one place errors become responses, in the format of
 //!    the door they came through.
 //!
+//! The read side is apart from it: [`results`] answers an account's
+//! submissions and averages from the `grade` projection in MySQL (through a
+//! read-only account), after [`consistency`] has waited, bounded, for the
+//! projection to pass the consistency token a submission's answer carried.
+//! [`handlers::pages`] serves the scoring web page and `openapi.json`.
+//!
 //! [`startup`] binds and runs it all; [`config`] lists every setting.
 //! **A 2xx is sent only after the broker acknowledged the event.**
+//! **Submissions never depend on MySQL.**
 
 pub mod config;
+pub mod consistency;
 pub mod error;
 pub mod handlers;
 pub mod limits;
 pub mod publisher;
+pub mod results;
 pub mod routes;
 pub mod startup;
 pub mod wire;

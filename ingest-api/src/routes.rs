@@ -16,14 +16,52 @@ use crate::error::ApiError;
 use crate::handlers::{self, Admission, AppState};
 use crate::limits::PeerAddr;
 
+/// Every route [`routes`] serves, as `(method, path template)`: the list
+/// `openapi.json` must document, no more, no less (`tests/openapi.rs`
+/// checks both the list and that each entry is really answered).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/score"),
+    ("POST", "/v1/scores"),
+    ("GET", "/v1/accounts/{acc_nbr}/scores"),
+    ("GET", "/graderesult"),
+    ("GET", "/"),
+    ("GET", "/results"),
+    ("GET", "/assets/{name}"),
+    ("GET", "/openapi.json"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+];
+
 /// Every route, with the fallback that answers unknown paths.
 pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    legacy_score(state.clone())
+    // Boxed in groups: one chain of every route is too deep for the
+    // compiler's type layout.
+    let submissions = legacy_score(state.clone())
         .or(v1_scores(state.clone()))
         .unify()
+        .boxed();
+    let results = account_scores(state.clone())
+        .or(graderesult(state.clone()))
+        .unify()
+        .boxed();
+    let pages = index_page(state.clone())
+        .or(results_page())
+        .unify()
+        .or(assets())
+        .unify()
+        .boxed();
+    let operations = openapi()
         .or(healthz())
         .unify()
         .or(readyz(state))
+        .unify()
+        .boxed();
+    submissions
+        .or(results)
+        .unify()
+        .or(pages)
+        .unify()
+        .or(operations)
         .unify()
         .recover(|rejection: Rejection| async move {
             Ok::<_, Infallible>(ApiError::from_rejection(&rejection).to_v1_response())
@@ -76,6 +114,63 @@ pub fn v1_scores(state: AppState) -> impl Filter<Extract = (Response,), Error = 
     warp::path!("v1" / "scores").and(submit)
 }
 
+/// `GET /v1/accounts/{acc_nbr}/scores[?after=…&limit=…&cursor=…]`: the
+/// account's submissions, newest first, and its averages.
+pub fn account_scores(
+    state: AppState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("v1" / "accounts" / String / "scores")
+        .and(warp::get())
+        .and(admission(state.clone()))
+        .and(raw_query())
+        .and(with_state(state))
+        .then(handlers::results::account_scores)
+}
+
+/// `GET /graderesult?phoneNum=…[&after=…&limit=…]`: the same for the
+/// mini-program's results page, in the original table's terms.
+pub fn graderesult(
+    state: AppState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("graderesult")
+        .and(warp::get())
+        .and(admission(state.clone()))
+        .and(raw_query())
+        .and(with_state(state))
+        .then(handlers::results::graderesult)
+}
+
+/// `GET /`: the scoring web page.
+pub fn index_page(
+    state: AppState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path::end()
+        .and(warp::get())
+        .and(with_state(state))
+        .then(handlers::pages::index)
+}
+
+/// `GET /results?phoneNum=…[&after=…]`: the web results page.
+pub fn results_page() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("results")
+        .and(warp::get())
+        .then(handlers::pages::results)
+}
+
+/// `GET /assets/{name}`: the pages' styles and scripts.
+pub fn assets() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("assets" / String)
+        .and(warp::get())
+        .then(handlers::pages::asset)
+}
+
+/// `GET /openapi.json`: the API's OpenAPI 3.1 description.
+pub fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("openapi.json")
+        .and(warp::get())
+        .then(handlers::pages::openapi)
+}
+
 /// `GET /healthz`: the process is alive.
 pub fn healthz() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("healthz")
@@ -83,12 +178,21 @@ pub fn healthz() -> impl Filter<Extract = (Response,), Error = Rejection> + Clon
         .then(handlers::healthz)
 }
 
-/// `GET /readyz`: the broker answers; 503 otherwise.
+/// `GET /readyz`: the broker answers; 503 otherwise. MySQL plays no part:
+/// submissions need only the broker.
 pub fn readyz(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("readyz")
         .and(warp::get())
         .and(with_state(state))
         .then(handlers::readyz)
+}
+
+/// The raw query string, if the request has one.
+fn raw_query() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
+    warp::query::raw()
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
 }
 
 fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {

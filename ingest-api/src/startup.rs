@@ -11,8 +11,10 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::handlers::AppState;
+use crate::handlers::pages::Pages;
 use crate::limits::{Limits, PeerAddr};
 use crate::publisher::Publisher;
+use crate::results::ReadModel;
 use crate::routes;
 use hyper::Request;
 use hyper::body::Incoming;
@@ -46,6 +48,19 @@ impl Application {
             .rules()
             .context("invalid validation settings")?;
         let publisher = Publisher::new(&config.kafka, config.publish_timeout())?;
+        // Connects on first use: MySQL being down never stops the start.
+        let read_model = config
+            .query_database_url
+            .as_deref()
+            .map(|url| {
+                ReadModel::new(
+                    url,
+                    config.query_database_max_connections,
+                    &config.kafka.topic,
+                    Duration::from_millis(config.consistency_wait_ms),
+                )
+            })
+            .transpose()?;
         provision_topic(config.kafka.clone(), config.publish_timeout()).await;
         let listener = TcpListener::bind(config.http_addr)
             .await
@@ -56,7 +71,9 @@ impl Application {
             listener,
             state: AppState {
                 publisher,
+                pages: Arc::new(Pages::new(&rules)),
                 rules: Arc::new(rules),
+                read_model,
                 limits: Arc::new(Limits::new(&config)),
                 body_limit_bytes: config.body_limit_bytes,
                 body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),

@@ -2,54 +2,19 @@
 //! filter the server itself uses. None of these requests reaches the
 //! publisher (they fail before it), so the producer points at a closed port.
 
+mod common;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::CommandFactory;
-use clap::Parser;
 use ingest_api::Config;
-use ingest_api::handlers::AppState;
-use ingest_api::limits::Limits;
-use ingest_api::publisher::Publisher;
+use ingest_api::handlers::pages::Pages;
 use ingest_api::routes::routes;
 use score_shared::ValidationRules;
-use score_shared::config::KafkaArgs;
 use serde_json::Value;
-use warp::Filter;
 use warp::http::StatusCode;
 
-const LIMIT: u64 = 1024;
-
-fn state() -> AppState {
-    let kafka = KafkaArgs {
-        kafka_brokers: "127.0.0.1:1".to_owned(),
-        topic: "unused".to_owned(),
-        topic_partitions: 1,
-        topic_replication: 1,
-        kafka_options: Vec::new(),
-    };
-    let config = Config::parse_from(["ingest-api", "--rate-limit-per-client-per-minute", "3"]);
-    AppState {
-        publisher: Publisher::new(&kafka, Duration::from_millis(100)).expect("a producer"),
-        rules: Arc::new(ValidationRules::default()),
-        limits: Arc::new(Limits::new(&config)),
-        body_limit_bytes: LIMIT,
-        body_read_timeout: Duration::from_secs(5),
-    }
-}
-
-fn app() -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone
-{
-    routes(state())
-}
-
-fn error_code(body: &[u8]) -> String {
-    let value: Value = serde_json::from_slice(body).expect("a JSON error body");
-    value["error"]["code"]
-        .as_str()
-        .expect("an error code")
-        .to_owned()
-}
+use common::{LIMIT, app, error_code, state};
 
 #[tokio::test]
 async fn an_unknown_path_is_a_404_in_the_v1_error_format() {
@@ -197,6 +162,9 @@ fn help_lists_every_setting_with_its_environment_variable() {
         "SCORES_GRADE_MAX",
         "SCORES_TEXT_MAX_CHARS",
         "SCORES_LOG_FORMAT",
+        "SCORES_QUERY_DATABASE_URL",
+        "SCORES_QUERY_DATABASE_MAX_CONNECTIONS",
+        "SCORES_CONSISTENCY_WAIT_MS",
     ] {
         assert!(
             help.contains(variable),
@@ -230,4 +198,104 @@ async fn a_client_over_its_rate_gets_429_with_retry_after_in_each_doors_format()
     let legacy = send("/score").reply(&app).await;
     assert_eq!(legacy.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(legacy.body().as_ref(), "\"數據提交失敗\"".as_bytes());
+}
+
+fn error_fields(body: &[u8]) -> Vec<String> {
+    let value: Value = serde_json::from_slice(body).expect("a JSON error body");
+    value["error"]["fields"]
+        .as_array()
+        .expect("a list of fields")
+        .iter()
+        .map(|field| field["field"].as_str().expect("a field name").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_results_query_names_every_invalid_parameter_in_a_400() {
+    let cases = [
+        ("/v1/accounts/12ab/scores", vec!["acc_nbr"]),
+        ("/v1/accounts/%FF%FE/scores", vec!["acc_nbr"]),
+        (
+            "/v1/accounts/13800138000/scores?after=nonsense&limit=0&cursor=%25",
+            vec!["after", "limit", "cursor"],
+        ),
+        ("/v1/accounts/13800138000/scores?limit=101", vec!["limit"]),
+        (
+            "/v1/accounts/13800138000/scores?limit=1&limit=2",
+            vec!["query"],
+        ),
+        ("/graderesult", vec!["phoneNum"]),
+        (
+            "/graderesult?phoneNum=abc&limit=x",
+            vec!["phoneNum", "limit"],
+        ),
+    ];
+    for (path, expected) in cases {
+        let response = warp::test::request().path(path).reply(&app()).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(error_code(response.body()), "invalid_query", "{path}");
+        assert_eq!(error_fields(response.body()), expected, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_results_query_without_a_results_database_is_a_503() {
+    for path in [
+        "/v1/accounts/13800138000/scores",
+        "/v1/accounts/%2B8613800138000/scores?limit=5",
+        "/graderesult?phoneNum=13800138000",
+    ] {
+        let response = warp::test::request().path(path).reply(&app()).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(error_code(response.body()), "results_unavailable", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn the_scoring_page_offers_exactly_the_grades_the_rules_accept() {
+    let mut state = state();
+    let rules = ValidationRules::new(r"^[0-9]{5,20}$", 0, 10, 200).expect("valid rules");
+    state.pages = Arc::new(Pages::new(&rules));
+    let response = warp::test::request().path("/").reply(&routes(state)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/html; charset=utf-8"
+    );
+    assert!(
+        response.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+    let html = std::str::from_utf8(response.body()).expect("UTF-8");
+    assert!(html.contains(r#"data-grade-min="0" data-grade-max="10""#));
+    assert!(html.contains(r#"data-text-max="200""#));
+    assert!(!html.contains("{{"), "every placeholder is filled");
+}
+
+#[tokio::test]
+async fn assets_are_served_with_their_media_type_and_unknown_ones_are_404() {
+    for (path, media_type) in [
+        ("/assets/app.css", "text/css; charset=utf-8"),
+        ("/assets/score.js", "text/javascript; charset=utf-8"),
+        ("/assets/results.js", "text/javascript; charset=utf-8"),
+        ("/results", "text/html; charset=utf-8"),
+    ] {
+        let response = warp::test::request().path(path).reply(&app()).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(response.headers()["content-type"], media_type, "{path}");
+        assert!(!response.body().is_empty(), "{path}");
+    }
+    let response = warp::test::request()
+        .path("/assets/../Cargo.toml")
+        .reply(&app())
+        .await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let response = warp::test::request()
+        .path("/assets/missing.js")
+        .reply(&app())
+        .await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(response.body()), "not_found");
 }

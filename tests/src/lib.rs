@@ -8,6 +8,7 @@
 //! whose service is missing fails with a message saying so: none skips.
 //! Logs are printed only when `TEST_LOG` is set.
 
+pub mod browser;
 pub mod processes;
 pub mod proxy;
 
@@ -172,6 +173,9 @@ pub struct TestDatabase {
     /// The projector account's URL: the projector runs with the least
     /// privilege it needs, as in production.
     pub url: String,
+    /// The analyst account's URL (read only): what the ingest API's results
+    /// queries use, as in production.
+    pub reader_url: String,
     /// Read-only, through the analyst account: what tests check with.
     pub pool: MySqlPool,
     /// Through the projector account, for operations the projector runs.
@@ -253,8 +257,10 @@ impl TestDatabase {
                 .await
                 .expect("connecting to the test database")
         };
+        let reader_url = with_user(&analyst_user);
         Self {
-            pool: connect(with_user(&analyst_user)).await,
+            pool: connect(reader_url.clone()).await,
+            reader_url,
             admin_pool: connect(format!("{server}/{name}")).await,
             projector_pool,
             name,
@@ -430,11 +436,23 @@ pub fn api_config(kafka: &KafkaArgs) -> ingest_api::Config {
         header_read_timeout_ms: 10_000,
         body_read_timeout_ms: 10_000,
         shutdown_flush_ms: 5000,
+        query_database_url: None,
+        query_database_max_connections: 4,
+        consistency_wait_ms: 2000,
         kafka: kafka.clone(),
         validation: ValidationArgs::default(),
         log: LogArgs {
             log_format: LogFormat::Text,
         },
+    }
+}
+
+/// The ingest API's settings for a test that also queries results from
+/// `database`, through its read-only account.
+pub fn api_config_with_results(kafka: &KafkaArgs, database: &TestDatabase) -> ingest_api::Config {
+    ingest_api::Config {
+        query_database_url: Some(database.reader_url.clone()),
+        ..api_config(kafka)
     }
 }
 

@@ -1,5 +1,11 @@
 //! Request handlers. Each one answers every outcome itself, so that the
 //! format of an error depends on the door it came through.
+//!
+//! Submissions and health are here; the results queries are in
+//! [`results`], the web page and the API's description in [`pages`].
+
+pub mod pages;
+pub mod results;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +18,11 @@ use warp::reply::{self, Reply, Response};
 
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::consistency::ConsistencyToken;
 use crate::error::{ApiError, LEGACY_SUCCESS};
 use crate::limits::Limits;
 use crate::publisher::{Publisher, Receipt};
+use crate::results::ReadModel;
 use crate::routes::MediaType;
 use crate::wire;
 
@@ -26,7 +34,13 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     pub body_limit_bytes: u64,
     pub body_read_timeout: Duration,
+    /// The results queries' MySQL side; `None` when not configured.
+    pub read_model: Option<ReadModel>,
+    pub pages: Arc<pages::Pages>,
 }
+
+/// The response header carrying a submission's consistency token.
+pub const CONSISTENCY_TOKEN_HEADER: &str = "x-consistency-token";
 
 /// A request let in: it holds a place among the requests in flight until
 /// its handler returns.
@@ -61,7 +75,15 @@ pub async fn legacy_score(
         Err(error) => Err(error.into()),
     };
     match outcome {
-        Ok(_) => reply::json(&LEGACY_SUCCESS).into_response(),
+        Ok((_, receipt)) => {
+            let token = ConsistencyToken::from(receipt).encode();
+            reply::with_header(
+                reply::json(&LEGACY_SUCCESS),
+                CONSISTENCY_TOKEN_HEADER,
+                token,
+            )
+            .into_response()
+        }
         Err(error) => error.to_legacy_response(),
     }
 }
@@ -80,13 +102,16 @@ pub async fn v1_score(
     };
     match outcome {
         Ok((event, receipt)) => {
+            let token = ConsistencyToken::from(receipt).encode();
             let body = serde_json::json!({
                 "event_id": event.event_id,
                 "status": "accepted",
                 "partition": receipt.partition,
                 "offset": receipt.offset,
+                "consistency_token": token,
             });
-            reply::with_status(reply::json(&body), StatusCode::ACCEPTED).into_response()
+            let reply = reply::with_status(reply::json(&body), StatusCode::ACCEPTED);
+            reply::with_header(reply, CONSISTENCY_TOKEN_HEADER, token).into_response()
         }
         Err(error) => error.to_v1_response(),
     }

@@ -1,0 +1,239 @@
+//! The results queries: `GET /v1/accounts/{acc_nbr}/scores` and the
+//! mini-program's `GET /graderesult?phoneNum=…`.
+
+use percent_encoding::percent_decode_str;
+use score_shared::{AccountNumber, FieldError};
+use serde::Serialize;
+use warp::http::header;
+use warp::reply::{self, Reply, Response};
+
+use super::{Admission, AppState};
+use crate::consistency::{ConsistencyToken, Freshness};
+use crate::error::ApiError;
+use crate::results::{
+    AccountResults, Cursor, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, ResultsQuery, ScoreRow,
+};
+
+/// The response header saying whether the answer includes everything up to
+/// the query's consistency token.
+pub const CONSISTENCY_HEADER: &str = "x-consistency";
+
+/// `GET /v1/accounts/{acc_nbr}/scores`.
+pub async fn account_scores(
+    account_segment: String,
+    _admission: Admission,
+    query_string: Option<String>,
+    state: AppState,
+) -> Response {
+    let account = percent_decode_str(&account_segment)
+        .decode_utf8()
+        .map(|account| account.into_owned())
+        .unwrap_or_default();
+    let parsed = parse_query(
+        &state,
+        "acc_nbr",
+        Some(&account),
+        query_string.as_deref(),
+        true,
+    );
+    match run(&state, parsed).await {
+        Ok((query, results)) => {
+            let body = V1Results {
+                acc_nbr: query.account.as_str(),
+                summary: &results.summary,
+                scores: &results.scores,
+                next_cursor: results.next_cursor.map(|cursor| cursor.encode()),
+                consistency: results.freshness.as_str(),
+            };
+            finish(reply::json(&body).into_response(), results.freshness)
+        }
+        Err(error) => error.to_v1_response(),
+    }
+}
+
+/// `GET /graderesult?phoneNum=…[&after=…][&limit=…]`.
+pub async fn graderesult(
+    _admission: Admission,
+    query_string: Option<String>,
+    state: AppState,
+) -> Response {
+    let parsed = parse_query(&state, "phoneNum", None, query_string.as_deref(), false);
+    match run(&state, parsed).await {
+        Ok((query, results)) => {
+            let body = LegacyResults {
+                phone_num: query.account.as_str(),
+                count: results.summary.submissions,
+                avg_grade1: results.summary.avg_grade1,
+                avg_grade2: results.summary.avg_grade2,
+                avg_grade3: results.summary.avg_grade3,
+                grades: results
+                    .scores
+                    .iter()
+                    .map(|row| LegacyRow {
+                        acc_nbr: query.account.as_str(),
+                        row,
+                    })
+                    .collect(),
+                consistency: results.freshness.as_str(),
+            };
+            finish(reply::json(&body).into_response(), results.freshness)
+        }
+        Err(error) => error.to_v1_response(),
+    }
+}
+
+async fn run(
+    state: &AppState,
+    parsed: Result<ResultsQuery, ApiError>,
+) -> Result<(ResultsQuery, AccountResults), ApiError> {
+    let query = parsed?;
+    let read_model = state
+        .read_model
+        .as_ref()
+        .ok_or(ApiError::ResultsNotConfigured)?;
+    let results = read_model
+        .account_results(&query)
+        .await
+        .inspect_err(|error| tracing::warn!(error = %error, "results query failed"))?;
+    Ok((query, results))
+}
+
+/// Results change with every submission: never cached, and the header says
+/// how fresh they are.
+fn finish(mut response: Response, freshness: Freshness) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    headers.insert(
+        CONSISTENCY_HEADER,
+        header::HeaderValue::from_static(freshness.as_str()),
+    );
+    response
+}
+
+/// The query string's pairs; a parameter given twice is refused rather than
+/// guessed at. Unknown parameters are ignored (cache busters and the like).
+fn query_pairs(query_string: Option<&str>) -> Result<Vec<(String, String)>, FieldError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query_string.unwrap_or(""))
+        .map_err(|_| FieldError {
+            field: "query",
+            message: "must be a valid URL query string".to_owned(),
+        })?;
+    for (index, (name, _)) in pairs.iter().enumerate() {
+        if pairs[..index].iter().any(|(earlier, _)| earlier == name) {
+            return Err(FieldError {
+                field: "query",
+                message: format!("parameter {name:?} is given more than once"),
+            });
+        }
+    }
+    Ok(pairs)
+}
+
+fn single<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
+/// Validates every part of a results query, reporting all that are wrong.
+/// The account is `path_account` (`acc_nbr` in the path) or else the
+/// query's `account_field` parameter (`phoneNum`); `paginated` allows
+/// `cursor`.
+fn parse_query(
+    state: &AppState,
+    account_field: &'static str,
+    path_account: Option<&str>,
+    query_string: Option<&str>,
+    paginated: bool,
+) -> Result<ResultsQuery, ApiError> {
+    let pairs = query_pairs(query_string).map_err(|error| ApiError::InvalidQuery(vec![error]))?;
+    let mut errors = Vec::new();
+    let account = path_account
+        .or_else(|| single(&pairs, account_field))
+        .unwrap_or_default();
+    let account = AccountNumber::parse(account, &state.rules)
+        .inspect_err(|error| {
+            errors.push(FieldError {
+                field: account_field,
+                message: error.to_string(),
+            });
+        })
+        .ok();
+    let after = single(&pairs, "after").and_then(|text| {
+        ConsistencyToken::parse(text)
+            .inspect_err(|error| {
+                errors.push(FieldError {
+                    field: "after",
+                    message: error.to_string(),
+                });
+            })
+            .ok()
+    });
+    let limit = match single(&pairs, "limit") {
+        None => PAGE_LIMIT_DEFAULT,
+        Some(text) => match text.parse::<u32>() {
+            Ok(limit) if (1..=PAGE_LIMIT_MAX).contains(&limit) => limit,
+            _ => {
+                errors.push(FieldError {
+                    field: "limit",
+                    message: format!("must be an integer from 1 to {PAGE_LIMIT_MAX}"),
+                });
+                PAGE_LIMIT_DEFAULT
+            }
+        },
+    };
+    let cursor = match single(&pairs, "cursor") {
+        Some(text) if paginated => Cursor::parse(text)
+            .inspect_err(|error| {
+                errors.push(FieldError {
+                    field: "cursor",
+                    message: error.to_string(),
+                });
+            })
+            .ok(),
+        _ => None,
+    };
+    match account {
+        Some(account) if errors.is_empty() => Ok(ResultsQuery {
+            account,
+            after,
+            limit,
+            cursor,
+        }),
+        _ => Err(ApiError::InvalidQuery(errors)),
+    }
+}
+
+/// The `/v1` answer.
+#[derive(Serialize)]
+struct V1Results<'a> {
+    acc_nbr: &'a str,
+    summary: &'a crate::results::Summary,
+    scores: &'a [ScoreRow],
+    next_cursor: Option<String>,
+    consistency: &'static str,
+}
+
+/// The legacy answer: the original table's column names, flat averages.
+#[derive(Serialize)]
+struct LegacyResults<'a> {
+    #[serde(rename = "phoneNum")]
+    phone_num: &'a str,
+    count: i64,
+    avg_grade1: Option<f64>,
+    avg_grade2: Option<f64>,
+    avg_grade3: Option<f64>,
+    grades: Vec<LegacyRow<'a>>,
+    consistency: &'static str,
+}
+
+#[derive(Serialize)]
+struct LegacyRow<'a> {
+    acc_nbr: &'a str,
+    #[serde(flatten)]
+    row: &'a ScoreRow,
+}

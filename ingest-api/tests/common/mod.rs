@@ -1,0 +1,56 @@
+//! The application state the route tests share: a producer pointed at a
+//! closed port (no request here gets an acknowledgment) and no results
+//! database.
+
+// Each test file uses a part of it.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use ingest_api::Config;
+use ingest_api::handlers::AppState;
+use ingest_api::handlers::pages::Pages;
+use ingest_api::limits::Limits;
+use ingest_api::publisher::Publisher;
+use ingest_api::routes::routes;
+use score_shared::ValidationRules;
+use score_shared::config::KafkaArgs;
+use serde_json::Value;
+use warp::Filter;
+
+pub const LIMIT: u64 = 1024;
+
+pub fn state() -> AppState {
+    let kafka = KafkaArgs {
+        kafka_brokers: "127.0.0.1:1".to_owned(),
+        topic: "unused".to_owned(),
+        topic_partitions: 1,
+        topic_replication: 1,
+        kafka_options: Vec::new(),
+    };
+    let config = Config::parse_from(["ingest-api", "--rate-limit-per-client-per-minute", "3"]);
+    AppState {
+        publisher: Publisher::new(&kafka, Duration::from_millis(100)).expect("a producer"),
+        rules: Arc::new(ValidationRules::default()),
+        limits: Arc::new(Limits::new(&config)),
+        body_limit_bytes: LIMIT,
+        body_read_timeout: Duration::from_secs(5),
+        read_model: None,
+        pages: Arc::new(Pages::new(&ValidationRules::default())),
+    }
+}
+
+pub fn app()
+-> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
+    routes(state())
+}
+
+pub fn error_code(body: &[u8]) -> String {
+    let value: Value = serde_json::from_slice(body).expect("a JSON error body");
+    value["error"]["code"]
+        .as_str()
+        .expect("an error code")
+        .to_owned()
+}

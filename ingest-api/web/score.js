@@ -1,0 +1,120 @@
+// The scoring form. It posts exactly what the mini-program's wx.request
+// sends: form-urlencoded, every value JSON.stringify'd, to /score. The server
+// validates; this page only shows what it says.
+"use strict";
+
+const FIELDS = ["acc_nbr", "grade1", "grade2", "grade3", "txt1", "txt2", "txt3"];
+const TOAST_MS = 1200;
+
+const form = document.getElementById("score-form");
+const gradeMin = Number(form.dataset.gradeMin);
+const gradeMax = Number(form.dataset.gradeMax);
+const textMax = Number(form.dataset.textMax);
+
+const MESSAGES = {
+  acc_nbr: "請輸入有效的手機號碼",
+  grade: `請選擇 ${gradeMin} 到 ${gradeMax} 分`,
+  txt: `意見無效或過長（最多 ${textMax} 字）`,
+  unavailable: "服務暫時繁忙，請稍後再試",
+  network: "網絡連接失敗，請檢查網絡後重試",
+};
+
+for (const picker of document.querySelectorAll(".picker")) {
+  for (let grade = gradeMin; grade <= gradeMax; grade += 1) {
+    const label = document.createElement("label");
+    const input = document.createElement("input");
+    input.type = "radio";
+    input.name = picker.dataset.name;
+    input.value = String(grade);
+    const text = document.createElement("span");
+    text.textContent = String(grade);
+    label.append(input, text);
+    picker.append(label);
+  }
+}
+
+function showToast(message) {
+  const toast = document.getElementById("toast");
+  toast.textContent = message;
+  toast.hidden = false;
+  return new Promise((resolve) => setTimeout(() => {
+    toast.hidden = true;
+    resolve();
+  }, TOAST_MS));
+}
+
+function setError(field, message) {
+  const container = form.querySelector(`[data-field="${field}"]`);
+  const error = document.getElementById(`${field}-error`);
+  container.classList.toggle("invalid", Boolean(message));
+  error.textContent = message || "";
+  error.hidden = !message;
+}
+
+function setFormError(message) {
+  const error = document.getElementById("form-error");
+  error.textContent = message || "";
+  error.hidden = !message;
+}
+
+function messageFor(field) {
+  if (field === "acc_nbr") return MESSAGES.acc_nbr;
+  if (field.startsWith("grade")) return MESSAGES.grade;
+  return MESSAGES.txt;
+}
+
+// The values as the mini-program holds them: strings for the account and
+// texts, numbers for the grades (undefined when none is picked, which
+// JSON.stringify leaves out, as wx.request does).
+function values() {
+  const data = new FormData(form);
+  const grade = (name) => (data.get(name) === null ? undefined : Number(data.get(name)));
+  return {
+    acc_nbr: form.acc_nbr.value.trim(),
+    grade1: grade("grade1"),
+    grade2: grade("grade2"),
+    grade3: grade("grade3"),
+    txt1: form.txt1.value,
+    txt2: form.txt2.value,
+    txt3: form.txt3.value,
+  };
+}
+
+function legacyBody(fields) {
+  return Object.entries(fields)
+    .filter(([, value]) => value !== undefined)
+    .map(([name, value]) => `${encodeURIComponent(name)}=${encodeURIComponent(JSON.stringify(value))}`)
+    .join("&");
+}
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  FIELDS.forEach((field) => setError(field, ""));
+  setFormError("");
+  const fields = values();
+  const button = document.getElementById("submit");
+  button.disabled = true;
+  try {
+    const response = await fetch("/score", {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", chartset: "utf-8" },
+      body: legacyBody(fields),
+    });
+    const toast = await response.json().catch(() => "數據提交失敗");
+    if (response.ok) {
+      const token = response.headers.get("x-consistency-token") || "";
+      await showToast(toast);
+      const query = new URLSearchParams({ phoneNum: fields.acc_nbr, after: token });
+      window.location.assign(`/results?${query}`);
+      return;
+    }
+    const invalid = (response.headers.get("x-invalid-fields") || "").split(",").filter(Boolean);
+    invalid.forEach((field) => setError(field, messageFor(field)));
+    if (invalid.length === 0) setFormError(MESSAGES.unavailable);
+    await showToast(toast);
+  } catch (error) {
+    setFormError(MESSAGES.network);
+  } finally {
+    button.disabled = false;
+  }
+});

@@ -1,0 +1,309 @@
+//! The results queries against the real pipeline: the ingest API reads the
+//! `grade` projection through the read-only account while the projector
+//! fills it from the real broker.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use pipeline_tests::processes::free_port;
+use pipeline_tests::{
+    RunningApi, RunningProjector, TestDatabase, TestTopic, api_config, api_config_with_results,
+    legacy_form_body, unique_group,
+};
+use reqwest::Client;
+use serde_json::{Value, json};
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// Posts `body` to `/v1/scores` and returns the answer's consistency token.
+async fn submit_v1(client: &Client, api: &RunningApi, body: &Value) -> (String, String) {
+    let response = client
+        .post(api.url("/v1/scores"))
+        .json(body)
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(response.status(), 202);
+    let header = response.headers()["x-consistency-token"]
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
+    let answer: Value = response.json().await.expect("JSON");
+    assert_eq!(answer["consistency_token"], header.as_str());
+    (
+        answer["event_id"].as_str().expect("an event id").to_owned(),
+        header,
+    )
+}
+
+async fn get_json(client: &Client, url: String) -> (u16, String, Value) {
+    let response = client.get(url).send().await.expect("the API answers");
+    let status = response.status().as_u16();
+    let consistency = response
+        .headers()
+        .get("x-consistency")
+        .map(|value| value.to_str().expect("ASCII").to_owned())
+        .unwrap_or_default();
+    (
+        status,
+        consistency,
+        response.json().await.expect("a JSON body"),
+    )
+}
+
+#[tokio::test]
+async fn every_submission_is_in_the_results_read_right_after_with_its_token() {
+    let topic = TestTopic::create(3).await;
+    let database = TestDatabase::create().await;
+    let api = RunningApi::start_with(api_config_with_results(&topic.kafka, &database)).await;
+    let projector = RunningProjector::start(&topic.kafka, &database, &unique_group());
+    let client = client();
+    let account = "13900000001";
+
+    // The mini-program's own calls: the form, then /graderesult.
+    let response = client
+        .post(api.url("/score"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("chartset", "utf-8")
+        .body(legacy_form_body(
+            account,
+            ["5", "4", "3"],
+            ["很好 👍", "", ""],
+        ))
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(response.status(), 200);
+    let token = response.headers()["x-consistency-token"]
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
+    let (status, consistency, results) = get_json(
+        &client,
+        api.url(&format!("/graderesult?phoneNum={account}&after={token}")),
+    )
+    .await;
+    assert_eq!((status, consistency.as_str()), (200, "current"));
+    assert_eq!(results["phoneNum"], account);
+    assert_eq!(results["count"], 1);
+    assert_eq!(results["grades"][0]["acc_nbr"], account);
+    assert_eq!(results["grades"][0]["txt1"], "很好 👍");
+    assert_eq!(results["avg_grade1"], 5.0);
+
+    // Then ten rounds of submit-and-read through /v1: each read, sent as
+    // soon as the submission is acknowledged, includes it.
+    let mut expected = 1;
+    for round in 1..=10 {
+        let (event_id, token) = submit_v1(
+            &client,
+            &api,
+            &json!({"acc_nbr": account, "grade1": 1, "grade2": 2, "grade3": 3, "txt1": format!("round {round}")}),
+        )
+        .await;
+        expected += 1;
+        let (status, consistency, page) = get_json(
+            &client,
+            api.url(&format!("/v1/accounts/{account}/scores?after={token}")),
+        )
+        .await;
+        assert_eq!(
+            (status, consistency.as_str()),
+            (200, "current"),
+            "round {round}"
+        );
+        assert_eq!(page["summary"]["submissions"], expected, "round {round}");
+        assert_eq!(
+            page["scores"][0]["event_id"], event_id,
+            "round {round}: the newest first"
+        );
+        assert_eq!(page["scores"][0]["txt1"], format!("round {round}"));
+    }
+    let (_, consistency, page) =
+        get_json(&client, api.url(&format!("/v1/accounts/{account}/scores"))).await;
+    assert_eq!(consistency, "unchecked");
+    // One 5 and ten 1s: (5 + 10) / 11.
+    let average = page["summary"]["avg_grade1"].as_f64().expect("a number");
+    assert!((average - 15.0 / 11.0).abs() < 1e-9, "{average}");
+    assert_eq!(page["summary"]["avg_grade2"], (4.0 + 20.0) / 11.0);
+
+    projector.stop().await;
+    api.stop().await;
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_query_waits_for_the_projection_and_says_stale_when_it_does_not_get_there() {
+    let topic = TestTopic::create(1).await;
+    let database = TestDatabase::create().await;
+    let impatient = RunningApi::start_with(ingest_api::Config {
+        consistency_wait_ms: 300,
+        ..api_config_with_results(&topic.kafka, &database)
+    })
+    .await;
+    let patient = RunningApi::start_with(ingest_api::Config {
+        consistency_wait_ms: 60_000,
+        ..api_config_with_results(&topic.kafka, &database)
+    })
+    .await;
+    let client = client();
+    let account = "13900000002";
+    let (event_id, token) = submit_v1(
+        &client,
+        &impatient,
+        &json!({"acc_nbr": account, "grade1": 4, "grade2": 4, "grade3": 4}),
+    )
+    .await;
+    let url = |api: &RunningApi| api.url(&format!("/v1/accounts/{account}/scores?after={token}"));
+
+    // No projector runs: the answer comes after the wait, empty, and says so.
+    let (status, consistency, page) = get_json(&client, url(&impatient)).await;
+    assert_eq!((status, consistency.as_str()), (200, "stale"));
+    assert_eq!(page["consistency"], "stale");
+    assert_eq!(page["summary"]["submissions"], 0);
+
+    // A query that is still waiting when the projector starts answers once
+    // the projection has the event.
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        let url = url(&patient);
+        async move { get_json(&client, url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "the query waits for the projection");
+    let projector = RunningProjector::start(&topic.kafka, &database, &unique_group());
+    let (status, consistency, page) = waiting.await.expect("the query task");
+    assert_eq!((status, consistency.as_str()), (200, "current"));
+    assert_eq!(page["scores"][0]["event_id"], event_id);
+
+    projector.stop().await;
+    impatient.stop().await;
+    patient.stop().await;
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn pages_walk_an_accounts_submissions_newest_first_without_gaps_or_repeats() {
+    let topic = TestTopic::create(3).await;
+    let database = TestDatabase::create().await;
+    let api = RunningApi::start_with(api_config_with_results(&topic.kafka, &database)).await;
+    let projector = RunningProjector::start(&topic.kafka, &database, &unique_group());
+    let client = client();
+    let account = "13900000003";
+    let mut submitted = Vec::new();
+    let mut last_token = String::new();
+    for index in 0..5 {
+        let (event_id, token) = submit_v1(
+            &client,
+            &api,
+            &json!({"acc_nbr": account, "grade1": 3, "grade2": 3, "grade3": 3, "txt1": index.to_string()}),
+        )
+        .await;
+        submitted.push(event_id);
+        last_token = token;
+    }
+    // One account is one partition: the last token covers all five.
+    let mut seen = Vec::new();
+    let mut query = format!("limit=2&after={last_token}");
+    let mut pages = 0;
+    loop {
+        let (status, _, page) = get_json(
+            &client,
+            api.url(&format!("/v1/accounts/{account}/scores?{query}")),
+        )
+        .await;
+        assert_eq!(status, 200);
+        pages += 1;
+        assert_eq!(page["summary"]["submissions"], 5);
+        for score in page["scores"].as_array().expect("scores") {
+            seen.push(score["event_id"].as_str().expect("an id").to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => query = format!("limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3, "2 + 2 + 1");
+    submitted.reverse();
+    assert_eq!(seen, submitted, "newest first, each once");
+
+    projector.stop().await;
+    api.stop().await;
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn an_account_without_submissions_has_empty_results() {
+    let topic = TestTopic::create(1).await;
+    let database = TestDatabase::create().await;
+    let api = RunningApi::start_with(api_config_with_results(&topic.kafka, &database)).await;
+    let (status, consistency, page) =
+        get_json(&client(), api.url("/v1/accounts/%2B8613900000004/scores")).await;
+    assert_eq!((status, consistency.as_str()), (200, "unchecked"));
+    assert_eq!(page["acc_nbr"], "+8613900000004");
+    assert_eq!(
+        page["summary"],
+        json!({"submissions": 0, "avg_grade1": null, "avg_grade2": null, "avg_grade3": null,
+               "first_submission_at": null, "last_submission_at": null})
+    );
+    assert_eq!(page["scores"], json!([]));
+    assert_eq!(page["next_cursor"], Value::Null);
+    api.stop().await;
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn submissions_go_on_and_the_api_stays_ready_while_the_results_database_is_down() {
+    let topic = TestTopic::create(1).await;
+    // Nothing listens on this port: MySQL is down from the start.
+    let api = RunningApi::start_with(ingest_api::Config {
+        query_database_url: Some(format!(
+            "mysql://reader:secret@127.0.0.1:{}/scores",
+            free_port()
+        )),
+        ..api_config(&topic.kafka)
+    })
+    .await;
+    let client = client();
+    let ready = client
+        .get(api.url("/readyz"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(ready.status(), 200);
+    let response = client
+        .post(api.url("/score"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(legacy_form_body(
+            "13900000005",
+            ["5", "5", "5"],
+            ["", "", ""],
+        ))
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(response.status(), 200);
+    let token = response.headers()["x-consistency-token"]
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
+    assert_eq!(topic.record_count().await, 1);
+
+    let mut codes = HashSet::new();
+    for path in [
+        "/v1/accounts/13900000005/scores".to_owned(),
+        format!("/graderesult?phoneNum=13900000005&after={token}"),
+    ] {
+        let response = client.get(api.url(&path)).send().await.expect("answers");
+        assert_eq!(response.status(), 503, "{path}");
+        assert!(response.headers().contains_key("retry-after"), "{path}");
+        let body: Value = response.json().await.expect("JSON");
+        codes.insert(body["error"]["code"].as_str().expect("a code").to_owned());
+    }
+    assert_eq!(codes, HashSet::from(["results_unavailable".to_owned()]));
+    api.stop().await;
+}
