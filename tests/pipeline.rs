@@ -468,6 +468,17 @@ async fn a_malformed_event_goes_to_dead_letter_and_the_events_after_it_project()
 
     let projector = RunningProjector::start(&topic.kafka, &database, &unique_group());
     database.await_grade_rows(1, PROJECTION_LIMIT).await;
+    // The projections apply a batch one after the other: account_summary's
+    // transaction may commit a moment after grade's.
+    let summarized = eventually(PROJECTION_LIMIT, || async {
+        sqlx::query_scalar::<_, i64>("SELECT submissions FROM account_summary")
+            .fetch_optional(&database.pool)
+            .await
+            .unwrap()
+            == Some(1)
+    })
+    .await;
+    assert!(summarized, "account_summary counted the valid event");
 
     let dead: Vec<DeadLetter> = sqlx::query_as(
         "SELECT projection, kafka_partition, kafka_offset, message_key, payload, error \

@@ -30,6 +30,12 @@ pub enum Command {
     /// List or re-apply events a projection could not apply.
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
+    /// Append one ScoreSubmitted event per row of the original service's
+    /// table (acc_nbr, grade1..3, txt1..3, insert_time, with or without id)
+    /// to the log, keeping insert_time. Event ids are derived from the rows,
+    /// so a re-run appends only rows not imported before. Rows that break a
+    /// rule are listed in the report file, not appended.
+    ImportLegacy(ImportLegacyArgs),
 }
 
 /// How events are read: the validation rules and the accepted versions.
@@ -102,6 +108,69 @@ pub struct RebuildArgs {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Settings of `projector import-legacy`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ImportLegacyArgs {
+    /// MySQL URL of the database holding the original table (read only is
+    /// enough).
+    #[arg(long = "database-url", env = "SCORES_LEGACY_DATABASE_URL")]
+    pub legacy_database_url: String,
+
+    /// The table in the original schema.
+    #[arg(long, default_value = "grade", value_parser = parse_identifier)]
+    pub table: String,
+
+    /// Name of this source in the event ids (default: the table's name).
+    /// Two tables with overlapping ids need different names; a re-run of
+    /// the same import must use the same one.
+    #[arg(long, value_parser = parse_identifier)]
+    pub source_name: Option<String>,
+
+    /// The UTC offset insert_time was written in (`+08:00` if the original
+    /// server's now() ran on China time); events store UTC.
+    #[arg(long, default_value = "+00:00", allow_hyphen_values = true, value_parser = parse_offset)]
+    pub insert_time_offset: chrono::FixedOffset,
+
+    /// Where the rows that break a rule are listed (JSON Lines: row id or
+    /// position, masked account, each field's error).
+    #[arg(long, default_value = "import-legacy-rejected.jsonl")]
+    pub report: std::path::PathBuf,
+
+    /// Most appends awaiting the broker's acknowledgment at once.
+    #[arg(long, default_value_t = 1000)]
+    pub max_in_flight: usize,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub validation: ValidationArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// A MySQL identifier we are willing to put in SQL: letters, digits and
+/// underscores.
+fn parse_identifier(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 64
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "expected 1 to 64 letters, digits or underscores, got {text:?}"
+        ))
+    }
+}
+
+/// `+08:00`, `-05:30`, `+00:00`.
+fn parse_offset(text: &str) -> Result<chrono::FixedOffset, String> {
+    text.parse::<chrono::FixedOffset>()
+        .map_err(|_| format!("expected a UTC offset such as +08:00, got {text:?}"))
 }
 
 /// Settings of `projector status`.

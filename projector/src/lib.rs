@@ -16,7 +16,8 @@
 //!    every projection shares.
 //!
 //! Operator commands: [`rebuild`] (blue/green rebuild from the log),
-//! [`status`], [`dead_letters`] (list and re-drive). [`db`] owns connections
+//! [`status`], [`dead_letters`] (list and re-drive), [`import`] (the
+//! original service's table into the log). [`db`] owns connections
 //! and migrations, [`config`] the command line.
 //! **Each event lands in each projection exactly once: its position advances
 //! in the same transaction as its rows.**
@@ -26,6 +27,7 @@ pub mod batch;
 pub mod config;
 pub mod db;
 pub mod dead_letters;
+pub mod import;
 pub mod projection;
 pub mod rebuild;
 pub mod runner;

@@ -2,7 +2,7 @@ use anyhow::Context;
 use clap::Parser;
 use projector::config::DeadLettersCommand;
 use projector::dead_letters::RetryResult;
-use projector::{Cli, Command, Projector, db, dead_letters, rebuild, status};
+use projector::{Cli, Command, Projector, db, dead_letters, import, rebuild, status};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -30,6 +30,17 @@ async fn main() -> anyhow::Result<()> {
                 on_signal.cancel();
             });
             let summary = rebuild::rebuild(&args, &stop).await?;
+            println!("{summary}");
+        }
+        Command::ImportLegacy(args) => {
+            score_shared::telemetry::init(args.log.log_format);
+            let stop = CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                score_shared::shutdown::signal().await;
+                on_signal.cancel();
+            });
+            let summary = import::import_legacy(&args, &stop).await?;
             println!("{summary}");
         }
         Command::Status(args) => {

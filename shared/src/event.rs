@@ -16,7 +16,10 @@
 //! - 1: the fields above.
 //! - 2: adds the optional `scene` (where in the mini-program the rating was
 //!   made). A version 1 event reads as a version 2 event without a scene, so
-//!   events already in the log keep projecting identically.
+//!   events already in the log keep projecting identically. Later, still
+//!   version 2 since older readers ignore it: the optional `request_id` of
+//!   the HTTP request that carried the submission (for tracing a row back
+//!   to its log lines).
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
@@ -34,6 +37,8 @@ pub const SCORE_SUBMITTED_VERSIONS: [u32; 2] = [1, 2];
 
 /// Namespace of the deterministic event ids derived from an idempotency key.
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6f1d_52a8_7c1e_4b0e_9a57_3c1f_0d2e_8b41);
+/// Namespace of the deterministic event ids of imported legacy rows.
+const LEGACY_IMPORT_NAMESPACE: Uuid = Uuid::from_u128(0x2b8e_4f0c_91d3_4a6e_b2c7_58e0_1f3a_9d64);
 
 /// Through which door a submission came in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +50,9 @@ pub enum Channel {
     LegacyJson,
     /// `POST /v1/scores`.
     ApiV1,
+    /// A row of the original service's table, brought in by
+    /// `projector import-legacy`.
+    LegacyImport,
     /// A channel added by a newer writer; kept readable by older readers.
     #[serde(other)]
     Other,
@@ -57,6 +65,7 @@ impl Channel {
             Self::LegacyForm => "legacy_form",
             Self::LegacyJson => "legacy_json",
             Self::ApiV1 => "api_v1",
+            Self::LegacyImport => "legacy_import",
             Self::Other => "other",
         }
     }
@@ -80,6 +89,10 @@ pub struct ScoreSubmitted {
     /// Since version 2; absent in version 1 events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scene: Option<String>,
+    /// The id of the HTTP request that carried the submission, as in the
+    /// ingest API's log lines; absent for events not written by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl ScoreSubmitted {
@@ -99,7 +112,14 @@ impl ScoreSubmitted {
             txt2,
             txt3,
             scene: submission.scene.as_ref().map(|s| s.as_str().to_owned()),
+            request_id: None,
         }
+    }
+
+    /// The same event, carrying the id of the request it came with.
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
+        self.request_id = Some(request_id.into());
+        self
     }
 
     /// Checks the payload against the rules, exactly as the ingest API did.
@@ -152,6 +172,18 @@ pub fn idempotent_event_id(idempotency_key: &str, account: &str) -> Uuid {
     name.push(b'\n');
     name.extend_from_slice(idempotency_key.as_bytes());
     Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, &name)
+}
+
+/// The event id of an imported legacy row: the same source and row
+/// identity (its `id`, or its content and place among identical rows)
+/// always give the same id, so an import can tell what it already
+/// appended.
+pub fn legacy_import_event_id(source: &str, row_identity: &str) -> Uuid {
+    let mut name = Vec::with_capacity(source.len() + row_identity.len() + 1);
+    name.extend_from_slice(source.as_bytes());
+    name.push(b'\n');
+    name.extend_from_slice(row_identity.as_bytes());
+    Uuid::new_v5(&LEGACY_IMPORT_NAMESPACE, &name)
 }
 
 /// Every event this code can read.
@@ -257,6 +289,23 @@ mod tests {
         };
         let submission = Submission::parse(&raw, &ValidationRules::default()).unwrap();
         ScoreSubmitted::new(new_event_id(), Channel::LegacyForm, &submission)
+    }
+
+    #[test]
+    fn a_request_id_travels_with_the_event_and_is_left_out_when_absent() {
+        let with = event().with_request_id("0193-req");
+        let Event::ScoreSubmitted(decoded) = decode(&with.encode()).unwrap();
+        assert_eq!(decoded.request_id.as_deref(), Some("0193-req"));
+        let without: serde_json::Value = serde_json::from_slice(&event().encode()).unwrap();
+        assert!(without.get("request_id").is_none());
+    }
+
+    #[test]
+    fn legacy_import_ids_are_deterministic_and_keep_sources_apart() {
+        let id = legacy_import_event_id("grade", "id:42");
+        assert_eq!(id, legacy_import_event_id("grade", "id:42"));
+        assert_ne!(id, legacy_import_event_id("grade", "id:43"));
+        assert_ne!(id, legacy_import_event_id("grade_2019", "id:42"));
     }
 
     #[test]

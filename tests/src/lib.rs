@@ -270,6 +270,12 @@ impl TestDatabase {
         }
     }
 
+    /// The administrator's URL of this database (to read it as a legacy
+    /// source, say).
+    pub fn admin_url(&self) -> String {
+        format!("{}/{}", self.server, self.name)
+    }
+
     /// Settings for a projector writing into this database.
     pub fn args(&self) -> DatabaseArgs {
         DatabaseArgs {
