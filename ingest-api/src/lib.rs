@@ -19,7 +19,8 @@
 //! projection to pass the consistency token a submission's answer carried.
 //! [`handlers::pages`] serves the scoring web page and `openapi.json`.
 //!
-//! [`startup`] binds and runs it all; [`config`] lists every setting.
+//! [`startup`] binds and runs it all, every request through [`observe`]
+//! (request id, its span, HTTP metrics); [`config`] lists every setting.
 //! **A 2xx is sent only after the broker acknowledged the event.**
 //! **Submissions never depend on MySQL.**
 
@@ -28,6 +29,7 @@ pub mod consistency;
 pub mod error;
 pub mod handlers;
 pub mod limits;
+pub mod observe;
 pub mod publisher;
 pub mod results;
 pub mod routes;

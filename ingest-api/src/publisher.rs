@@ -159,12 +159,26 @@ impl Publisher {
             .payload(&payload);
         // librdkafka's message.timeout.ms bounds the delivery; the outer
         // timeout is a second fence so that no request can hang on a bug.
-        let generation = self.producer()?;
+        let generation = self.producer().inspect_err(|_| {
+            metrics::counter!("kafka_produce_total", "outcome" => "brokers_down").increment(1);
+        })?;
         let delivery = generation
             .producer
             .send(record, Timeout::After(self.timeout));
         let fence = self.timeout + Duration::from_secs(1);
-        let outcome = match tokio::time::timeout(fence, delivery).await {
+        let started = Instant::now();
+        let in_flight = InFlight::enter();
+        let delivered = tokio::time::timeout(fence, delivery).await;
+        drop(in_flight);
+        let outcome_label = match &delivered {
+            Ok(Ok(_)) => "acknowledged",
+            Ok(Err(_)) => "refused",
+            Err(_) => "timed_out",
+        };
+        metrics::counter!("kafka_produce_total", "outcome" => outcome_label).increment(1);
+        metrics::histogram!("kafka_produce_duration_seconds", "outcome" => outcome_label)
+            .record(started.elapsed().as_secs_f64());
+        let outcome = match delivered {
             Ok(Ok(delivery)) => {
                 return Ok(Receipt {
                     partition: delivery.partition,
@@ -179,6 +193,16 @@ impl Publisher {
         // (Tansu 0.6.0 stops serving produce requests): start afresh instead.
         generation.retire();
         Err(outcome)
+    }
+
+    /// Messages and requests the current producer holds that the broker has
+    /// not acknowledged yet (librdkafka's queue).
+    pub fn queue_depth(&self) -> i32 {
+        self.current
+            .read()
+            .expect("producer lock")
+            .producer
+            .in_flight_count()
     }
 
     /// Whether the broker answers a metadata request for our topic within
@@ -210,6 +234,24 @@ impl Publisher {
             Ok(Err(error)) => tracing::warn!(error = %error, "producer flush incomplete"),
             Err(error) => tracing::warn!(error = %error, "producer flush task failed"),
         }
+    }
+}
+
+/// One send awaiting its acknowledgment in `kafka_produce_in_flight`, until
+/// dropped (also when the request is abandoned mid-wait).
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn enter() -> Self {
+        let gauge = metrics::gauge!("kafka_produce_in_flight");
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 

@@ -15,6 +15,7 @@ use warp::{Filter, Rejection};
 use crate::error::ApiError;
 use crate::handlers::{self, Admission, AppState};
 use crate::limits::PeerAddr;
+use crate::observe::RequestId;
 
 /// Every route [`routes`] serves, as `(method, path template)`: the list
 /// `openapi.json` must document, no more, no less (`tests/openapi.rs`
@@ -30,7 +31,26 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/openapi.json"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),
 ];
+
+/// The template in [`ROUTES`] that `path` falls under (`{…}` matches one
+/// segment), or `unmatched`: a label of bounded cardinality that never
+/// holds the path's values.
+pub fn route_of(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.split('/').collect();
+    ROUTES
+        .iter()
+        .map(|(_, template)| *template)
+        .find(|template| {
+            let pattern: Vec<&str> = template.split('/').collect();
+            pattern.len() == segments.len()
+                && pattern.iter().zip(&segments).all(|(expected, actual)| {
+                    (expected.starts_with('{') && !actual.is_empty()) || expected == actual
+                })
+        })
+        .unwrap_or("unmatched")
+}
 
 /// Every route, with the fallback that answers unknown paths.
 pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
@@ -53,7 +73,9 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
     let operations = openapi()
         .or(healthz())
         .unify()
-        .or(readyz(state))
+        .or(readyz(state.clone()))
+        .unify()
+        .or(metrics(state))
         .unify()
         .boxed();
     submissions
@@ -81,6 +103,7 @@ pub fn legacy_score(
             "application/x-www-form-urlencoded or application/json",
         ))
         .and(idempotency_key())
+        .and(warp::ext::optional::<RequestId>())
         .and(limited_body(
             state.body_limit_bytes,
             state.body_read_timeout,
@@ -101,6 +124,7 @@ pub fn v1_scores(state: AppState) -> impl Filter<Extract = (Response,), Error = 
         .and(admission(state.clone()))
         .and(media_type(&[MediaType::Json], "application/json"))
         .and(idempotency_key())
+        .and(warp::ext::optional::<RequestId>())
         .and(limited_body(
             state.body_limit_bytes,
             state.body_read_timeout,
@@ -193,6 +217,14 @@ fn raw_query() -> impl Filter<Extract = (Option<String>,), Error = Infallible> +
         .map(Some)
         .or(warp::any().map(|| None))
         .unify()
+}
+
+/// `GET /metrics`: Prometheus' text format.
+pub fn metrics(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state(state))
+        .then(handlers::metrics)
 }
 
 fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
@@ -334,4 +366,29 @@ async fn collect_limited<B: Buf>(
         body.put(chunk);
     }
     Ok(body.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_is_labelled_by_its_route_template_never_by_its_values() {
+        let cases = [
+            ("/", "/"),
+            ("/score", "/score"),
+            (
+                "/v1/accounts/13800138000/scores",
+                "/v1/accounts/{acc_nbr}/scores",
+            ),
+            ("/assets/app.css", "/assets/{name}"),
+            ("/v1/accounts//scores", "unmatched"),
+            ("/v1/accounts/13800138000", "unmatched"),
+            ("/score/13800138000", "unmatched"),
+            ("", "unmatched"),
+        ];
+        for (path, route) in cases {
+            assert_eq!(route_of(path), route, "{path}");
+        }
+    }
 }

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::handlers::AppState;
 use crate::handlers::pages::Pages;
 use crate::limits::{Limits, PeerAddr};
+use crate::observe;
 use crate::publisher::Publisher;
 use crate::results::ReadModel;
 use crate::routes;
@@ -47,6 +48,8 @@ impl Application {
             .validation
             .rules()
             .context("invalid validation settings")?;
+        // Before anything records a metric.
+        score_shared::telemetry::metrics();
         let publisher = Publisher::new(&config.kafka, config.publish_timeout())?;
         // Connects on first use: MySQL being down never stops the start.
         let read_model = config
@@ -135,7 +138,9 @@ impl Application {
             let handler = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(PeerAddr(peer));
                 let mut service = service.clone();
-                async move { tower_service::Service::call(&mut service, request).await }
+                observe::observed(request, move |request| async move {
+                    tower_service::Service::call(&mut service, request).await
+                })
             });
             let connection =
                 connections.serve_connection_with_upgrades(TokioIo::new(stream), handler);

@@ -315,6 +315,11 @@ pub struct RunArgs {
     #[arg(long, env = "SCORES_TAKEOVER_AFTER_MS", default_value_t = 60_000)]
     pub takeover_after_ms: u64,
 
+    /// Where `GET /metrics` (Prometheus) and `GET /healthz` are served
+    /// (port 0 picks a free port).
+    #[arg(long, env = "SCORES_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: std::net::SocketAddr,
+
     /// Projections to maintain, comma separated. A projection run for the
     /// first time builds itself from the start of the log.
     #[arg(

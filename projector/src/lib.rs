@@ -17,7 +17,8 @@
 //!
 //! Operator commands: [`rebuild`] (blue/green rebuild from the log),
 //! [`status`], [`dead_letters`] (list and re-drive), [`import`] (the
-//! original service's table into the log). [`db`] owns connections
+//! original service's table into the log). [`observe`] keeps the metrics
+//! (per batch, and lag sampled every few seconds) and serves them. [`db`] owns connections
 //! and migrations, [`config`] the command line.
 //! **Each event lands in each projection exactly once: its position advances
 //! in the same transaction as its rows.**
@@ -28,6 +29,7 @@ pub mod config;
 pub mod db;
 pub mod dead_letters;
 pub mod import;
+pub mod observe;
 pub mod projection;
 pub mod rebuild;
 pub mod runner;

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::{self, Backoff, BatchJob, BatchReport, Locking, Mode};
 use crate::batch::{Decoder, Gap, LogRecord};
 use crate::config::RunArgs;
+use crate::observe;
 use crate::projection::{self, Projection, TableSet};
 use crate::takeover::StallWatch;
 use crate::{db, store};
@@ -49,6 +50,9 @@ pub struct Projector {
     projections: Vec<(&'static dyn Projection, TableSet)>,
     /// Kept for the periodic looks at the log's end.
     metadata: Arc<LogMetadata>,
+    /// Bound at build, served once running.
+    metrics_listener: std::net::TcpListener,
+    metrics_address: std::net::SocketAddr,
 }
 
 impl Projector {
@@ -73,6 +77,12 @@ impl Projector {
         .create_with_context(ProjectorContext::default())
         .context("creating the Kafka consumer")?;
         let metadata = Arc::new(LogMetadata::new(&args.kafka)?);
+        score_shared::telemetry::metrics();
+        let metrics_listener = std::net::TcpListener::bind(args.metrics_addr)
+            .with_context(|| format!("binding the metrics address {}", args.metrics_addr))?;
+        let metrics_address = metrics_listener
+            .local_addr()
+            .context("reading the metrics address")?;
         Ok(Self {
             args,
             pool,
@@ -80,7 +90,14 @@ impl Projector {
             decoder,
             projections,
             metadata,
+            metrics_listener,
+            metrics_address,
         })
+    }
+
+    /// Where `/metrics` and `/healthz` are served.
+    pub fn metrics_address(&self) -> std::net::SocketAddr {
+        self.metrics_address
     }
 
     /// Migrates (waiting for MySQL if needed), subscribes, and projects until
@@ -100,8 +117,28 @@ impl Projector {
             trigger.cancel();
         });
 
+        let listener = self
+            .metrics_listener
+            .try_clone()
+            .context("handing over the metrics listener")?;
+        tracing::info!(address = %self.metrics_address, "serving metrics");
+        let server = tokio::spawn(observe::serve_until_stopped(listener, stop.clone()));
+        let sampler = tokio::spawn(observe::sample_until_stopped(
+            self.pool.clone(),
+            self.args.kafka.topic.clone(),
+            self.metadata.clone(),
+            stop.clone(),
+        ));
+
         let outcome = self.run(&stop).await;
+        stop.cancel();
         stop_on_signal.abort();
+        let _ = sampler.await;
+        match server.await {
+            Ok(Err(error)) => tracing::warn!(error = format!("{error:#}"), "metrics server failed"),
+            Err(error) => tracing::warn!(error = %error, "metrics server task failed"),
+            Ok(Ok(())) => {}
+        }
         outcome
     }
 
@@ -147,6 +184,7 @@ impl Projector {
             if records.is_empty() {
                 continue;
             }
+            observe::batch_read(records.len());
             // From here the batch is applied even if a stop arrives.
             let mut seek_to: HashMap<i32, i64> = HashMap::new();
             let mut slowest: HashMap<i32, i64> = HashMap::new();
@@ -162,9 +200,11 @@ impl Projector {
                     mode: Mode::Project,
                     locking: Locking::Take,
                 };
+                let started = Instant::now();
                 let Some(report) = apply::apply_until_done(&self.pool, &job, stop).await else {
                     break 'batches;
                 };
+                observe::batch_applied(projection.name(), &report, started.elapsed());
                 gaps.applied(projection.name(), &report);
                 for gap in &report.gaps {
                     gaps.observe(projection.name(), *gap);

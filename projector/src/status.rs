@@ -55,13 +55,26 @@ pub async fn status(pool: &MySqlPool, kafka: &KafkaArgs) -> anyhow::Result<Vec<P
             BTreeMap::new()
         }
     };
+    status_with(pool, &kafka.topic, &watermarks).await
+}
 
+/// [`status`] with the watermarks already read (`(low, high)` by
+/// partition; empty when the broker did not answer).
+///
+/// # Errors
+///
+/// When MySQL cannot be read.
+pub async fn status_with(
+    pool: &MySqlPool,
+    topic: &str,
+    watermarks: &BTreeMap<i32, (i64, i64)>,
+) -> anyhow::Result<Vec<PartitionStatus>> {
     let mut connection = pool.acquire().await?;
     let mut rows = Vec::new();
     for projection in projection::all() {
         let tables = TableSet::live(projection);
         let positions: BTreeMap<i32, store::Position> =
-            store::positions(&mut connection, &tables.position, &kafka.topic)
+            store::positions(&mut connection, &tables.position, topic)
                 .await?
                 .into_iter()
                 .map(|p| (p.kafka_partition, p))
@@ -70,7 +83,7 @@ pub async fn status(pool: &MySqlPool, kafka: &KafkaArgs) -> anyhow::Result<Vec<P
         count.push(&tables.dead_letter);
         count
             .push(" WHERE resolved_at IS NULL AND topic = ")
-            .push_bind(&kafka.topic);
+            .push_bind(topic);
         count.push(" GROUP BY kafka_partition");
         let dead_letters: BTreeMap<i32, i64> = count
             .build_query_as::<(i32, i64)>()

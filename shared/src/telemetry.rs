@@ -1,9 +1,54 @@
-//! The one tracing setup both binaries use.
+//! The one telemetry setup both binaries use: tracing (logs) and the
+//! Prometheus metrics registry.
+//!
+//! Metric names follow Prometheus' rules: `<subsystem>_<what>_<unit>`, base
+//! units (`_seconds`, `_events`), counters ending in `_total`, and labels
+//! with a small, fixed set of values (route templates, never paths; outcome
+//! codes, never messages), so that no phone number can become a label.
 
 use std::io::IsTerminal;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
+
+/// Histogram buckets of every `*_seconds` metric: 1 ms to 10 s.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+/// Histogram buckets of every `*_events` metric (batch sizes).
+const SIZE_BUCKETS: [f64; 10] = [
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0,
+];
+
+/// The process's metrics registry, installed as the global recorder on the
+/// first call; every later call (several services in one test process)
+/// shares it.
+///
+/// # Panics
+///
+/// When another metrics recorder was installed before (none is, but ours).
+pub fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &LATENCY_BUCKETS)
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(Matcher::Suffix("_events".to_owned()), &SIZE_BUCKETS)
+            })
+            .expect("the buckets are not empty")
+            .install_recorder()
+            .expect("no other metrics recorder is installed")
+    })
+}
+
+/// Every metric in Prometheus' text exposition format.
+pub fn render_metrics() -> String {
+    let handle = metrics();
+    handle.run_upkeep();
+    handle.render()
+}
 
 /// The shape of log lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

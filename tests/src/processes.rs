@@ -299,6 +299,9 @@ impl Service {
         let child = command
             .args(args)
             .env("SCORES_LOG_FORMAT", "text")
+            // Several projectors may run at once: each serves its metrics
+            // on a port of its own unless the test says otherwise.
+            .env("SCORES_METRICS_ADDR", "127.0.0.1:0")
             .env(
                 "RUST_LOG",
                 std::env::var("SERVICE_LOG").unwrap_or_else(|_| "warn".to_owned()),

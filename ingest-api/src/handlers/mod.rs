@@ -21,6 +21,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::consistency::ConsistencyToken;
 use crate::error::{ApiError, LEGACY_SUCCESS};
 use crate::limits::Limits;
+use crate::observe::RequestId;
 use crate::publisher::{Publisher, Receipt};
 use crate::results::ReadModel;
 use crate::routes::MediaType;
@@ -63,6 +64,7 @@ pub async fn legacy_score(
     _admission: Admission,
     media_type: MediaType,
     idempotency_key: Option<String>,
+    request_id: Option<RequestId>,
     body: Bytes,
     state: AppState,
 ) -> Response {
@@ -71,7 +73,13 @@ pub async fn legacy_score(
         MediaType::Json => (Channel::LegacyJson, wire::legacy_json(&body)),
     };
     let outcome = match decoded {
-        Ok(raw) => submit(&state, channel, &raw, idempotency_key.as_deref()).await,
+        Ok(raw) => {
+            let keys = Keys {
+                idempotency_key: idempotency_key.as_deref(),
+                request_id: request_id.as_ref(),
+            };
+            submit(&state, channel, &raw, keys).await
+        }
         Err(error) => Err(error.into()),
     };
     match outcome {
@@ -93,11 +101,18 @@ pub async fn v1_score(
     _admission: Admission,
     _media_type: MediaType,
     idempotency_key: Option<String>,
+    request_id: Option<RequestId>,
     body: Bytes,
     state: AppState,
 ) -> Response {
     let outcome = match wire::v1_json(&body) {
-        Ok(raw) => submit(&state, Channel::ApiV1, &raw, idempotency_key.as_deref()).await,
+        Ok(raw) => {
+            let keys = Keys {
+                idempotency_key: idempotency_key.as_deref(),
+                request_id: request_id.as_ref(),
+            };
+            submit(&state, Channel::ApiV1, &raw, keys).await
+        }
         Err(error) => Err(error.into()),
     };
     match outcome {
@@ -117,6 +132,14 @@ pub async fn v1_score(
     }
 }
 
+/// What identifies a submission beside its content.
+struct Keys<'a> {
+    /// The client's `Idempotency-Key`: the event id is derived from it.
+    idempotency_key: Option<&'a str>,
+    /// The request's id, carried into the event.
+    request_id: Option<&'a RequestId>,
+}
+
 /// Validates, builds the event and appends it. Returns only once the broker
 /// has acknowledged the event, or with the reason it could not.
 #[tracing::instrument(name = "submit", skip_all, fields(channel = ?channel, account, event_id))]
@@ -124,7 +147,7 @@ async fn submit(
     state: &AppState,
     channel: Channel,
     raw: &RawSubmission,
-    idempotency_key: Option<&str>,
+    keys: Keys<'_>,
 ) -> Result<(ScoreSubmitted, Receipt), ApiError> {
     let submission = Submission::parse(raw, &state.rules).inspect_err(|errors| {
         let fields: Vec<_> = errors.0.iter().map(|e| e.field).collect();
@@ -133,12 +156,15 @@ async fn submit(
     let span = tracing::Span::current();
     span.record("account", tracing::field::display(&submission.account));
     state.limits.check_account(&submission.account)?;
-    let event_id = match idempotency_key {
+    let event_id = match keys.idempotency_key {
         Some(key) => idempotent_event_id(key, submission.account.as_str()),
         None => new_event_id(),
     };
     span.record("event_id", tracing::field::display(event_id));
-    let event = ScoreSubmitted::new(event_id, channel, &submission);
+    let mut event = ScoreSubmitted::new(event_id, channel, &submission);
+    if let Some(request_id) = keys.request_id {
+        event = event.with_request_id(request_id.0.clone());
+    }
     match state.publisher.publish(&event).await {
         Ok(receipt) => {
             tracing::debug!(
@@ -153,6 +179,19 @@ async fn submit(
             Err(error.into())
         }
     }
+}
+
+/// `GET /metrics`: the process's metrics, with the producer's queue depth
+/// sampled now.
+pub async fn metrics(state: AppState) -> Response {
+    metrics::gauge!("kafka_producer_queue_messages").set(state.publisher.queue_depth() as f64);
+    let body = score_shared::telemetry::render_metrics();
+    reply::with_header(
+        body,
+        "content-type",
+        "text/plain; version=0.0.4; charset=utf-8",
+    )
+    .into_response()
 }
 
 /// `GET /healthz`.

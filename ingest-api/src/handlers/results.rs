@@ -95,6 +95,8 @@ async fn run(
         .account_results(&query)
         .await
         .inspect_err(|error| tracing::warn!(error = %error, "results query failed"))?;
+    metrics::counter!("results_queries_total", "consistency" => results.freshness.as_str())
+        .increment(1);
     Ok((query, results))
 }
 

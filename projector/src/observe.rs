@@ -1,0 +1,179 @@
+//! The projector's metrics: what each batch did, and, sampled every few
+//! seconds, how far each projection is behind the log. Served with
+//! `/healthz` on `SCORES_METRICS_ADDR`.
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `projector_batches_total` | counter | projection |
+//! | `projector_events_projected_total` | counter | projection |
+//! | `projector_dead_letters_total` | counter | projection |
+//! | `projector_apply_duration_seconds` | histogram | projection |
+//! | `projector_batch_size_events` | histogram | |
+//! | `projector_lag_events` | gauge | projection, partition |
+//! | `projector_last_event_age_seconds` | gauge | projection |
+//! | `projector_dead_letters_open` | gauge | projection |
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use score_shared::kafka::LogMetadata;
+use sqlx::MySqlPool;
+use tokio_util::sync::CancellationToken;
+use warp::Filter;
+
+use crate::apply::BatchReport;
+use crate::status::{self, PartitionStatus};
+
+/// How often lag and freshness are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// Records one batch read from the log.
+pub fn batch_read(records: usize) {
+    metrics::histogram!("projector_batch_size_events").record(records as f64);
+}
+
+/// Records one batch applied to `projection`, which took `elapsed`.
+pub fn batch_applied(projection: &'static str, report: &BatchReport, elapsed: Duration) {
+    metrics::counter!("projector_batches_total", "projection" => projection).increment(1);
+    metrics::counter!("projector_events_projected_total", "projection" => projection)
+        .increment(report.projected as u64);
+    metrics::counter!("projector_dead_letters_total", "projection" => projection)
+        .increment(report.dead_lettered as u64);
+    metrics::histogram!("projector_apply_duration_seconds", "projection" => projection)
+        .record(elapsed.as_secs_f64());
+}
+
+/// Sets the gauges from one status reading: lag per partition (when the
+/// broker answered), the age of the newest projected event and the open
+/// dead letters per projection.
+pub fn record_status(rows: &[PartitionStatus]) {
+    let mut newest = BTreeMap::new();
+    let mut open = BTreeMap::new();
+    for row in rows {
+        if let Some(lag) = row.lag {
+            metrics::gauge!(
+                "projector_lag_events",
+                "projection" => row.projection,
+                "partition" => row.partition.to_string()
+            )
+            .set(lag as f64);
+        }
+        if let Some(at) = row.last_event_at {
+            let entry = newest.entry(row.projection).or_insert(at);
+            *entry = (*entry).max(at);
+        }
+        *open.entry(row.projection).or_insert(0) += row.dead_letters;
+    }
+    let now = Utc::now().naive_utc();
+    for (projection, at) in newest {
+        let age = (now - at).num_milliseconds() as f64 / 1000.0;
+        metrics::gauge!("projector_last_event_age_seconds", "projection" => projection)
+            .set(age.max(0.0));
+    }
+    for (projection, count) in open {
+        metrics::gauge!("projector_dead_letters_open", "projection" => projection)
+            .set(count as f64);
+    }
+}
+
+/// Samples every projection's status until `stop`. A sample that cannot be
+/// taken (MySQL away) is skipped; a broker away leaves lag unchanged.
+pub async fn sample_until_stopped(
+    pool: MySqlPool,
+    topic: String,
+    metadata: Arc<LogMetadata>,
+    stop: CancellationToken,
+) {
+    loop {
+        let marks = {
+            let metadata = metadata.clone();
+            tokio::task::spawn_blocking(move || metadata.watermarks(Duration::from_secs(2))).await
+        };
+        let marks = match marks {
+            Ok(Ok(marks)) => marks,
+            _ => BTreeMap::new(),
+        };
+        match status::status_with(&pool, &topic, &marks).await {
+            Ok(rows) => record_status(&rows),
+            Err(error) => tracing::debug!(error = format!("{error:#}"), "status sample skipped"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(SAMPLE_EVERY) => {}
+        }
+    }
+}
+
+/// Serves `GET /metrics` and `GET /healthz` on `listener` until `stop`.
+///
+/// # Errors
+///
+/// When the listener cannot be handed to the runtime.
+pub async fn serve_until_stopped(
+    listener: std::net::TcpListener,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let metrics = warp::path!("metrics").and(warp::get()).map(|| {
+        warp::reply::with_header(
+            score_shared::telemetry::render_metrics(),
+            "content-type",
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    });
+    let health = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})));
+    warp::serve(metrics.or(health))
+        .incoming(listener)
+        .graceful(async move { stop.cancelled().await })
+        .run()
+        .await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_readings_become_lag_freshness_and_open_dead_letter_gauges() {
+        let handle = score_shared::telemetry::metrics();
+        let at = Utc::now().naive_utc() - chrono::Duration::seconds(30);
+        let row = |partition, lag: Option<i64>, dead_letters| PartitionStatus {
+            projection: "grade",
+            partition,
+            position: 10,
+            high_watermark: lag.map(|lag| 10 + lag),
+            lag,
+            last_event_at: Some(at),
+            dead_letters,
+        };
+        record_status(&[row(0, Some(7), 1), row(1, None, 2)]);
+        let text = handle.render();
+        assert!(
+            text.contains(r#"projector_lag_events{projection="grade",partition="0"} 7"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"partition="1""#),
+            "no lag without a watermark"
+        );
+        assert!(
+            text.contains(r#"projector_dead_letters_open{projection="grade"} 3"#),
+            "{text}"
+        );
+        let age: f64 = text
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(r#"projector_last_event_age_seconds{projection="grade"} "#)
+            })
+            .expect("an age")
+            .parse()
+            .expect("a number");
+        assert!((29.0..60.0).contains(&age), "{age}");
+    }
+}
