@@ -48,6 +48,17 @@ async fn fill(browser: &Client, phone: &str, grades: [u32; 3], comments: [&str; 
     }
 }
 
+/// Presses the form's submit button.
+async fn submit(browser: &Client) {
+    browser
+        .find(Locator::Id("submit"))
+        .await
+        .expect("the submit button")
+        .click()
+        .await
+        .expect("submitting");
+}
+
 /// Waits until the element `id` is shown and its text is `text`.
 async fn await_text(browser: &Client, id: &str, text: &str) {
     let script = "const e = document.getElementById(arguments[0]); \
@@ -129,13 +140,7 @@ async fn a_person_rates_sees_the_toast_and_finds_the_rating_on_the_results_page(
     .await;
     save_screenshot(&browser, "scoring-page.png").await;
 
-    browser
-        .find(Locator::Id("submit"))
-        .await
-        .expect("the submit button")
-        .click()
-        .await
-        .expect("submitting");
+    submit(&browser).await;
     await_text(&browser, "toast", "數據提交成功").await;
 
     // The page moves on to the results by itself, with the consistency
@@ -207,13 +212,7 @@ async fn an_invalid_phone_number_is_pointed_out_and_nothing_is_sent_to_the_log()
 
     browser.goto(&api.url("/")).await.expect("opening the page");
     fill(&browser, "138-0013", [3, 3, 3], ["", "", ""]).await;
-    browser
-        .find(Locator::Id("submit"))
-        .await
-        .expect("the submit button")
-        .click()
-        .await
-        .expect("submitting");
+    submit(&browser).await;
 
     await_text(&browser, "acc_nbr-error", "請輸入有效的手機號碼").await;
     await_text(&browser, "toast", "數據提交失敗").await;

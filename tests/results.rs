@@ -20,7 +20,32 @@ fn client() -> Client {
         .expect("an HTTP client")
 }
 
-/// Posts `body` to `/v1/scores` and returns the answer's consistency token.
+/// Posts the mini-program's form to `/score`, exactly as `wx.request`
+/// sends it, and returns the answer's consistency token.
+async fn submit_legacy(
+    client: &Client,
+    api: &RunningApi,
+    account: &str,
+    grades: [&str; 3],
+    texts: [&str; 3],
+) -> String {
+    let response = client
+        .post(api.url("/score"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("chartset", "utf-8")
+        .body(legacy_form_body(account, grades, texts))
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(response.status(), 200);
+    response.headers()["x-consistency-token"]
+        .to_str()
+        .expect("ASCII")
+        .to_owned()
+}
+
+/// Posts `body` to `/v1/scores` and returns the answer's event id and
+/// consistency token.
 async fn submit_v1(client: &Client, api: &RunningApi, body: &Value) -> (String, String) {
     let response = client
         .post(api.url("/v1/scores"))
@@ -66,23 +91,7 @@ async fn every_submission_is_in_the_results_read_right_after_with_its_token() {
     let account = "13900000001";
 
     // The mini-program's own calls: the form, then /graderesult.
-    let response = client
-        .post(api.url("/score"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("chartset", "utf-8")
-        .body(legacy_form_body(
-            account,
-            ["5", "4", "3"],
-            ["很好 👍", "", ""],
-        ))
-        .send()
-        .await
-        .expect("the API answers");
-    assert_eq!(response.status(), 200);
-    let token = response.headers()["x-consistency-token"]
-        .to_str()
-        .expect("ASCII")
-        .to_owned();
+    let token = submit_legacy(&client, &api, account, ["5", "4", "3"], ["很好 👍", "", ""]).await;
     let (status, consistency, results) = get_json(
         &client,
         api.url(&format!("/graderesult?phoneNum={account}&after={token}")),
@@ -275,22 +284,7 @@ async fn submissions_go_on_and_the_api_stays_ready_while_the_results_database_is
         .await
         .expect("answers");
     assert_eq!(ready.status(), 200);
-    let response = client
-        .post(api.url("/score"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(legacy_form_body(
-            "13900000005",
-            ["5", "5", "5"],
-            ["", "", ""],
-        ))
-        .send()
-        .await
-        .expect("the API answers");
-    assert_eq!(response.status(), 200);
-    let token = response.headers()["x-consistency-token"]
-        .to_str()
-        .expect("ASCII")
-        .to_owned();
+    let token = submit_legacy(&client, &api, "13900000005", ["5", "5", "5"], ["", "", ""]).await;
     assert_eq!(topic.record_count().await, 1);
 
     let mut codes = HashSet::new();

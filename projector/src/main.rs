@@ -23,23 +23,13 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Rebuild(args) => {
             score_shared::telemetry::init(args.log.log_format);
-            let stop = CancellationToken::new();
-            let on_signal = stop.clone();
-            tokio::spawn(async move {
-                score_shared::shutdown::signal().await;
-                on_signal.cancel();
-            });
+            let stop = cancelled_on_signal();
             let summary = rebuild::rebuild(&args, &stop).await?;
             println!("{summary}");
         }
         Command::ImportLegacy(args) => {
             score_shared::telemetry::init(args.log.log_format);
-            let stop = CancellationToken::new();
-            let on_signal = stop.clone();
-            tokio::spawn(async move {
-                score_shared::shutdown::signal().await;
-                on_signal.cancel();
-            });
+            let stop = cancelled_on_signal();
             let summary = import::import_legacy(&args, &stop).await?;
             println!("{summary}");
         }
@@ -88,4 +78,16 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A token cancelled by Ctrl-C or SIGTERM, for the operator commands that
+/// stop cleanly half way (their work so far stays, a re-run continues).
+fn cancelled_on_signal() -> CancellationToken {
+    let stop = CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        score_shared::shutdown::signal().await;
+        on_signal.cancel();
+    });
+    stop
 }
