@@ -1,5 +1,6 @@
 //! The per-submission work of `POST /score` without the network: decode the
-//! form `wx.request` sends, validate it, build and encode the event.
+//! form `wx.request` sends, validate it, build and encode the event; and
+//! what every request pays for being observed (request id, span, metrics).
 
 use std::hint::black_box;
 
@@ -45,5 +46,28 @@ fn hot_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, hot_path);
+/// `observe::observed` around a service that answers at once: the request
+/// id, the span (not recorded: no subscriber, as with RUST_LOG=warn) and the
+/// two metrics, into the real Prometheus registry.
+fn observed(c: &mut Criterion) {
+    score_shared::telemetry::metrics();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let mut group = c.benchmark_group("ingest");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("observe_request", |b| {
+        b.iter(|| {
+            let request = warp::http::Request::post("/v1/accounts/13812345678/scores")
+                .body(())
+                .expect("a request");
+            runtime.block_on(ingest_api::observe::observed(request, |_| async {
+                Ok(warp::http::Response::new(()))
+            }))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, hot_path, observed);
 criterion_main!(benches);
