@@ -1,6 +1,6 @@
 //! The command line documents every setting.
 
-use clap::CommandFactory;
+use clap::{CommandFactory, Parser};
 use projector::Cli;
 
 #[test]
@@ -23,6 +23,8 @@ fn run_help_lists_every_setting_with_its_environment_variable() {
         "SCORES_CONSUMER_INSTANCE_ID",
         "SCORES_BATCH_SIZE",
         "SCORES_BATCH_WAIT_MS",
+        "SCORES_TAKEOVER_AFTER_MS",
+        "SCORES_METRICS_ADDR",
         "SCORES_PROJECTIONS",
         "SCORES_EVENT_VERSIONS",
         "SCORES_ACC_NBR_PATTERN",
@@ -41,8 +43,72 @@ fn run_help_lists_every_setting_with_its_environment_variable() {
 #[test]
 fn the_top_level_help_names_every_subcommand() {
     let help = Cli::command().render_help().to_string();
-    for command in ["migrate", "run", "rebuild", "status", "dead-letters"] {
+    for command in [
+        "migrate",
+        "run",
+        "rebuild",
+        "status",
+        "dead-letters",
+        "import-legacy",
+    ] {
         assert!(help.contains(command), "{command} missing from {help}");
+    }
+}
+
+#[test]
+fn import_legacy_help_lists_its_settings() {
+    let mut command = Cli::command();
+    let help = command
+        .find_subcommand_mut("import-legacy")
+        .expect("an import-legacy subcommand")
+        .render_long_help()
+        .to_string();
+    for flag in [
+        "--database-url",
+        "SCORES_LEGACY_DATABASE_URL",
+        "--table",
+        "--source-name",
+        "--insert-time-offset",
+        "--report",
+        "--max-in-flight",
+        "SCORES_KAFKA_BROKERS",
+        "SCORES_ACC_NBR_PATTERN",
+    ] {
+        assert!(
+            help.contains(flag),
+            "import-legacy --help does not mention {flag}"
+        );
+    }
+}
+
+#[test]
+fn import_legacy_refuses_a_table_name_it_would_not_put_in_sql_and_a_bad_offset() {
+    let parse = |extra: &[&str]| {
+        let mut args = vec![
+            "projector",
+            "import-legacy",
+            "--database-url",
+            "mysql://reader@old-db/scores",
+        ];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args)
+    };
+    assert!(parse(&[]).is_ok(), "the defaults are enough");
+    assert!(parse(&["--insert-time-offset", "+08:00"]).is_ok());
+    for (extra, why) in [
+        (
+            vec!["--table", "grade`; DROP TABLE grade; --"],
+            "a table name with SQL",
+        ),
+        (vec!["--table", ""], "an empty table name"),
+        (vec!["--source-name", "a b"], "a source name with a space"),
+        (
+            vec!["--insert-time-offset", "China"],
+            "an offset that is not one",
+        ),
+    ] {
+        let error = parse(&extra).expect_err(why).to_string();
+        assert!(error.contains("expected"), "{why}: {error}");
     }
 }
 
