@@ -40,8 +40,10 @@ pub struct InvalidToken;
 impl ConsistencyToken {
     /// The opaque text form, as sent to clients.
     pub fn encode(&self) -> String {
-        let plain = format!("{TOKEN_VERSION}:{}:{}", self.partition, self.offset);
-        URL_SAFE_NO_PAD.encode(plain)
+        opaque(&format!(
+            "{TOKEN_VERSION}:{}:{}",
+            self.partition, self.offset
+        ))
     }
 
     /// Reads a token sent back by a client.
@@ -50,8 +52,7 @@ impl ConsistencyToken {
     ///
     /// When `text` is not a token of this format.
     pub fn parse(text: &str) -> Result<Self, InvalidToken> {
-        let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| InvalidToken)?;
-        let plain = std::str::from_utf8(&bytes).map_err(|_| InvalidToken)?;
+        let plain = unopaque(text).ok_or(InvalidToken)?;
         let mut parts = plain.split(':');
         let (Some(TOKEN_VERSION), Some(partition), Some(offset), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -65,6 +66,17 @@ impl ConsistencyToken {
         }
         Ok(Self { partition, offset })
     }
+}
+
+/// Text handed to clients to send back untouched (tokens, cursors):
+/// base64url, so that it travels in a URL as it is.
+pub(crate) fn opaque(plain: &str) -> String {
+    URL_SAFE_NO_PAD.encode(plain)
+}
+
+/// The text [`opaque`] made, or `None` for anything else.
+pub(crate) fn unopaque(text: &str) -> Option<String> {
+    String::from_utf8(URL_SAFE_NO_PAD.decode(text).ok()?).ok()
 }
 
 impl From<Receipt> for ConsistencyToken {
@@ -120,9 +132,21 @@ impl Reading {
 /// Reads the `grade` projection's positions on behalf of every waiting query.
 #[derive(Clone)]
 pub struct PositionWatch {
+    shared: Arc<Shared>,
+}
+
+/// What the clones of a watch share; the reading task ends with it.
+struct Shared {
     readings: watch::Sender<Reading>,
     wake: Arc<Notify>,
     limit: Duration,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl PositionWatch {
@@ -134,16 +158,20 @@ impl PositionWatch {
             next_offsets: HashMap::new(),
         });
         let wake = Arc::new(Notify::new());
-        tokio::spawn(read_while_waited_for(
+        let task = tokio::spawn(read_while_waited_for(
             pool,
             topic,
             readings.clone(),
             wake.clone(),
-        ));
+        ))
+        .abort_handle();
         Self {
-            readings,
-            wake,
-            limit,
+            shared: Arc::new(Shared {
+                readings,
+                wake,
+                limit,
+                task,
+            }),
         }
     }
 
@@ -151,11 +179,11 @@ impl PositionWatch {
     /// call shows the projection past `token`.
     pub async fn wait_for(&self, token: ConsistencyToken) -> Freshness {
         let asked_at = Instant::now();
-        let mut readings = self.readings.subscribe();
-        self.wake.notify_one();
+        let mut readings = self.shared.readings.subscribe();
+        self.shared.wake.notify_one();
         let passed =
             readings.wait_for(|reading| reading.read_at >= asked_at && reading.has_passed(token));
-        match tokio::time::timeout(self.limit, passed).await {
+        match tokio::time::timeout(self.shared.limit, passed).await {
             Ok(Ok(_)) => Freshness::Current,
             _ => Freshness::Stale,
         }
@@ -164,7 +192,8 @@ impl PositionWatch {
 
 /// The task behind [`PositionWatch`]: reads positions every
 /// [`POLL_INTERVAL`] while at least one query is subscribed, and sleeps
-/// otherwise. It ends when the watch is dropped.
+/// until woken otherwise. Aborted when the last clone of the watch is
+/// dropped.
 async fn read_while_waited_for(
     pool: MySqlPool,
     topic: String,
@@ -172,17 +201,11 @@ async fn read_while_waited_for(
     wake: Arc<Notify>,
 ) {
     loop {
-        // The watch itself keeps one sender; a count of receivers is the
-        // number of waiting queries.
+        // Every waiting query holds a receiver. A query that subscribes
+        // between this check and the wait leaves a permit in `wake`, so no
+        // wake-up is lost.
         if readings.receiver_count() == 0 {
-            if Arc::strong_count(&wake) == 1 {
-                return;
-            }
-            tokio::select! {
-                () = wake.notified() => {}
-                // Look again now and then, to notice the watch was dropped.
-                () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-            }
+            wake.notified().await;
         }
         let started = Instant::now();
         match read_positions(&pool, &topic).await {

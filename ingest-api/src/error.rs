@@ -201,15 +201,15 @@ impl ApiError {
             Self::UnsupportedMediaType { expected } => Self::UnsupportedMediaType { expected },
             Self::NotFound => Self::NotFound,
             Self::MethodNotAllowed => Self::MethodNotAllowed,
-            Self::InvalidQuery(fields) => Self::InvalidQuery(fields.clone()),
-            Self::ResultsNotConfigured => Self::ResultsNotConfigured,
             // Validation, decoding, publishing and reading happen in
             // handlers, which answer directly; they never travel as
             // rejections.
             Self::Invalid(_)
             | Self::Malformed(_)
             | Self::Unavailable(_)
-            | Self::ResultsUnavailable(_) => Self::BodyRead,
+            | Self::InvalidQuery(_)
+            | Self::ResultsUnavailable(_)
+            | Self::ResultsNotConfigured => Self::BodyRead,
         }
     }
 }

@@ -8,15 +8,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use score_shared::AccountNumber;
 use serde::Serialize;
 use sqlx::MySqlPool;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 
-use crate::consistency::{ConsistencyToken, Freshness, PositionWatch};
+use crate::consistency::{ConsistencyToken, Freshness, PositionWatch, opaque, unopaque};
 
 /// How long a query waits for a pooled connection: a MySQL outage turns
 /// into a quick 503, not a hang.
@@ -55,8 +53,11 @@ pub struct Cursor {
 impl Cursor {
     /// The opaque text form.
     pub fn encode(&self) -> String {
-        let plain = format!("{}:{}", self.time.and_utc().timestamp_micros(), self.id);
-        URL_SAFE_NO_PAD.encode(plain)
+        opaque(&format!(
+            "{}:{}",
+            self.time.and_utc().timestamp_micros(),
+            self.id
+        ))
     }
 
     /// Reads a cursor sent back by a client.
@@ -65,8 +66,7 @@ impl Cursor {
     ///
     /// When `text` is not a cursor of this format.
     pub fn parse(text: &str) -> Result<Self, InvalidCursor> {
-        let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| InvalidCursor)?;
-        let plain = std::str::from_utf8(&bytes).map_err(|_| InvalidCursor)?;
+        let plain = unopaque(text).ok_or(InvalidCursor)?;
         let (micros, id) = plain.split_once(':').ok_or(InvalidCursor)?;
         let micros: i64 = micros.parse().map_err(|_| InvalidCursor)?;
         let id: u64 = id.parse().map_err(|_| InvalidCursor)?;
@@ -256,6 +256,9 @@ fn score_row(row: GradeRow) -> ScoreRow {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use super::*;
 
     #[test]

@@ -38,18 +38,25 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// segment), or `unmatched`: a label of bounded cardinality that never
 /// holds the path's values.
 pub fn route_of(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.split('/').collect();
     ROUTES
         .iter()
         .map(|(_, template)| *template)
-        .find(|template| {
-            let pattern: Vec<&str> = template.split('/').collect();
-            pattern.len() == segments.len()
-                && pattern.iter().zip(&segments).all(|(expected, actual)| {
-                    (expected.starts_with('{') && !actual.is_empty()) || expected == actual
-                })
-        })
+        .find(|template| template_matches(template, path))
         .unwrap_or("unmatched")
+}
+
+/// Segment by segment, without allocating: this runs for every request.
+fn template_matches(template: &str, path: &str) -> bool {
+    let mut expected = template.split('/');
+    let mut actual = path.split('/');
+    loop {
+        match (expected.next(), actual.next()) {
+            (None, None) => return true,
+            (Some(expected), Some(actual))
+                if expected == actual || (expected.starts_with('{') && !actual.is_empty()) => {}
+            _ => return false,
+        }
+    }
 }
 
 /// Every route, with the fallback that answers unknown paths.

@@ -1,6 +1,7 @@
-//! The projector's metrics: what each batch did, and, sampled every few
-//! seconds, how far each projection is behind the log. Served with
-//! `/healthz` on `SCORES_METRICS_ADDR`.
+//! The projector's metrics: what each batch did, and how far each
+//! projection is behind the log, from the status the runner reads every few
+//! seconds anyway (its look at the log). Served with `/healthz` on
+//! `SCORES_METRICS_ADDR`.
 //!
 //! | metric | kind | labels |
 //! |---|---|---|
@@ -14,20 +15,14 @@
 //! | `projector_dead_letters_open` | gauge | projection |
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use score_shared::kafka::LogMetadata;
-use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
 use warp::Filter;
 
 use crate::apply::BatchReport;
-use crate::status::{self, PartitionStatus};
-
-/// How often lag and freshness are sampled.
-const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+use crate::status::PartitionStatus;
 
 /// Records one batch read from the log.
 pub fn batch_read(records: usize) {
@@ -78,34 +73,6 @@ pub fn record_status(rows: &[PartitionStatus]) {
     }
 }
 
-/// Samples every projection's status until `stop`. A sample that cannot be
-/// taken (MySQL away) is skipped; a broker away leaves lag unchanged.
-pub async fn sample_until_stopped(
-    pool: MySqlPool,
-    topic: String,
-    metadata: Arc<LogMetadata>,
-    stop: CancellationToken,
-) {
-    loop {
-        let marks = {
-            let metadata = metadata.clone();
-            tokio::task::spawn_blocking(move || metadata.watermarks(Duration::from_secs(2))).await
-        };
-        let marks = match marks {
-            Ok(Ok(marks)) => marks,
-            _ => BTreeMap::new(),
-        };
-        match status::status_with(&pool, &topic, &marks).await {
-            Ok(rows) => record_status(&rows),
-            Err(error) => tracing::debug!(error = format!("{error:#}"), "status sample skipped"),
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(SAMPLE_EVERY) => {}
-        }
-    }
-}
-
 /// Serves `GET /metrics` and `GET /healthz` on `listener` until `stop`.
 ///
 /// # Errors
@@ -121,7 +88,7 @@ pub async fn serve_until_stopped(
         warp::reply::with_header(
             score_shared::telemetry::render_metrics(),
             "content-type",
-            "text/plain; version=0.0.4; charset=utf-8",
+            score_shared::telemetry::METRICS_CONTENT_TYPE,
         )
     });
     let health = warp::path!("healthz")

@@ -5,8 +5,8 @@
 //! logged while librdkafka reconnects, and a record MySQL refuses to store is
 //! isolated and dead-lettered. On shutdown the batch being applied finishes.
 
-use std::collections::HashMap;
 use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +27,7 @@ use crate::batch::{Decoder, Gap, LogRecord};
 use crate::config::RunArgs;
 use crate::observe;
 use crate::projection::{self, Projection, TableSet};
+use crate::status::{self, PartitionStatus};
 use crate::takeover::StallWatch;
 use crate::{db, store};
 
@@ -38,8 +39,9 @@ const CONSUMER_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// A gap is believed to be in the log itself (not a stale read) once a seek
 /// back to the stored position has shown it this many times.
 const GAP_CONFIRMATIONS: u32 = 3;
-/// How often the loop looks for partitions nobody projects.
-const STALL_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often the loop looks at the log's end and every projection's
+/// status: for the lag metrics and the stalled-partition check.
+const LOOK_EVERY: Duration = Duration::from_secs(5);
 
 /// A configured, not yet running, projector.
 pub struct Projector {
@@ -123,17 +125,10 @@ impl Projector {
             .context("handing over the metrics listener")?;
         tracing::info!(address = %self.metrics_address, "serving metrics");
         let server = tokio::spawn(observe::serve_until_stopped(listener, stop.clone()));
-        let sampler = tokio::spawn(observe::sample_until_stopped(
-            self.pool.clone(),
-            self.args.kafka.topic.clone(),
-            self.metadata.clone(),
-            stop.clone(),
-        ));
 
         let outcome = self.run(&stop).await;
         stop.cancel();
         stop_on_signal.abort();
-        let _ = sampler.await;
         match server.await {
             Ok(Err(error)) => tracing::warn!(error = format!("{error:#}"), "metrics server failed"),
             Err(error) => tracing::warn!(error = %error, "metrics server task failed"),
@@ -161,13 +156,13 @@ impl Projector {
         let mut gaps = GapTracker::default();
         let mut stalls = self.args.takeover_after().map(|after| StallCheck {
             watch: StallWatch::new(after),
-            due: Instant::now() + STALL_CHECK_EVERY,
             rebalances: 0,
         });
+        let mut next_look = Instant::now() + LOOK_EVERY;
         'batches: loop {
-            if let Some(check) = stalls.as_mut().filter(|check| Instant::now() >= check.due) {
-                self.rejoin_if_stalled(check).await?;
-                check.due = Instant::now() + STALL_CHECK_EVERY;
+            if Instant::now() >= next_look {
+                self.look_at_the_log(stalls.as_mut()).await?;
+                next_look = Instant::now() + LOOK_EVERY;
             }
             if self
                 .consumer
@@ -343,14 +338,49 @@ impl Projector {
         Ok(lowest)
     }
 
-    /// Looks for partitions nobody projects (see [`crate::takeover`]) and,
-    /// when there are some, rejoins the group so that they are assigned
-    /// again. A look that cannot be taken (broker or MySQL away) is skipped.
+    /// Reads the log's end and every projection's status once, sets the
+    /// lag and freshness metrics from them and, when the check is on, looks
+    /// for stalled partitions. A look that cannot be taken (MySQL away) is
+    /// skipped; with the broker away only the metrics without lag are set.
     ///
     /// # Errors
     ///
     /// Only when subscribing again is refused.
-    async fn rejoin_if_stalled(&self, check: &mut StallCheck) -> anyhow::Result<()> {
+    async fn look_at_the_log(&self, stalls: Option<&mut StallCheck>) -> anyhow::Result<()> {
+        let metadata = self.metadata.clone();
+        let marks =
+            tokio::task::spawn_blocking(move || metadata.watermarks(Duration::from_secs(2))).await;
+        let marks = match marks {
+            Ok(Ok(marks)) => Some(marks),
+            _ => None,
+        };
+        let rows = status::status_with(
+            &self.pool,
+            &self.args.kafka.topic,
+            marks.as_ref().unwrap_or(&BTreeMap::new()),
+        )
+        .await;
+        let Ok(rows) = rows else { return Ok(()) };
+        observe::record_status(&rows);
+        match (stalls, marks) {
+            (Some(check), Some(marks)) => self.rejoin_if_stalled(check, &marks, &rows),
+            _ => Ok(()),
+        }
+    }
+
+    /// Looks for partitions nobody projects (see [`crate::takeover`]) in one
+    /// look's watermarks and status rows and, when there are some, rejoins
+    /// the group so that they are assigned again.
+    ///
+    /// # Errors
+    ///
+    /// Only when subscribing again is refused.
+    fn rejoin_if_stalled(
+        &self,
+        check: &mut StallCheck,
+        marks: &BTreeMap<i32, (i64, i64)>,
+        rows: &[PartitionStatus],
+    ) -> anyhow::Result<()> {
         let rebalances = self.consumer.context().rebalances.load(Ordering::SeqCst);
         if rebalances != check.rebalances {
             // The assignment moved since the last look: start over.
@@ -361,17 +391,21 @@ impl Projector {
             return Ok(());
         };
         let assigned: HashSet<i32> = partition_numbers(&assignment).into_iter().collect();
-        let metadata = self.metadata.clone();
-        let marks =
-            tokio::task::spawn_blocking(move || metadata.watermarks(Duration::from_secs(2))).await;
-        let Ok(Ok(marks)) = marks else { return Ok(()) };
-        let partitions: Vec<i32> = marks.keys().copied().collect();
-        let Ok(positions) = self.lowest_positions(&partitions).await else {
-            return Ok(());
-        };
+        // The lowest position of the projections run here, in each partition
+        // of the log (a projection without one yet stands at 0).
+        let mut positions = HashMap::new();
+        for row in rows {
+            let ours = self
+                .projections
+                .iter()
+                .any(|(p, _)| p.name() == row.projection);
+            if ours && marks.contains_key(&row.partition) {
+                keep_lowest(&mut positions, row.partition, row.position);
+            }
+        }
         let highs = marks
-            .into_iter()
-            .map(|(partition, (_, high))| (partition, high))
+            .iter()
+            .map(|(partition, (_, high))| (*partition, *high))
             .collect();
         let stalled = check
             .watch
@@ -463,7 +497,6 @@ fn keep_lowest(map: &mut HashMap<i32, i64>, partition: i32, offset: i64) {
 /// The state of the stalled-partition check between two looks.
 struct StallCheck {
     watch: StallWatch,
-    due: Instant,
     /// The rebalance count at the last look.
     rebalances: u64,
 }

@@ -43,7 +43,11 @@ pub fn metrics() -> &'static PrometheusHandle {
     })
 }
 
-/// Every metric in Prometheus' text exposition format.
+/// The media type of [`render_metrics`]' output.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every metric in Prometheus' text exposition format
+/// ([`METRICS_CONTENT_TYPE`]).
 pub fn render_metrics() -> String {
     let handle = metrics();
     handle.run_upkeep();

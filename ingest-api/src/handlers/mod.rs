@@ -185,11 +185,10 @@ async fn submit(
 /// sampled now.
 pub async fn metrics(state: AppState) -> Response {
     metrics::gauge!("kafka_producer_queue_messages").set(state.publisher.queue_depth() as f64);
-    let body = score_shared::telemetry::render_metrics();
     reply::with_header(
-        body,
+        score_shared::telemetry::render_metrics(),
         "content-type",
-        "text/plain; version=0.0.4; charset=utf-8",
+        score_shared::telemetry::METRICS_CONTENT_TYPE,
     )
     .into_response()
 }

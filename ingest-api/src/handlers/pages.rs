@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use score_shared::ValidationRules;
-use warp::http::{StatusCode, header};
+use warp::http::header;
 use warp::reply::{self, Reply, Response};
 
 use super::AppState;
@@ -81,8 +81,7 @@ pub async fn asset(name: String) -> Response {
 
 /// `GET /openapi.json`.
 pub async fn openapi() -> Response {
-    let reply = reply::with_header(OPENAPI_JSON, header::CONTENT_TYPE, "application/json");
-    reply::with_status(reply, StatusCode::OK).into_response()
+    reply::with_header(OPENAPI_JSON, header::CONTENT_TYPE, "application/json").into_response()
 }
 
 fn page(body: Bytes, media_type: &str) -> Response {

@@ -157,48 +157,19 @@ fn parse_query(
     let account = path_account
         .or_else(|| single(&pairs, account_field))
         .unwrap_or_default();
-    let account = AccountNumber::parse(account, &state.rules)
-        .inspect_err(|error| {
-            errors.push(FieldError {
-                field: account_field,
-                message: error.to_string(),
-            });
-        })
-        .ok();
-    let after = single(&pairs, "after").and_then(|text| {
-        ConsistencyToken::parse(text)
-            .inspect_err(|error| {
-                errors.push(FieldError {
-                    field: "after",
-                    message: error.to_string(),
-                });
-            })
-            .ok()
-    });
-    let limit = match single(&pairs, "limit") {
-        None => PAGE_LIMIT_DEFAULT,
-        Some(text) => match text.parse::<u32>() {
-            Ok(limit) if (1..=PAGE_LIMIT_MAX).contains(&limit) => limit,
-            _ => {
-                errors.push(FieldError {
-                    field: "limit",
-                    message: format!("must be an integer from 1 to {PAGE_LIMIT_MAX}"),
-                });
-                PAGE_LIMIT_DEFAULT
-            }
-        },
-    };
-    let cursor = match single(&pairs, "cursor") {
-        Some(text) if paginated => Cursor::parse(text)
-            .inspect_err(|error| {
-                errors.push(FieldError {
-                    field: "cursor",
-                    message: error.to_string(),
-                });
-            })
-            .ok(),
-        _ => None,
-    };
+    let account = noted(
+        &mut errors,
+        account_field,
+        AccountNumber::parse(account, &state.rules),
+    );
+    let after = single(&pairs, "after")
+        .and_then(|text| noted(&mut errors, "after", ConsistencyToken::parse(text)));
+    let limit = single(&pairs, "limit")
+        .and_then(|text| noted(&mut errors, "limit", parse_limit(text)))
+        .unwrap_or(PAGE_LIMIT_DEFAULT);
+    let cursor = single(&pairs, "cursor")
+        .filter(|_| paginated)
+        .and_then(|text| noted(&mut errors, "cursor", Cursor::parse(text)));
     match account {
         Some(account) if errors.is_empty() => Ok(ResultsQuery {
             account,
@@ -208,6 +179,30 @@ fn parse_query(
         }),
         _ => Err(ApiError::InvalidQuery(errors)),
     }
+}
+
+/// The value of a parameter that parsed, or `None` with its error noted
+/// under `field`.
+fn noted<T, E: std::fmt::Display>(
+    errors: &mut Vec<FieldError>,
+    field: &'static str,
+    parsed: Result<T, E>,
+) -> Option<T> {
+    parsed
+        .map_err(|error| {
+            errors.push(FieldError {
+                field,
+                message: error.to_string(),
+            });
+        })
+        .ok()
+}
+
+fn parse_limit(text: &str) -> Result<u32, String> {
+    text.parse::<u32>()
+        .ok()
+        .filter(|limit| (1..=PAGE_LIMIT_MAX).contains(limit))
+        .ok_or_else(|| format!("must be an integer from 1 to {PAGE_LIMIT_MAX}"))
 }
 
 /// The `/v1` answer.
