@@ -1,11 +1,12 @@
-//! The real binaries as separate processes, for tests that kill them: a
-//! private Tansu broker, a private MariaDB server, `ingest-api` and
+//! The real binaries as separate processes, for tests that kill them:
+//! private Apache Kafka nodes (one, or a three-node cluster), a private
+//! MariaDB server, `ingest-api` and
 //! `projector run`, and a load generator that records every acknowledgment.
 //!
 //! Binaries come from `SCORES_TEST_BIN_DIR` (set by `./deploy/local test`,
 //! which builds them), or from the target directory this test runs from;
-//! Tansu from `SCORES_TANSU_BIN` or the `deploy/local` cache. A missing
-//! binary fails the test with a message saying how to build it.
+//! the Kafka jars from `SCORES_KAFKA_LIBS` or the `deploy/local` cache. A
+//! missing binary fails the test with a message saying how to get it.
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -67,21 +68,6 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
-fn tansu_bin() -> PathBuf {
-    let path = std::env::var_os("SCORES_TANSU_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").expect("HOME");
-            PathBuf::from(home).join(".cache/score-pipeline/tansu-0.6.0/bin/tansu")
-        });
-    assert!(
-        path.is_file(),
-        "Tansu is not at {}; ./deploy/local test builds it (or set SCORES_TANSU_BIN)",
-        path.display()
-    );
-    path
-}
-
 /// Sends `signal` to `child`.
 fn signal(child: &Child, signal: libc::c_int) {
     let pid = libc::pid_t::try_from(child.id()).expect("a pid");
@@ -105,64 +91,283 @@ fn wait_with_limit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
-/// A Tansu broker of the test's own, with SQLite storage in a scratch
-/// directory that survives restarts.
-pub struct Broker {
-    pub port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
+/// The directory of the Kafka jars: `SCORES_KAFKA_LIBS` (set by
+/// `./deploy/local test`), else the `deploy/local` cache for the version
+/// `deploy/kafka/pom.xml` pins.
+fn kafka_libs() -> PathBuf {
+    let libs = std::env::var_os("SCORES_KAFKA_LIBS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let pom = include_str!("../../deploy/kafka/pom.xml");
+            let version = pom
+                .split("<kafka.version>")
+                .nth(1)
+                .and_then(|rest| rest.split('<').next())
+                .expect("deploy/kafka/pom.xml names <kafka.version>");
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache")
+                });
+            cache.join(format!("score-pipeline/kafka-{version}/libs"))
+        });
+    assert!(
+        libs.join(".complete").is_file(),
+        "the Kafka jars are not in {}; ./deploy/local test fetches them (or set SCORES_KAFKA_LIBS)",
+        libs.display()
+    );
+    libs
 }
 
-impl Broker {
-    /// Starts a broker on a free port.
-    pub fn start() -> Self {
-        let mut broker = Self {
-            port: free_port(),
-            dir: scratch_dir("tansu"),
-            child: None,
-        };
-        broker.restart();
-        broker
-    }
+/// `deploy/kafka/node`, the script that runs one Kafka node for
+/// `deploy/local` too.
+fn kafka_node_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kafka/node")
+}
 
+/// One Apache Kafka node (broker and controller in one JVM) of a
+/// [`KafkaCluster`], with its storage in a scratch directory that survives
+/// restarts.
+pub struct KafkaNode {
+    pub node_id: u32,
+    pub port: u16,
+    controller_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    /// How many times the log said the server started, before the current
+    /// start.
+    starts_before: usize,
+}
+
+impl KafkaNode {
     /// `127.0.0.1:port`.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Starts it again on the same port and storage.
-    pub fn restart(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("kafka.log")
+    }
+
+    fn started_count(&self) -> usize {
+        std::fs::read_to_string(self.log_path())
+            .unwrap_or_default()
+            .matches("Kafka Server started")
+            .count()
+    }
+
+    fn spawn(&mut self, voters: &str, cluster_id: &str, replication: usize) {
+        self.starts_before = self.started_count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("tansu.log"))
+            .open(self.log_path())
             .expect("the broker's log");
-        let child = Command::new(tansu_bin())
-            .current_dir(&self.dir)
-            .args(["broker", "--storage-engine", "sqlite://tansu.db"])
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        let child = Command::new(kafka_node_script())
+            .env("SCORES_KAFKA_LIBS", kafka_libs())
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--node-id", &self.node_id.to_string()])
+            .args(["--port", &self.port.to_string()])
+            .args(["--controller-port", &self.controller_port.to_string()])
+            .args(["--voters", voters, "--cluster-id", cluster_id])
+            .args(["--replication", &replication.to_string()])
+            .args(["--heap", "384m"])
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .expect("starting Tansu");
+            .expect("starting deploy/kafka/node");
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(20), "Tansu");
     }
 
-    /// SIGKILL, and waits for it to be gone.
+    /// Waits until the node logged that it started (it then serves
+    /// clients).
+    ///
+    /// # Panics
+    ///
+    /// When it has not within `limit`, or exited.
+    fn wait_until_started(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.started_count() <= self.starts_before {
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|child| matches!(child.try_wait(), Ok(Some(_))));
+            assert!(
+                !exited && Instant::now() < deadline,
+                "Kafka node {} did not start within {limit:?}; its log:\n{}",
+                self.node_id,
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The last lines the node logged, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Whether the node's process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL (a crash: nothing flushed), and waits for it to be gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+
+    /// SIGTERM (a controlled shutdown: leadership moves away first), and
+    /// waits up to `limit` for it to exit before killing it.
+    pub fn terminate(&mut self, limit: Duration) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, libc::SIGTERM);
+            if wait_with_limit(&mut child, limit).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
 }
 
-impl Drop for Broker {
+/// A KRaft cluster of `size` combined nodes on loopback, each on free ports,
+/// started together (none finishes starting without a controller majority).
+/// Topics get `size` replicas with `min.insync.replicas` one less, so a
+/// three-node cluster keeps acknowledging with one node down.
+pub struct KafkaCluster {
+    pub nodes: Vec<KafkaNode>,
+    voters: String,
+    cluster_id: String,
+}
+
+impl KafkaCluster {
+    /// Starts the cluster and waits until every node serves.
+    ///
+    /// # Panics
+    ///
+    /// When a node does not start within 90 s.
+    pub fn start(size: usize) -> Self {
+        let cluster_id = {
+            // A KRaft cluster id is 16 bytes in unpadded base64url; any value
+            // works as long as every node shares it.
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+        };
+        let nodes: Vec<KafkaNode> = (1..=size as u32)
+            .map(|node_id| KafkaNode {
+                node_id,
+                port: free_port(),
+                controller_port: free_port(),
+                dir: scratch_dir(&format!("kafka-{node_id}")),
+                child: None,
+                starts_before: 0,
+            })
+            .collect();
+        let voters = nodes
+            .iter()
+            .map(|node| format!("{}@127.0.0.1:{}", node.node_id, node.controller_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            nodes,
+            voters,
+            cluster_id,
+        };
+        for index in 0..size {
+            cluster.spawn(index);
+        }
+        for node in &mut cluster.nodes {
+            node.wait_until_started(Duration::from_secs(90));
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let replication = self.nodes.len();
+        let (voters, cluster_id) = (self.voters.clone(), self.cluster_id.clone());
+        self.nodes[index].spawn(&voters, &cluster_id, replication);
+    }
+
+    /// Every node's address, comma-separated: the bootstrap list.
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(KafkaNode::address)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node with `node_id`.
+    pub fn node(&mut self, node_id: i32) -> &mut KafkaNode {
+        self.nodes
+            .iter_mut()
+            .find(|node| i64::from(node.node_id) == i64::from(node_id))
+            .unwrap_or_else(|| panic!("no Kafka node {node_id} in this cluster"))
+    }
+
+    /// Starts the node with `node_id` again on its ports and storage, and
+    /// waits until it serves.
+    pub fn restart(&mut self, node_id: i32) {
+        let index = self
+            .nodes
+            .iter()
+            .position(|node| i64::from(node.node_id) == i64::from(node_id))
+            .unwrap_or_else(|| panic!("no Kafka node {node_id} in this cluster"));
+        self.spawn(index);
+        self.nodes[index].wait_until_started(Duration::from_secs(90));
+    }
+
+    /// The last lines every node logged, for failure messages.
+    pub fn log_tails(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| format!("--- Kafka node {} ---\n{}", node.node_id, node.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for KafkaCluster {
     fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        for node in &mut self.nodes {
+            node.kill();
+            let _ = std::fs::remove_dir_all(&node.dir);
+        }
+    }
+}
+
+/// A single Kafka node of the test's own: a [`KafkaCluster`] of one.
+pub struct Broker {
+    cluster: KafkaCluster,
+}
+
+impl Broker {
+    /// Starts a broker on free ports.
+    pub fn start() -> Self {
+        Self {
+            cluster: KafkaCluster::start(1),
+        }
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn address(&self) -> String {
+        self.cluster.bootstrap()
+    }
+
+    /// Starts it again on the same ports and storage.
+    pub fn restart(&mut self) {
+        self.cluster.restart(1);
+    }
+
+    /// SIGKILL, and waits for it to be gone.
+    pub fn kill(&mut self) {
+        self.cluster.node(1).kill();
     }
 }
 
@@ -264,7 +469,12 @@ impl Service {
     /// Starts `ingest-api` with `env` on a free port and waits until it
     /// answers `/healthz`. Returns it and its base URL.
     pub fn ingest_api<K: AsRef<str>>(env: &[(K, String)]) -> (Self, String) {
-        let port = free_port();
+        Self::ingest_api_on(free_port(), env)
+    }
+
+    /// Starts `ingest-api` with `env` on `port` (to start one again where
+    /// its clients expect it) and waits until it listens.
+    pub fn ingest_api_on<K: AsRef<str>>(port: u16, env: &[(K, String)]) -> (Self, String) {
         let mut env: Vec<(&str, String)> = env
             .iter()
             .map(|(key, value)| (key.as_ref(), value.clone()))
@@ -457,10 +667,23 @@ pub struct LoadReport {
     pub refused: Vec<u16>,
     /// Requests that got no complete HTTP answer (refused or reset).
     pub unanswered: usize,
+    /// Every request in the order its answer came.
+    pub answers: Vec<Answer>,
+}
+
+/// One request of a [`Load`]: when it was sent and answered, and how.
+#[derive(Clone, Copy, Debug)]
+pub struct Answer {
+    pub sent: Instant,
+    pub answered: Instant,
+    /// The HTTP status; `None` when no complete answer came.
+    pub status: Option<u16>,
+    /// Where a 2xx's event landed.
+    pub partition: Option<i32>,
 }
 
 enum Outcome {
-    Acknowledged(String),
+    Acknowledged(String, i32),
     Refused(u16),
     Unanswered,
 }
@@ -505,11 +728,16 @@ impl Load {
                             "txt1": format!("load {n}")
                         });
                         let url = format!("{}/v1/scores", apis[n % apis.len()]);
+                        let sent = Instant::now();
                         let outcome = match client.post(url).json(&body).send().await {
                             Ok(response) if response.status().is_success() => {
                                 match response.json::<serde_json::Value>().await {
                                     Ok(value) => Outcome::Acknowledged(
                                         value["event_id"].as_str().expect("an event id").to_owned(),
+                                        value["partition"]
+                                            .as_i64()
+                                            .and_then(|p| i32::try_from(p).ok())
+                                            .expect("a partition"),
                                     ),
                                     Err(_) => Outcome::Unanswered,
                                 }
@@ -517,15 +745,27 @@ impl Load {
                             Ok(response) => Outcome::Refused(response.status().as_u16()),
                             Err(_) => Outcome::Unanswered,
                         };
+                        let mut answer = Answer {
+                            sent,
+                            answered: Instant::now(),
+                            status: None,
+                            partition: None,
+                        };
                         {
                             let mut report = report.lock().expect("report");
                             match outcome {
-                                Outcome::Acknowledged(id) => {
+                                Outcome::Acknowledged(id, partition) => {
                                     report.acknowledged.insert(id);
+                                    answer.status = Some(202);
+                                    answer.partition = Some(partition);
                                 }
-                                Outcome::Refused(status) => report.refused.push(status),
+                                Outcome::Refused(status) => {
+                                    report.refused.push(status);
+                                    answer.status = Some(status);
+                                }
                                 Outcome::Unanswered => report.unanswered += 1,
                             }
+                            report.answers.push(answer);
                         }
                         if matches!(n % 8, 0) {
                             // Pace the load a little so that it spans the
@@ -550,6 +790,11 @@ impl Load {
     /// Answers that were not a 2xx so far, by status.
     pub fn refused(&self) -> Vec<u16> {
         self.report.lock().expect("report").refused.clone()
+    }
+
+    /// Every answer so far.
+    pub fn answers(&self) -> Vec<Answer> {
+        self.report.lock().expect("report").answers.clone()
     }
 
     /// Waits until at least `count` acknowledgments more than now.
