@@ -193,11 +193,11 @@ async fn both_services_expose_metrics_that_move_with_traffic_and_the_dashboard_q
         "no phone number in any label"
     );
     assert_eq!(
-        after.value(r#"kafka_produce_total{outcome="acknowledged"}"#),
+        after.value(r#"kafka_produce_total{outcome="persisted"}"#),
         20.0
     );
     assert_eq!(
-        after.value(r#"kafka_produce_duration_seconds_count{outcome="acknowledged"}"#),
+        after.value(r#"kafka_produce_duration_seconds_count{outcome="persisted"}"#),
         20.0
     );
     assert_eq!(after.value("kafka_produce_in_flight"), 0.0);

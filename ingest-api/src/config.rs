@@ -18,8 +18,13 @@ pub struct Config {
     pub http_addr: SocketAddr,
 
     /// How long a submission waits for the broker's acknowledgment before
-    /// it is answered with 503, in milliseconds.
-    #[arg(long, env = "SCORES_PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
+    /// it is answered with 503, in milliseconds (longer than a cluster's
+    /// failover).
+    #[arg(
+        long,
+        env = "SCORES_PUBLISH_TIMEOUT_MS",
+        default_value_t = score_shared::kafka::DEFAULT_PUBLISH_TIMEOUT.as_millis() as u64
+    )]
     pub publish_timeout_ms: u64,
 
     /// Largest accepted request body, in bytes.

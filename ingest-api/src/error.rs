@@ -23,6 +23,13 @@ pub const LEGACY_FAILURE: &str = "數據提交失敗";
 /// Seconds a client is told to wait before retrying after a 503.
 const RETRY_AFTER_SECONDS: &str = "5";
 
+/// What a client is told when the log did not acknowledge its event. Every
+/// [`PublishError`] gets it: the event may be in the log even though no
+/// acknowledgment came, and only a retry under the same `Idempotency-Key`
+/// (the same event id) is sure not to write it twice.
+const UNKNOWN_WRITE: &str =
+    "the event is not known to be written; retry with the same Idempotency-Key";
+
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -107,7 +114,7 @@ impl ApiError {
     fn client_message(&self) -> String {
         match self {
             Self::Invalid(_) => "the submission is invalid".to_owned(),
-            Self::Unavailable(_) => "the event log is unavailable; retry later".to_owned(),
+            Self::Unavailable(_) => UNKNOWN_WRITE.to_owned(),
             Self::ResultsUnavailable(_) => "results are unavailable; retry later".to_owned(),
             other => other.to_string(),
         }
@@ -217,4 +224,63 @@ impl ApiError {
 /// Whole seconds, rounded up, for `Retry-After`.
 fn retry_after_seconds(wait: std::time::Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rdkafka::types::RDKafkaErrorCode;
+    use warp::Filter;
+
+    use super::*;
+
+    fn publish_failures() -> [PublishError; 3] {
+        [
+            PublishError::NotPersisted(RDKafkaErrorCode::QueueFull),
+            PublishError::PossiblyPersisted(RDKafkaErrorCode::MessageTimedOut),
+            PublishError::TimedOut(Duration::from_secs(6)),
+        ]
+    }
+
+    /// The response `answer` makes, through warp as the server sends it.
+    async fn reply(
+        answer: impl Fn() -> Response + Clone + Send + Sync + 'static,
+    ) -> warp::http::Response<bytes::Bytes> {
+        warp::test::request().reply(&warp::any().map(answer)).await
+    }
+
+    #[tokio::test]
+    async fn every_publish_failure_is_a_503_telling_to_retry_with_the_same_idempotency_key() {
+        for failure in publish_failures() {
+            let case = format!("{failure:?}");
+
+            let response = reply(move || ApiError::from(failure.clone()).to_v1_response()).await;
+
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{case}");
+            assert_eq!(response.headers()[header::RETRY_AFTER], "5", "{case}");
+            let body: serde_json::Value = serde_json::from_slice(response.body()).expect("JSON");
+            assert_eq!(body["error"]["code"], "log_unavailable", "{case}");
+            assert_eq!(
+                body["error"]["message"],
+                "the event is not known to be written; retry with the same Idempotency-Key",
+                "{case}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn every_publish_failure_is_a_503_toast_at_the_legacy_door() {
+        for failure in publish_failures() {
+            let case = format!("{failure:?}");
+
+            let response =
+                reply(move || ApiError::from(failure.clone()).to_legacy_response()).await;
+
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{case}");
+            assert_eq!(response.headers()[header::RETRY_AFTER], "5", "{case}");
+            let body: String = serde_json::from_slice(response.body()).expect("a JSON string");
+            assert_eq!(body, LEGACY_FAILURE, "{case}");
+        }
+    }
 }

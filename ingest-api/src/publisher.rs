@@ -1,23 +1,36 @@
 //! Appending events to the log.
 //!
-//! A send completes only when the broker has acknowledged the event on all
-//! in-sync replicas, or fails within the publish timeout. Sends are not
-//! serialized: each request awaits its own delivery future, so many are in
-//! flight at once and librdkafka batches them.
+//! One idempotent producer (`acks=all`, `enable.idempotence`) lives as long
+//! as the process and is shared by every request. librdkafka handles what
+//! can go wrong on the way to the broker by itself: it reconnects, follows
+//! partition leaders to other brokers, retries without duplicating (the
+//! broker drops a batch whose sequence number it has already written), and
+//! after a send timed out in flight bumps the epoch of its producer id so
+//! that later sends are accepted. So a failed send concerns that send
+//! alone: nothing is purged and the producer is never replaced, since either
+//! would fail sends that were about to succeed and whose events may already
+//! be in the log.
+//!
+//! A request's answer comes from its own delivery report: librdkafka tells,
+//! per message, whether the broker has it (`rd_kafka_message_status`). Only
+//! a report that says persisted, without an error, is an acknowledgment;
+//! anything else is a [`PublishError`] saying whether the event is surely
+//! not in the log or may be.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::ClientContext;
+use rdkafka::bindings::{rd_kafka_message_status, rd_kafka_msg_status_t};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Message};
 use score_shared::ScoreSubmitted;
 use score_shared::config::KafkaArgs;
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 /// Where an acknowledged event landed in the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,207 +39,157 @@ pub struct Receipt {
     pub offset: i64,
 }
 
-/// The broker did not acknowledge the event: the client must retry.
-#[derive(Debug, thiserror::Error)]
+/// The event is not known to be in the log. Each case tells whether it may
+/// be there anyway; the client's answer is the same (retry with the same
+/// `Idempotency-Key`, so that an event already written is not doubled), but
+/// the operator's metrics tell them apart.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PublishError {
-    #[error("the broker did not acknowledge the event: {0}")]
-    NotAcknowledged(#[source] KafkaError),
-    #[error("the broker did not acknowledge the event within {0:?}")]
+    /// Surely not in the log: librdkafka refused to queue it (its local
+    /// queue was full), never sent it, or the broker refused it. A retry
+    /// cannot make a second copy.
+    #[error("the event was not written: {0}")]
+    NotPersisted(RDKafkaErrorCode),
+    /// Sent, but the broker's answer never came or was an error after the
+    /// write may have happened (a request timed out in flight, a connection
+    /// dropped mid-request): the event may be in the log.
+    #[error("the event may have been written: {0}")]
+    PossiblyPersisted(RDKafkaErrorCode),
+    /// No delivery report within the publish timeout and its margin, which
+    /// librdkafka's own timeouts should make impossible; the event may be in
+    /// the log.
+    #[error("no delivery report within {0:?}; the event may have been written")]
     TimedOut(Duration),
-    #[error("every broker is down")]
-    BrokersDown,
 }
 
-/// The ingest API's handle on the log.
-///
-/// After every broker was unreachable, or a send failed, the producer in use
-/// is retired: its queued and in-flight sends are purged at once (their
-/// requests answer 503) and the next send starts a new producer, with a new
-/// producer id. A broker restarted from its storage may not know the old
-/// producer id, and a producer whose send timed out in flight must bump its
-/// epoch; Tansu 0.6.0 handles neither and then stops serving produce
-/// requests, while a new producer id is always valid. On Apache Kafka the
-/// renewal is merely harmless.
-#[derive(Clone)]
-pub struct Publisher {
-    current: Arc<RwLock<Arc<Generation>>>,
-    kafka: Arc<KafkaArgs>,
-    topic: Arc<str>,
-    timeout: Duration,
-    last_renewal: Arc<Mutex<Instant>>,
-    retire: mpsc::UnboundedSender<()>,
-}
-
-/// One producer and whether it has been retired.
-struct Generation {
-    producer: FutureProducer<PublisherContext>,
-    retired: Arc<AtomicBool>,
-    purged: AtomicBool,
-}
-
-/// Fewest time between two producer renewals, so that an outage does not
-/// create a producer for every request.
-const RENEWAL_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Marks its producer retired when every broker is down.
-pub struct PublisherContext {
-    retired: Arc<AtomicBool>,
-    retire: mpsc::UnboundedSender<()>,
-}
-
-impl ClientContext for PublisherContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(error = %error, reason, "Kafka client error");
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
-            && !self.retired.swap(true, Ordering::SeqCst)
-        {
-            let _ = self.retire.send(());
+impl PublishError {
+    /// The `outcome` label of `kafka_produce_total` for this failure.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::NotPersisted(_) => "not_persisted",
+            Self::PossiblyPersisted(_) => "possibly_persisted",
+            Self::TimedOut(_) => "timed_out",
         }
     }
 }
 
+/// The `outcome` label of `kafka_produce_total` for a successful send.
+const PERSISTED: &str = "persisted";
+
+/// How much longer than the publish timeout a request waits for its
+/// delivery report. librdkafka's `message.timeout.ms` (set up to a second
+/// below the publish timeout, since librdkafka looks for expired messages
+/// once a second) already bounds every send, so its report comes within the
+/// publish timeout; this second fence makes sure that no request can hang
+/// even if a report were lost. A request the fence ends is counted
+/// `timed_out`, the cautious reading.
+const FENCE_MARGIN: Duration = Duration::from_secs(1);
+
+/// The ingest API's handle on the log: cheap to clone, every clone sends
+/// through the same producer.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: Arc<ThreadedProducer<DeliveryReporter>>,
+    topic: Arc<str>,
+    timeout: Duration,
+}
+
 impl Publisher {
-    /// Creates the idempotent producer (it connects lazily) and the task that
-    /// retires producers after an outage. Must run inside a Tokio runtime.
+    /// Creates the idempotent producer, which connects lazily, and its
+    /// thread that serves delivery reports.
     ///
     /// # Errors
     ///
     /// When librdkafka refuses the settings.
     pub fn new(kafka: &KafkaArgs, timeout: Duration) -> anyhow::Result<Self> {
-        let (retire, mut retirements) = mpsc::unbounded_channel();
-        let first = Generation::create(kafka, timeout, &retire)?;
-        let publisher = Self {
-            current: Arc::new(RwLock::new(Arc::new(first))),
-            kafka: Arc::new(kafka.clone()),
+        let producer = score_shared::kafka::producer_config(kafka, timeout)
+            .create_with_context(DeliveryReporter)
+            .context("creating the Kafka producer")?;
+        Ok(Self {
+            producer: Arc::new(producer),
             topic: kafka.topic.as_str().into(),
             timeout,
-            last_renewal: Arc::new(Mutex::new(Instant::now())),
-            retire,
-        };
-        let current = Arc::downgrade(&publisher.current);
-        tokio::spawn(async move {
-            while retirements.recv().await.is_some() {
-                let Some(current) = current.upgrade() else {
-                    return;
-                };
-                let generation = current.read().expect("producer lock").clone();
-                if generation.retired.load(Ordering::SeqCst) {
-                    tracing::warn!("every broker is down; retiring the producer");
-                    generation.retire();
-                }
-            }
-        });
-        Ok(publisher)
-    }
-
-    /// The producer to send with: the current one, or a new one when it was
-    /// retired (at most one renewal per [`RENEWAL_INTERVAL`]).
-    fn producer(&self) -> Result<Arc<Generation>, PublishError> {
-        let generation = self.current.read().expect("producer lock").clone();
-        if !generation.retired.load(Ordering::SeqCst) {
-            return Ok(generation);
-        }
-        let mut last_renewal = self.last_renewal.lock().expect("renewal lock");
-        let mut current = self.current.write().expect("producer lock");
-        if !current.retired.load(Ordering::SeqCst) {
-            // Another request renewed it meanwhile.
-            return Ok(current.clone());
-        }
-        if last_renewal.elapsed() < RENEWAL_INTERVAL {
-            return Err(PublishError::BrokersDown);
-        }
-        let renewed = Generation::create(&self.kafka, self.timeout, &self.retire)
-            .map_err(|_| PublishError::BrokersDown)?;
-        *last_renewal = Instant::now();
-        *current = Arc::new(renewed);
-        tracing::info!("started a new producer");
-        Ok(current.clone())
+        })
     }
 
     /// Appends `event`, keyed by account number so that one account's events
     /// stay in order on one partition. The record carries no Kafka headers:
-    /// the envelope holds the type and version, and Tansu 0.6.0 scans its
-    /// whole (unindexed) header table for every record it fetches, which made
-    /// a backlog of 100,000 events unreadable within 30 s.
+    /// the envelope holds the event's type and version.
+    ///
+    /// Returns once the event's delivery report arrived, at most the publish
+    /// timeout plus [`FENCE_MARGIN`] later; never blocks the calling thread.
     ///
     /// # Errors
     ///
-    /// [`PublishError`] when the broker did not acknowledge in time.
+    /// [`PublishError`] when the delivery report does not say the event was
+    /// written, or did not come in time.
     pub async fn publish(&self, event: &ScoreSubmitted) -> Result<Receipt, PublishError> {
+        let started = Instant::now();
+        let answer = self.append(event).await;
+        let outcome = match &answer {
+            Ok(_) => PERSISTED,
+            Err(error) => error.outcome(),
+        };
+        metrics::counter!("kafka_produce_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("kafka_produce_duration_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        answer
+    }
+
+    async fn append(&self, event: &ScoreSubmitted) -> Result<Receipt, PublishError> {
         let payload = event.encode();
-        let record = FutureRecord::to(&self.topic)
+        let (report_to, report) = oneshot::channel();
+        let record = BaseRecord::with_opaque_to(&self.topic, Box::new(report_to))
             .key(event.acc_nbr.as_str())
             .payload(&payload);
-        // librdkafka's message.timeout.ms bounds the delivery; the outer
-        // timeout is a second fence so that no request can hang on a bug.
-        let generation = self.producer().inspect_err(|_| {
-            metrics::counter!("kafka_produce_total", "outcome" => "brokers_down").increment(1);
+        // Enqueueing never blocks: a full local queue is refused at once, and
+        // a refused event never left this process.
+        self.producer.send(record).map_err(|(error, _record)| {
+            PublishError::NotPersisted(error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail))
         })?;
-        let delivery = generation
-            .producer
-            .send(record, Timeout::After(self.timeout));
-        let fence = self.timeout + Duration::from_secs(1);
-        let started = Instant::now();
-        let in_flight = InFlight::enter();
-        let delivered = tokio::time::timeout(fence, delivery).await;
-        drop(in_flight);
-        let outcome_label = match &delivered {
-            Ok(Ok(_)) => "acknowledged",
-            Ok(Err(_)) => "refused",
-            Err(_) => "timed_out",
-        };
-        metrics::counter!("kafka_produce_total", "outcome" => outcome_label).increment(1);
-        metrics::histogram!("kafka_produce_duration_seconds", "outcome" => outcome_label)
-            .record(started.elapsed().as_secs_f64());
-        let outcome = match delivered {
-            Ok(Ok(delivery)) => {
-                return Ok(Receipt {
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                });
-            }
-            Ok(Err((error, _message))) => PublishError::NotAcknowledged(error),
-            Err(_elapsed) => PublishError::TimedOut(fence),
-        };
-        // A send that failed (typically timed out in flight) leaves the
-        // idempotent producer needing a new epoch, which some brokers mishandle
-        // (Tansu 0.6.0 stops serving produce requests): start afresh instead.
-        generation.retire();
-        Err(outcome)
+        let _in_flight = InFlight::enter();
+        let fence = self.timeout + FENCE_MARGIN;
+        match tokio::time::timeout(fence, report).await {
+            Ok(Ok(report)) => report.into_answer(),
+            // The producer dropped the send without a report: whether it
+            // reached the broker is unknown.
+            Ok(Err(_dropped)) => Err(PublishError::PossiblyPersisted(RDKafkaErrorCode::Fail)),
+            Err(_elapsed) => Err(PublishError::TimedOut(fence)),
+        }
     }
 
-    /// Messages and requests the current producer holds that the broker has
-    /// not acknowledged yet (librdkafka's queue).
+    /// Messages the producer holds that have no delivery report yet
+    /// (librdkafka's queue and requests in flight).
     pub fn queue_depth(&self) -> i32 {
-        self.current
-            .read()
-            .expect("producer lock")
-            .producer
-            .in_flight_count()
+        self.producer.in_flight_count()
     }
 
-    /// Whether the broker answers a metadata request for our topic within
-    /// `timeout`.
+    /// Whether the producer can still send (it has not failed fatally) and
+    /// the broker answers a metadata request for our topic within `timeout`.
     pub async fn is_ready(&self, timeout: Duration) -> bool {
-        let producer = self.current.read().expect("producer lock").producer.clone();
-        let topic = self.topic.clone();
+        let producer = Arc::clone(&self.producer);
+        let topic = Arc::clone(&self.topic);
         let probe = tokio::task::spawn_blocking(move || {
+            if let Some((code, reason)) = producer.client().fatal_error() {
+                tracing::error!(error = %code, reason, "the Kafka producer failed fatally");
+                return false;
+            }
             producer
                 .client()
                 .fetch_metadata(Some(&topic), Timeout::After(timeout))
-                .map(|metadata| {
+                .is_ok_and(|metadata| {
                     metadata
                         .topics()
                         .iter()
                         .any(|t| t.error().is_none() && !t.partitions().is_empty())
                 })
         });
-        matches!(probe.await, Ok(Ok(true)))
+        matches!(probe.await, Ok(true))
     }
 
-    /// Waits up to `timeout` for every queued event to be acknowledged.
+    /// Waits up to `timeout` for every queued event's delivery report.
     pub async fn flush(&self, timeout: Duration) {
-        let producer = self.current.read().expect("producer lock").producer.clone();
+        let producer = Arc::clone(&self.producer);
         let flushed =
             tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout))).await;
         match flushed {
@@ -237,7 +200,113 @@ impl Publisher {
     }
 }
 
-/// One send awaiting its acknowledgment in `kafka_produce_in_flight`, until
+/// What librdkafka knows of a message it reports on
+/// (`rd_kafka_msg_status_t`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Persistence {
+    /// Never sent, or refused by the broker.
+    NotPersisted,
+    /// Sent, without an answer that tells.
+    PossiblyPersisted,
+    /// Acknowledged by the broker (with `acks=all`, by every in-sync
+    /// replica).
+    Persisted,
+}
+
+impl From<rd_kafka_msg_status_t> for Persistence {
+    fn from(status: rd_kafka_msg_status_t) -> Self {
+        match status {
+            rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED => Self::NotPersisted,
+            rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED => {
+                Self::PossiblyPersisted
+            }
+            rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_PERSISTED => Self::Persisted,
+        }
+    }
+}
+
+/// One message's delivery report, as the producer's thread hands it to the
+/// request awaiting it.
+#[derive(Debug)]
+struct DeliveryReport {
+    persistence: Persistence,
+    /// The report's error; `None` for a successful delivery.
+    error: Option<RDKafkaErrorCode>,
+    partition: i32,
+    offset: i64,
+}
+
+impl DeliveryReport {
+    /// The request's answer: a receipt only when the report is a success
+    /// and says persisted, since a 2xx promises the event is in the log.
+    fn into_answer(self) -> Result<Receipt, PublishError> {
+        match (self.persistence, self.error) {
+            (Persistence::Persisted, None) => Ok(Receipt {
+                partition: self.partition,
+                offset: self.offset,
+            }),
+            (Persistence::NotPersisted, error) => Err(PublishError::NotPersisted(
+                error.unwrap_or(RDKafkaErrorCode::Fail),
+            )),
+            // A failure on a message the broker did acknowledge, or a
+            // success without persistence (which only `acks=0` produces),
+            // contradicts itself: it is not proof of a write, but the event
+            // may well be there.
+            (Persistence::PossiblyPersisted | Persistence::Persisted, error) => Err(
+                PublishError::PossiblyPersisted(error.unwrap_or(RDKafkaErrorCode::Fail)),
+            ),
+        }
+    }
+}
+
+/// The producer's context: passes every delivery report, with the
+/// message's persistence status, to the request that sent the message.
+/// rust-rdkafka's `FutureProducer` reports the error alone, and an error
+/// alone does not tell a message that never left from one that may be in
+/// the log.
+struct DeliveryReporter;
+
+impl ClientContext for DeliveryReporter {
+    /// Errors not tied to one message. librdkafka recovers from the
+    /// transient ones (a broker unreachable, all brokers down) by itself, so
+    /// they are only logged. A fatal one leaves the idempotent producer
+    /// unable to send until the process restarts; `/readyz` reports it.
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            tracing::error!(error = %error, reason, "Kafka producer fatal error");
+        } else {
+            tracing::warn!(error = %error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl ProducerContext for DeliveryReporter {
+    type DeliveryOpaque = Box<oneshot::Sender<DeliveryReport>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, report_to: Self::DeliveryOpaque) {
+        let (message, error) = match result {
+            Ok(message) => (message, None),
+            Err((error, message)) => (
+                message,
+                Some(error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail)),
+            ),
+        };
+        // SAFETY: `message` borrows the delivery report event, which stays
+        // alive for this call; librdkafka only reads the message's status.
+        let status = unsafe { rd_kafka_message_status(message.ptr()) };
+        let report = DeliveryReport {
+            persistence: status.into(),
+            error,
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        // The request may be gone (its client hung up); nobody is left to
+        // tell then.
+        let _ = report_to.send(report);
+    }
+}
+
+/// One send awaiting its delivery report in `kafka_produce_in_flight`, until
 /// dropped (also when the request is abandoned mid-wait).
 struct InFlight(metrics::Gauge);
 
@@ -255,34 +324,270 @@ impl Drop for InFlight {
     }
 }
 
-impl Generation {
-    fn create(
-        kafka: &KafkaArgs,
-        timeout: Duration,
-        retire: &mpsc::UnboundedSender<()>,
-    ) -> anyhow::Result<Self> {
-        let retired = Arc::new(AtomicBool::new(false));
-        let context = PublisherContext {
-            retired: retired.clone(),
-            retire: retire.clone(),
-        };
-        let producer = score_shared::kafka::producer_config(kafka, timeout)
-            .create_with_context(context)
-            .context("creating the Kafka producer")?;
-        Ok(Self {
-            producer,
-            retired,
-            purged: AtomicBool::new(false),
-        })
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+    use score_shared::event::new_event_id;
+    use score_shared::{Channel, RawSubmission, Submission, ValidationRules};
+    use serde_json::json;
+
+    use super::*;
+
+    fn report(persistence: Persistence, error: Option<RDKafkaErrorCode>) -> DeliveryReport {
+        DeliveryReport {
+            persistence,
+            error,
+            partition: 2,
+            offset: 41,
+        }
     }
 
-    /// Takes the producer out of service: nothing it still holds may reach
-    /// a broker (its queued and in-flight sends fail, answering 503).
-    fn retire(&self) {
-        self.retired.store(true, Ordering::SeqCst);
-        if !self.purged.swap(true, Ordering::SeqCst) {
-            self.producer
-                .purge(PurgeConfig::default().queue().inflight());
+    #[test]
+    fn a_persisted_report_without_an_error_is_a_receipt() {
+        let answer = report(Persistence::Persisted, None).into_answer();
+
+        assert_eq!(
+            answer,
+            Ok(Receipt {
+                partition: 2,
+                offset: 41
+            })
+        );
+    }
+
+    #[test]
+    fn a_report_not_persisted_says_the_event_was_not_written() {
+        let cases = [
+            (
+                Some(RDKafkaErrorCode::MessageTimedOut),
+                RDKafkaErrorCode::MessageTimedOut,
+            ),
+            (
+                Some(RDKafkaErrorCode::MessageSizeTooLarge),
+                RDKafkaErrorCode::MessageSizeTooLarge,
+            ),
+            (
+                Some(RDKafkaErrorCode::PurgeQueue),
+                RDKafkaErrorCode::PurgeQueue,
+            ),
+            (None, RDKafkaErrorCode::Fail),
+        ];
+        for (error, expected) in cases {
+            let answer = report(Persistence::NotPersisted, error).into_answer();
+
+            assert_eq!(
+                answer,
+                Err(PublishError::NotPersisted(expected)),
+                "case {error:?}"
+            );
         }
+    }
+
+    #[test]
+    fn a_report_that_does_not_prove_a_write_says_the_event_may_have_been_written() {
+        let cases = [
+            (
+                Persistence::PossiblyPersisted,
+                Some(RDKafkaErrorCode::MessageTimedOut),
+                RDKafkaErrorCode::MessageTimedOut,
+            ),
+            (
+                Persistence::PossiblyPersisted,
+                Some(RDKafkaErrorCode::PurgeInflight),
+                RDKafkaErrorCode::PurgeInflight,
+            ),
+            (Persistence::PossiblyPersisted, None, RDKafkaErrorCode::Fail),
+            (
+                Persistence::Persisted,
+                Some(RDKafkaErrorCode::BrokerTransportFailure),
+                RDKafkaErrorCode::BrokerTransportFailure,
+            ),
+        ];
+        for (persistence, error, expected) in cases {
+            let answer = report(persistence, error).into_answer();
+
+            assert_eq!(
+                answer,
+                Err(PublishError::PossiblyPersisted(expected)),
+                "case {persistence:?} {error:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_librdkafka_status_maps_to_its_persistence() {
+        let cases = [
+            (
+                rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED,
+                Persistence::NotPersisted,
+            ),
+            (
+                rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED,
+                Persistence::PossiblyPersisted,
+            ),
+            (
+                rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_PERSISTED,
+                Persistence::Persisted,
+            ),
+        ];
+        for (status, expected) in cases {
+            assert_eq!(Persistence::from(status), expected, "case {status:?}");
+        }
+    }
+
+    #[test]
+    fn each_failure_is_counted_under_its_own_outcome() {
+        let cases = [
+            (
+                PublishError::NotPersisted(RDKafkaErrorCode::QueueFull),
+                "not_persisted",
+            ),
+            (
+                PublishError::PossiblyPersisted(RDKafkaErrorCode::MessageTimedOut),
+                "possibly_persisted",
+            ),
+            (PublishError::TimedOut(Duration::from_secs(6)), "timed_out"),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(error.outcome(), expected, "case {error:?}");
+        }
+    }
+
+    // Against librdkafka's in-process mock cluster: the real producer, its
+    // delivery reports and the persistence status read from them. The
+    // failing sends get a `message.timeout.ms` well under the publish
+    // timeout, so that librdkafka's report (it checks message timeouts once
+    // a second) answers them rather than the fence.
+
+    const TOPIC: &str = "scores";
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    /// The mock cluster's only broker.
+    const BROKER: i32 = 1;
+
+    fn mock_cluster() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+        let cluster = MockCluster::new(1).expect("a mock cluster");
+        cluster
+            .create_topic(TOPIC, 3, 1)
+            .expect("a topic on the mock cluster");
+        cluster
+    }
+
+    fn publisher(bootstrap: String, options: &[&str]) -> Publisher {
+        let kafka = KafkaArgs {
+            kafka_brokers: bootstrap,
+            topic: TOPIC.to_owned(),
+            topic_partitions: 3,
+            topic_replication: 1,
+            kafka_options: options
+                .iter()
+                .map(|option| option.parse().expect("key=value"))
+                .collect(),
+        };
+        Publisher::new(&kafka, TIMEOUT).expect("a producer")
+    }
+
+    fn event() -> ScoreSubmitted {
+        let raw = RawSubmission {
+            acc_nbr: Some(json!("13800138000")),
+            grades: [Some(json!(5)), Some(json!(4)), Some(json!(3))],
+            texts: [None, None, None],
+            scene: None,
+        };
+        let submission = Submission::parse(&raw, &ValidationRules::default()).expect("valid");
+        ScoreSubmitted::new(new_event_id(), Channel::ApiV1, &submission)
+    }
+
+    /// Sends until one event is persisted: the producer is then connected
+    /// and has its producer id, whatever its message timeout.
+    async fn warm_up(publisher: &Publisher) {
+        for _ in 0..10 {
+            if publisher.publish(&event()).await.is_ok() {
+                return;
+            }
+        }
+        panic!("the mock cluster never acknowledged an event");
+    }
+
+    #[tokio::test]
+    async fn an_acknowledged_send_is_a_receipt_of_where_the_event_landed() {
+        let cluster = mock_cluster();
+        let publisher = publisher(cluster.bootstrap_servers(), &[]);
+
+        let first = publisher.publish(&event()).await.expect("persisted");
+        let second = publisher.publish(&event()).await.expect("persisted");
+
+        assert_eq!(
+            first.partition, second.partition,
+            "one account, one partition"
+        );
+        assert_eq!(second.offset, first.offset + 1);
+    }
+
+    #[tokio::test]
+    async fn a_send_while_the_broker_is_down_was_not_written() {
+        let cluster = mock_cluster();
+        let publisher = publisher(cluster.bootstrap_servers(), &["message.timeout.ms=500"]);
+        warm_up(&publisher).await;
+        cluster.broker_down(BROKER).expect("broker down");
+
+        let started = Instant::now();
+        let answer = publisher.publish(&event()).await;
+
+        assert_eq!(
+            answer,
+            Err(PublishError::NotPersisted(
+                RDKafkaErrorCode::MessageTimedOut
+            ))
+        );
+        assert!(started.elapsed() < TIMEOUT, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_send_whose_acknowledgment_never_comes_may_have_been_written() {
+        let cluster = mock_cluster();
+        let publisher = publisher(
+            cluster.bootstrap_servers(),
+            &["message.timeout.ms=1000", "request.timeout.ms=500"],
+        );
+        warm_up(&publisher).await;
+        cluster
+            .broker_round_trip_time(BROKER, TIMEOUT)
+            .expect("a slow broker");
+
+        let answer = publisher.publish(&event()).await;
+
+        assert_eq!(
+            answer,
+            Err(PublishError::PossiblyPersisted(
+                RDKafkaErrorCode::MessageTimedOut
+            ))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_send_finding_the_local_queue_full_is_refused_at_once() {
+        let cluster = mock_cluster();
+        let publisher = publisher(
+            cluster.bootstrap_servers(),
+            &["queue.buffering.max.messages=1", "message.timeout.ms=500"],
+        );
+        cluster.broker_down(BROKER).expect("broker down");
+        let queued = event();
+        let first = publisher.publish(&queued);
+        tokio::pin!(first);
+        assert!(
+            futures::poll!(&mut first).is_pending(),
+            "the first is queued"
+        );
+
+        let started = Instant::now();
+        let second = publisher.publish(&event()).await;
+
+        assert_eq!(
+            second,
+            Err(PublishError::NotPersisted(RDKafkaErrorCode::QueueFull))
+        );
+        assert!(started.elapsed() < Duration::from_millis(100));
+        let _ = first.await;
     }
 }

@@ -175,7 +175,7 @@ async fn submit(
             Ok((event, receipt))
         }
         Err(error) => {
-            tracing::warn!(error = %error, "event not appended");
+            tracing::warn!(error = %error, outcome = error.outcome(), "event not known to be written");
             Err(error.into())
         }
     }
