@@ -6,14 +6,16 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use ingest_api::publisher::Publisher;
+use projector::log_reader::{LogReader, Start};
 use projector::projection::{Grade, Projected, Projection, TableSet};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Offset, TopicPartitionList};
 use score_shared::config::KafkaArgs;
 use sqlx::MySqlPool;
 use tokio::time::Instant;
 
 use crate::load::{self, Latencies};
+
+/// Records taken at a time, as the projector's default batch.
+const RAW_BATCH: usize = 500;
 use crate::traffic;
 
 /// A rate: how many in how long.
@@ -81,36 +83,28 @@ pub async fn fill(publisher: &Publisher, count: u64) -> anyhow::Result<Rate> {
     })
 }
 
-/// Reads every record of the topic from the start, with the projector's
-/// consumer settings and no group (partitions assigned directly), writing
-/// nothing. Timed from the first record to the last.
+/// Reads every record of the topic from the start with the projector's own
+/// [`LogReader`] (its consumer settings, no group, records copied out of
+/// librdkafka's buffers as the projector copies them), writing nothing.
+/// Timed from the first record to the last.
 ///
 /// # Errors
 ///
 /// When the topic cannot be read.
 pub async fn consume(kafka: &KafkaArgs, expected: u64) -> anyhow::Result<Rate> {
-    let consumer: StreamConsumer = score_shared::kafka::consumer_config(
-        kafka,
-        &format!("bench-raw-{}", uuid::Uuid::new_v4()),
-        None,
-    )
-    .create()?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..kafka.topic_partitions {
-        assignment.add_partition_offset(&kafka.topic, partition, Offset::Offset(0))?;
-    }
-    consumer.assign(&assignment)?;
+    let mut reader = LogReader::open(kafka, "bench-raw", Start::Beginning).await?;
     let mut count = 0_u64;
     let mut first = None;
     while count < expected {
-        match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
-            Ok(Ok(_message)) => {
-                first.get_or_insert_with(Instant::now);
-                count += 1;
-            }
-            Ok(Err(error)) => anyhow::bail!("reading the topic after {count} records: {error}"),
-            Err(_) => anyhow::bail!("nothing more to read after {count} of {expected} records"),
+        let records = reader
+            .next_batch(RAW_BATCH, Duration::from_secs(30), Duration::ZERO)
+            .await
+            .map_err(|error| anyhow::anyhow!("reading the topic after {count} records: {error}"))?;
+        if records.is_empty() {
+            anyhow::bail!("nothing more to read after {count} of {expected} records");
         }
+        first.get_or_insert_with(Instant::now);
+        count += records.len() as u64;
     }
     Ok(Rate {
         count,

@@ -329,7 +329,11 @@ pub fn markdown(figures: &Figures, chart_file: &str, notes: &str) -> String {
     let _ = writeln!(w, "| CPU | {} × {} |", m.cores, m.cpu);
     let _ = writeln!(w, "| Memory | {:.1} GiB |", m.memory_gib);
     let _ = writeln!(w, "| Kernel | {} |", m.kernel);
-    let _ = writeln!(w, "| Broker | Tansu 0.6.0, SQLite storage, same machine |");
+    let _ = writeln!(
+        w,
+        "| Broker | Apache Kafka {}, one KRaft node (broker and controller, 512 MiB heap), same machine |",
+        pipeline_tests::processes::kafka_version()
+    );
     let _ = writeln!(w, "| MySQL | MariaDB {}, same machine |", m.mariadb);
     let _ = writeln!(
         w,

@@ -283,20 +283,15 @@ pub struct RunArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
-    /// Kafka consumer group; instances in one group share the partitions.
+    /// Kafka consumer group; instances in one group share the partitions
+    /// (dynamic members: a crashed instance's partitions move to the others
+    /// once its session times out, 10 s on the classic protocol).
     #[arg(
         long,
         env = "SCORES_CONSUMER_GROUP",
         default_value = "scores-projector"
     )]
     pub consumer_group: String,
-
-    /// Stable name of this instance in the consumer group (for example the
-    /// host name). Restarted under the same name, an instance takes its
-    /// partitions back at once; unset, a crashed instance's partitions wait
-    /// for its session to time out (and Tansu 0.6.0 may keep it for good).
-    #[arg(long, env = "SCORES_CONSUMER_INSTANCE_ID")]
-    pub consumer_instance_id: Option<String>,
 
     /// Most events applied in one MySQL transaction.
     #[arg(long, env = "SCORES_BATCH_SIZE", default_value_t = 500)]
@@ -307,15 +302,9 @@ pub struct RunArgs {
     #[arg(long, env = "SCORES_BATCH_WAIT_MS", default_value_t = 50)]
     pub batch_wait_ms: u64,
 
-    /// Rejoin the consumer group when a partition that is not assigned here
-    /// has unprojected events and its stored position has not moved for this
-    /// many milliseconds (a coordinator that dropped a crashed member without
-    /// reassigning its partitions, as Tansu 0.6.0 does). Keep it above the
-    /// consumer's session timeout (45 s); 0 turns the check off.
-    #[arg(long, env = "SCORES_TAKEOVER_AFTER_MS", default_value_t = 60_000)]
-    pub takeover_after_ms: u64,
-
-    /// Where `GET /metrics` (Prometheus) and `GET /healthz` are served
+    /// Where `GET /metrics` (Prometheus), `GET /healthz` (the process lives)
+    /// and `GET /readyz` (200 once every partition the group assigned is
+    /// resumed from MySQL, 503 before and during a rebalance) are served
     /// (port 0 picks a free port).
     #[arg(long, env = "SCORES_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: std::net::SocketAddr,
@@ -341,11 +330,5 @@ impl RunArgs {
     /// The batch wait as a duration.
     pub fn batch_wait(&self) -> Duration {
         Duration::from_millis(self.batch_wait_ms)
-    }
-
-    /// How long an unassigned partition's position may stand still, if the
-    /// check is on.
-    pub fn takeover_after(&self) -> Option<Duration> {
-        (self.takeover_after_ms > 0).then(|| Duration::from_millis(self.takeover_after_ms))
     }
 }

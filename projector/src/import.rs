@@ -14,7 +14,7 @@
 //! dropped silently. A re-run appends only what is missing, so an import
 //! stopped half way (Ctrl-C, broker outage) is finished by running it again.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,11 +24,8 @@ use anyhow::{Context, bail};
 use chrono::{NaiveDateTime, SubsecRound, TimeZone};
 use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::{Offset, TopicPartitionList};
 use score_shared::event::legacy_import_event_id;
 use score_shared::{Channel, FieldError, RawSubmission, ScoreSubmitted, Submission, masked};
 use serde::{Deserialize, Serialize};
@@ -39,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::ImportLegacyArgs;
+use crate::log_reader::{LogReader, Start};
 
 /// The original table's columns, all required but `id`.
 const REQUIRED_COLUMNS: [&str; 8] = [
@@ -55,6 +53,8 @@ const REQUIRED_COLUMNS: [&str; 8] = [
 /// How long the broker gets to answer metadata requests and acknowledge an
 /// append.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Records taken at a time while scanning the log for earlier imports.
+const SCAN_BATCH: usize = 1000;
 
 /// What an import did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -375,59 +375,35 @@ async fn imported_ids(
     args: &ImportLegacyArgs,
     stop: &CancellationToken,
 ) -> anyhow::Result<HashSet<Uuid>> {
-    let kafka = args.kafka.clone();
-    let marks = tokio::task::spawn_blocking(move || {
-        score_shared::kafka::watermarks(&kafka, BROKER_TIMEOUT)
-    })
-    .await
-    .context("the watermark task")?
-    .context("reading the topic's watermarks")?;
-    let mut remaining: BTreeMap<i32, i64> = marks
-        .iter()
-        .filter(|(_, (low, high))| high > low)
-        .map(|(partition, (_, high))| (*partition, *high))
-        .collect();
+    let mut reader = LogReader::open(&args.kafka, "import", Start::Beginning).await?;
     let mut ids = HashSet::new();
-    if remaining.is_empty() {
+    let total = reader.total();
+    if reader.is_done() {
         return Ok(ids);
     }
-    let total: i64 = marks.values().map(|(low, high)| high - low).sum();
     let progress = progress_bar(total.max(0) as u64, "reading the log for earlier imports");
-    // Partitions assigned directly: no group membership, no offsets.
-    let group = format!("scores-import-{}", Uuid::new_v4().simple());
-    let consumer: StreamConsumer = score_shared::kafka::consumer_config(&args.kafka, &group, None)
-        .create()
-        .context("creating the Kafka consumer")?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in remaining.keys() {
-        assignment.add_partition_offset(&args.kafka.topic, *partition, Offset::Beginning)?;
-    }
-    consumer
-        .assign(&assignment)
-        .context("assigning the topic's partitions")?;
-    while !remaining.is_empty() {
-        let message = tokio::select! {
+    while !reader.is_done() {
+        let records = tokio::select! {
             () = stop.cancelled() => bail!("import stopped while reading the log; nothing was appended"),
-            received = tokio::time::timeout(BROKER_TIMEOUT, consumer.recv()) => received
-                .context("the broker sent nothing for 30 s while the log was being read")?
-                .context("reading the log")?,
+            read = reader.next_batch(SCAN_BATCH, BROKER_TIMEOUT, Duration::ZERO) => read.context("reading the log")?,
         };
-        progress.inc(1);
-        if let Some(probe) = message
-            .payload()
-            .and_then(|payload| serde_json::from_slice::<Probe>(payload).ok())
-            && probe.channel.as_deref() == Some(Channel::LegacyImport.as_str())
-            && let Some(event_id) = probe.event_id
-        {
-            ids.insert(event_id);
+        if records.is_empty() {
+            bail!(
+                "the broker sent nothing for {BROKER_TIMEOUT:?} while the log was being read \
+                 (partitions {:?} unfinished)",
+                reader.unfinished()
+            );
         }
-        let partition = message.partition();
-        if remaining
-            .get(&partition)
-            .is_some_and(|high| message.offset() + 1 >= *high)
-        {
-            remaining.remove(&partition);
-        }
+        progress.inc(records.len() as u64);
+        ids.extend(
+            records
+                .iter()
+                .filter_map(|record| {
+                    serde_json::from_slice::<Probe>(record.payload.as_deref()?).ok()
+                })
+                .filter(|probe| probe.channel.as_deref() == Some(Channel::LegacyImport.as_str()))
+                .filter_map(|probe| probe.event_id),
+        );
     }
     progress.finish_and_clear();
     tracing::info!(events = total, earlier_imports = ids.len(), "read the log");

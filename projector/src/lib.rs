@@ -3,10 +3,10 @@
 //!
 //! Data flows through these modules in order:
 //!
-//! 1. [`runner`]: the live loop; reads a batch of records (bounded size and
-//!    wait), applies it to each projection, seeks back on a gap, resumes
-//!    assigned partitions from MySQL, waits out outages, and rejoins the
-//!    group when [`takeover`] sees partitions nobody projects.
+//! 1. [`runner`]: the live loop; resumes assigned partitions from MySQL
+//!    (then it is ready: [`readiness`]), reads a batch of records (bounded
+//!    size and wait), applies it to each projection, seeks back on a gap,
+//!    and waits out outages.
 //! 2. [`batch`]: pure logic; which records of a batch start at the stored
 //!    positions, and whether each decodes to a row or a dead letter.
 //! 3. [`apply`]: the engine; one MySQL transaction per batch and projection,
@@ -17,8 +17,10 @@
 //!
 //! Operator commands: [`rebuild`] (blue/green rebuild from the log),
 //! [`status`], [`dead_letters`] (list and re-drive), [`import`] (the
-//! original service's table into the log). [`observe`] keeps the metrics
-//! (per batch, and lag sampled every few seconds) and serves them. [`db`] owns connections
+//! original service's table into the log); those that read the topic
+//! themselves do it with a [`log_reader::LogReader`]. [`observe`] keeps the metrics
+//! (per batch, and lag sampled every few seconds) and serves them with
+//! `/healthz` and `/readyz`. [`db`] owns connections
 //! and migrations, [`config`] the command line.
 //! **Each event lands in each projection exactly once: its position advances
 //! in the same transaction as its rows.**
@@ -29,13 +31,14 @@ pub mod config;
 pub mod db;
 pub mod dead_letters;
 pub mod import;
+pub mod log_reader;
 pub mod observe;
 pub mod projection;
+pub mod readiness;
 pub mod rebuild;
 pub mod runner;
 pub mod status;
 pub mod store;
-pub mod takeover;
 
 pub use config::{Cli, Command, RunArgs};
 pub use runner::Projector;

@@ -1,7 +1,8 @@
 //! The projector's metrics: what each batch did, and how far each
 //! projection is behind the log, from the status the runner reads every few
-//! seconds anyway (its look at the log). Served with `/healthz` on
-//! `SCORES_METRICS_ADDR`.
+//! seconds anyway (its look at the log). Served with `/healthz` (the process
+//! lives) and `/readyz` (every assigned partition resumed from MySQL, see
+//! [`crate::readiness`]) on `SCORES_METRICS_ADDR`.
 //!
 //! | metric | kind | labels |
 //! |---|---|---|
@@ -19,9 +20,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
-use warp::Filter;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
 
 use crate::apply::BatchReport;
+use crate::readiness::Readiness;
 use crate::status::PartitionStatus;
 
 /// Records one batch read from the log.
@@ -73,28 +76,19 @@ pub fn record_status(rows: &[PartitionStatus]) {
     }
 }
 
-/// Serves `GET /metrics` and `GET /healthz` on `listener` until `stop`.
+/// Serves [`routes`] on `listener` until `stop`.
 ///
 /// # Errors
 ///
 /// When the listener cannot be handed to the runtime.
 pub async fn serve_until_stopped(
     listener: std::net::TcpListener,
+    readiness: Readiness,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let metrics = warp::path!("metrics").and(warp::get()).map(|| {
-        warp::reply::with_header(
-            score_shared::telemetry::render_metrics(),
-            "content-type",
-            score_shared::telemetry::METRICS_CONTENT_TYPE,
-        )
-    });
-    let health = warp::path!("healthz")
-        .and(warp::get())
-        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})));
-    warp::serve(metrics.or(health))
+    warp::serve(routes(readiness))
         .incoming(listener)
         .graceful(async move { stop.cancelled().await })
         .run()
@@ -102,9 +96,118 @@ pub async fn serve_until_stopped(
     Ok(())
 }
 
+/// Every route of the metrics address: [`metrics`], [`healthz`],
+/// [`readyz`].
+pub fn routes(
+    readiness: Readiness,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    metrics()
+        .or(healthz())
+        .unify()
+        .or(readyz(readiness))
+        .unify()
+}
+
+/// `GET /metrics`: the process's Prometheus registry.
+pub fn metrics() -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("metrics").and(warp::get()).map(|| {
+        warp::reply::with_header(
+            score_shared::telemetry::render_metrics(),
+            "content-type",
+            score_shared::telemetry::METRICS_CONTENT_TYPE,
+        )
+        .into_response()
+    })
+}
+
+/// `GET /healthz`: 200 while the process lives.
+pub fn healthz() -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response())
+}
+
+/// `GET /readyz`: 200 once the consumer has joined its group and resumed
+/// every assigned partition (none is fine) from the positions in MySQL; 503
+/// before, during a rebalance, and while the positions cannot be read. The
+/// body says which.
+pub fn readyz(
+    readiness: Readiness,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("readyz").and(warp::get()).map(move || {
+        let stage = readiness.stage();
+        let status = if readiness.is_ready() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let body = warp::reply::json(&serde_json::json!({"status": stage.describe()}));
+        warp::reply::with_status(body, status).into_response()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::readiness::Stage;
+
+    async fn readyz_answer(readiness: &Readiness) -> (u16, serde_json::Value) {
+        let response = warp::test::request()
+            .method("GET")
+            .path("/readyz")
+            .reply(&routes(readiness.clone()))
+            .await;
+        let body = serde_json::from_slice(response.body()).expect("a JSON body");
+        (response.status().as_u16(), body)
+    }
+
+    #[tokio::test]
+    async fn readyz_is_503_until_the_assignment_is_resumed_and_again_when_it_is_revoked() {
+        let readiness = Readiness::default();
+        let cases = [
+            (None, 503, "waiting for a partition assignment"),
+            (
+                Some(Stage::Resuming),
+                503,
+                "resuming the assigned partitions from MySQL",
+            ),
+            (Some(Stage::Ready), 200, "ready"),
+            (
+                Some(Stage::AwaitingAssignment),
+                503,
+                "waiting for a partition assignment",
+            ),
+            (Some(Stage::Ready), 200, "ready"),
+        ];
+        for (stage, status, says) in cases {
+            if let Some(stage) = stage {
+                readiness.set(stage);
+            }
+            let (answered, body) = readyz_answer(&readiness).await;
+            assert_eq!(answered, status, "at {stage:?}: {body}");
+            assert_eq!(body["status"], says, "at {stage:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn healthz_and_metrics_answer_whatever_the_readiness() {
+        let readiness = Readiness::default();
+        let filter = routes(readiness);
+        for path in ["/healthz", "/metrics"] {
+            let response = warp::test::request()
+                .method("GET")
+                .path(path)
+                .reply(&filter)
+                .await;
+            assert_eq!(response.status(), 200, "{path}");
+        }
+        let unknown = warp::test::request()
+            .method("GET")
+            .path("/ready")
+            .reply(&filter)
+            .await;
+        assert_eq!(unknown.status(), 404);
+    }
 
     #[test]
     fn status_readings_become_lag_freshness_and_open_dead_letter_gauges() {

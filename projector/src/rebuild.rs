@@ -25,8 +25,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Offset, TopicPartitionList};
 use sqlx::{Executor, MySqlPool};
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +32,7 @@ use crate::apply::{self, BatchJob, Locking, Mode, NamedLock};
 use crate::batch::{Decoder, LogRecord};
 use crate::config::RebuildArgs;
 use crate::db;
+use crate::log_reader::{LogReader, Start};
 use crate::projection::{self, Projection, TableSet};
 use crate::store;
 
@@ -45,8 +44,6 @@ const SWAP_LOCK_WAIT: Duration = Duration::from_secs(60);
 const SWAP_METADATA_WAIT_SECONDS: u32 = 30;
 /// How long a read waits for more records once the shadow has caught up.
 const IDLE_READ: Duration = Duration::from_millis(200);
-/// How long the rebuild waits for the broker's metadata.
-const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a finished rebuild did.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -131,12 +128,12 @@ pub async fn rebuild(
     let shadow = TableSet::shadow(projection);
     create_shadow(&pool, &live, &shadow).await?;
 
-    let mut rebuild = Rebuild::start(args, projection, &pool, &decoder, &shadow)?;
+    let mut rebuild = Rebuild::start(args, projection, &pool, &decoder, &shadow).await?;
     tracing::info!(
         projection = projection.name(),
         "building shadow tables from the start of the log"
     );
-    let targets = rebuild.watermarks().await?;
+    let targets = rebuild.reader.ends().clone();
     rebuild.catch_up(targets, stop).await?;
 
     // The live projector pauses between batches while this lock is held.
@@ -152,7 +149,7 @@ pub async fn rebuild(
             projection.name()
         )
     })?;
-    let targets = rebuild.watermarks().await?;
+    let targets = rebuild.reader.look_at_the_end(&args.kafka).await?.clone();
     rebuild.catch_up(targets, stop).await?;
     let positions = rebuild.shadow_positions().await?;
     rebuild.progress.finish_and_clear();
@@ -251,7 +248,7 @@ struct Rebuild<'a> {
     pool: &'a MySqlPool,
     decoder: &'a Decoder,
     shadow: &'a TableSet,
-    consumer: StreamConsumer,
+    reader: LogReader,
     progress: ProgressBar,
     last_report: Instant,
     rate_started: Instant,
@@ -261,7 +258,7 @@ struct Rebuild<'a> {
 }
 
 impl<'a> Rebuild<'a> {
-    fn start(
+    async fn start(
         args: &'a RebuildArgs,
         projection: &'static dyn Projection,
         pool: &'a MySqlPool,
@@ -270,15 +267,12 @@ impl<'a> Rebuild<'a> {
     ) -> anyhow::Result<Self> {
         // Partitions are assigned directly: a rebuild is no member of the
         // live projector's group and commits no offsets.
-        let group = format!(
-            "scores-rebuild-{}-{}",
-            projection.name(),
-            uuid::Uuid::new_v4().simple()
-        );
-        let consumer: StreamConsumer =
-            score_shared::kafka::consumer_config(&args.kafka, &group, None)
-                .create()
-                .context("creating the rebuild's Kafka consumer")?;
+        let reader = LogReader::open(
+            &args.kafka,
+            &format!("rebuild-{}", projection.name()),
+            Start::Beginning,
+        )
+        .await?;
         let progress = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         progress.set_style(
             ProgressStyle::with_template(
@@ -288,13 +282,14 @@ impl<'a> Rebuild<'a> {
             .progress_chars("=> "),
         );
         progress.set_message(format!("rebuilding {}", projection.name()));
+        progress.set_length(reader.ends().values().sum::<i64>().max(0) as u64);
         Ok(Self {
             args,
             projection,
             pool,
             decoder,
             shadow,
-            consumer,
+            reader,
             progress,
             last_report: Instant::now(),
             rate_started: Instant::now(),
@@ -302,34 +297,6 @@ impl<'a> Rebuild<'a> {
             projected: 0,
             dead_lettered: 0,
         })
-    }
-
-    /// The high watermark of every partition; on the first call, assigns
-    /// every partition from the beginning.
-    async fn watermarks(&mut self) -> anyhow::Result<BTreeMap<i32, i64>> {
-        let kafka = self.args.kafka.clone();
-        let marks = tokio::task::spawn_blocking(move || {
-            score_shared::kafka::watermarks(&kafka, BROKER_TIMEOUT)
-        })
-        .await??;
-        if self.consumer.assignment()?.count() == 0 {
-            let mut assignment = TopicPartitionList::new();
-            for partition in marks.keys() {
-                assignment.add_partition_offset(
-                    &self.args.kafka.topic,
-                    *partition,
-                    Offset::Beginning,
-                )?;
-            }
-            self.consumer
-                .assign(&assignment)
-                .context("assigning the topic's partitions")?;
-        }
-        let targets: BTreeMap<i32, i64> =
-            marks.into_iter().map(|(p, (_, high))| (p, high)).collect();
-        self.progress
-            .set_length(targets.values().sum::<i64>().max(0) as u64);
-        Ok(targets)
     }
 
     /// Stored shadow positions by partition.
@@ -367,7 +334,7 @@ impl<'a> Rebuild<'a> {
                 bail!("rebuild stopped before it finished; the live tables are untouched");
             }
             self.report_progress(done, targets.values().sum());
-            let records = self.read_batch().await?;
+            let records = self.read_batch().await;
             if records.is_empty() {
                 continue;
             }
@@ -385,13 +352,8 @@ impl<'a> Rebuild<'a> {
                 bail!("rebuild stopped before it finished; the live tables are untouched");
             };
             for gap in &report.gaps {
-                self.consumer
-                    .seek(
-                        &self.args.kafka.topic,
-                        gap.partition,
-                        Offset::Offset(gap.stored),
-                        BROKER_TIMEOUT,
-                    )
+                self.reader
+                    .seek(gap.partition, gap.stored)
                     .context("seeking back to the shadow position")?;
             }
             self.events += records.len() as u64;
@@ -400,21 +362,17 @@ impl<'a> Rebuild<'a> {
         }
     }
 
-    /// Up to a batch of records, waiting at most [`IDLE_READ`] for the first.
-    async fn read_batch(&self) -> anyhow::Result<Vec<LogRecord>> {
-        let mut records = Vec::new();
-        let deadline = tokio::time::Instant::now() + IDLE_READ;
-        while records.len() < self.args.batch_size.max(1) {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => records.push(LogRecord::detach(&message)),
-                Ok(Err(error)) => {
-                    tracing::warn!(error = %error, "consumer error during rebuild");
-                    break;
-                }
-                Err(_idle) => break,
-            }
-        }
-        Ok(records)
+    /// Up to a batch of records, waiting at most [`IDLE_READ`] for the
+    /// first and as long again for the rest.
+    async fn read_batch(&mut self) -> Vec<LogRecord> {
+        let batch_size = self.args.batch_size;
+        self.reader
+            .next_batch(batch_size, IDLE_READ, IDLE_READ)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(error = %error, "consumer error during rebuild");
+                Vec::new()
+            })
     }
 
     /// A log line every few seconds, for when stderr is not a terminal and

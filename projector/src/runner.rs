@@ -1,11 +1,17 @@
-//! The projector loop: read a batch from the log, apply it, repeat.
+//! The projector loop: resume what the group assigned, read a batch from
+//! the log, apply it, repeat.
+//!
+//! Each turn of [`Projector::run`] does one thing at a time, each in its own
+//! function: look at the log's end for the lag metrics (every
+//! [`LOOK_EVERY`]), resume newly assigned partitions from MySQL (which makes
+//! the projector ready, see [`crate::readiness`]), read a batch, and apply
+//! it to every projection.
 //!
 //! Failures are waited out, never fatal: a MySQL outage is retried with
 //! backoff on the same batch (nothing is read meanwhile), a broker outage is
 //! logged while librdkafka reconnects, and a record MySQL refuses to store is
 //! isolated and dead-lettered. On shutdown the batch being applied finishes.
 
-use std::collections::HashSet;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
@@ -19,19 +25,21 @@ use rdkafka::consumer::{
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use score_shared::kafka::LogMetadata;
 use sqlx::MySqlPool;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, Backoff, BatchJob, BatchReport, Locking, Mode};
 use crate::batch::{Decoder, Gap, LogRecord};
 use crate::config::RunArgs;
-use crate::observe;
 use crate::projection::{self, Projection, TableSet};
-use crate::status::{self, PartitionStatus};
-use crate::takeover::StallWatch;
+use crate::readiness::{Readiness, Stage};
+use crate::status;
 use crate::{db, store};
+use crate::{log_reader, observe};
 
-/// How long the loop waits for a record before it looks at assignments.
+/// How long the loop waits for a record before it turns (a new assignment
+/// wakes it at once); also how soon a resume that failed is tried again.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// Pause after a consumer error, so that an unreachable broker does not
 /// flood the log.
@@ -40,7 +48,7 @@ const CONSUMER_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// back to the stored position has shown it this many times.
 const GAP_CONFIRMATIONS: u32 = 3;
 /// How often the loop looks at the log's end and every projection's
-/// status: for the lag metrics and the stalled-partition check.
+/// status, for the lag and freshness metrics.
 const LOOK_EVERY: Duration = Duration::from_secs(5);
 
 /// A configured, not yet running, projector.
@@ -55,6 +63,8 @@ pub struct Projector {
     /// Bound at build, served once running.
     metrics_listener: std::net::TcpListener,
     metrics_address: std::net::SocketAddr,
+    /// Served as `/readyz`; moved by the loop and the consumer's rebalances.
+    readiness: Readiness,
 }
 
 impl Projector {
@@ -71,13 +81,12 @@ impl Projector {
             .map(|name| projection::lookup(name).map(|p| (p, TableSet::live(p))))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let pool = db::pool(&args.database)?;
-        let consumer: StreamConsumer<ProjectorContext> = score_shared::kafka::consumer_config(
-            &args.kafka,
-            &args.consumer_group,
-            args.consumer_instance_id.as_deref(),
-        )
-        .create_with_context(ProjectorContext::default())
-        .context("creating the Kafka consumer")?;
+        let readiness = Readiness::default();
+        // Dynamic membership: a restarted instance joins as a new member.
+        let consumer: StreamConsumer<ProjectorContext> =
+            score_shared::kafka::consumer_config(&args.kafka, &args.consumer_group)
+                .create_with_context(ProjectorContext::new(readiness.clone()))
+                .context("creating the Kafka consumer")?;
         let metadata = Arc::new(LogMetadata::new(&args.kafka)?);
         score_shared::telemetry::metrics();
         let metrics_listener = std::net::TcpListener::bind(args.metrics_addr)
@@ -94,12 +103,19 @@ impl Projector {
             metadata,
             metrics_listener,
             metrics_address,
+            readiness,
         })
     }
 
-    /// Where `/metrics` and `/healthz` are served.
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub fn metrics_address(&self) -> std::net::SocketAddr {
         self.metrics_address
+    }
+
+    /// What `/readyz` answers from: ready once every assigned partition is
+    /// resumed from MySQL.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
     }
 
     /// Migrates (waiting for MySQL if needed), subscribes, and projects until
@@ -124,7 +140,11 @@ impl Projector {
             .try_clone()
             .context("handing over the metrics listener")?;
         tracing::info!(address = %self.metrics_address, "serving metrics");
-        let server = tokio::spawn(observe::serve_until_stopped(listener, stop.clone()));
+        let server = tokio::spawn(observe::serve_until_stopped(
+            listener,
+            self.readiness.clone(),
+            stop.clone(),
+        ));
 
         let outcome = self.run(&stop).await;
         stop.cancel();
@@ -137,10 +157,45 @@ impl Projector {
         outcome
     }
 
+    /// The loop: migrate, subscribe, then turn until `stop`.
     async fn run(&self, stop: &CancellationToken) -> anyhow::Result<()> {
         if !self.migrate_when_available(stop).await {
             return Ok(());
         }
+        self.subscribe().await?;
+        let mut gaps = GapTracker::default();
+        let mut next_look = Instant::now() + LOOK_EVERY;
+        loop {
+            if Instant::now() >= next_look {
+                self.look_at_the_log().await;
+                next_look = Instant::now() + LOOK_EVERY;
+            }
+            self.resume_new_assignment().await;
+            let records = tokio::select! {
+                () = stop.cancelled() => break,
+                records = self.next_batch() => records,
+            };
+            if records.is_empty() {
+                continue;
+            }
+            // From here the batch is applied even if a stop arrives.
+            if !self.apply_batch(&records, &mut gaps, stop).await {
+                break;
+            }
+        }
+        self.readiness.set(Stage::AwaitingAssignment);
+        tracing::info!("projector stopped");
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    /// Provisions the topic if it is missing (a failure is only logged: the
+    /// subscription waits for the topic) and joins the consumer group.
+    ///
+    /// # Errors
+    ///
+    /// When the subscription is refused.
+    async fn subscribe(&self) -> anyhow::Result<()> {
         if let Err(error) = score_shared::kafka::ensure_topic(&self.args.kafka).await {
             tracing::warn!(
                 error = format!("{error:#}"),
@@ -152,78 +207,79 @@ impl Projector {
             .context("subscribing to the topic")?;
         let names: Vec<_> = self.projections.iter().map(|(p, _)| p.name()).collect();
         tracing::info!(topic = %self.args.kafka.topic, group = %self.args.consumer_group, projections = ?names, "projector running");
-
-        let mut gaps = GapTracker::default();
-        let mut stalls = self.args.takeover_after().map(|after| StallCheck {
-            watch: StallWatch::new(after),
-            rebalances: 0,
-        });
-        let mut next_look = Instant::now() + LOOK_EVERY;
-        'batches: loop {
-            if Instant::now() >= next_look {
-                self.look_at_the_log(stalls.as_mut()).await?;
-                next_look = Instant::now() + LOOK_EVERY;
-            }
-            if self
-                .consumer
-                .context()
-                .assignment_changed
-                .swap(false, Ordering::SeqCst)
-            {
-                self.resume_assigned_partitions().await;
-            }
-            let records = tokio::select! {
-                () = stop.cancelled() => break,
-                records = self.next_batch() => records,
-            };
-            if records.is_empty() {
-                continue;
-            }
-            observe::batch_read(records.len());
-            // From here the batch is applied even if a stop arrives.
-            let mut seek_to: HashMap<i32, i64> = HashMap::new();
-            let mut slowest: HashMap<i32, i64> = HashMap::new();
-            for (projection, tables) in &self.projections {
-                let accepted = gaps.accepted(projection.name());
-                let job = BatchJob {
-                    projection: *projection,
-                    tables,
-                    topic: &self.args.kafka.topic,
-                    records: &records,
-                    decoder: &self.decoder,
-                    accepted_gaps: &accepted,
-                    mode: Mode::Project,
-                    locking: Locking::Take,
-                };
-                let started = Instant::now();
-                let Some(report) = apply::apply_until_done(&self.pool, &job, stop).await else {
-                    break 'batches;
-                };
-                observe::batch_applied(projection.name(), &report, started.elapsed());
-                gaps.applied(projection.name(), &report);
-                for gap in &report.gaps {
-                    gaps.observe(projection.name(), *gap);
-                    keep_lowest(&mut seek_to, gap.partition, gap.stored);
-                }
-                for (partition, position) in &report.positions {
-                    keep_lowest(&mut slowest, *partition, *position);
-                }
-                tracing::debug!(
-                    projection = projection.name(),
-                    projected = report.projected,
-                    dead_lettered = report.dead_lettered,
-                    already_applied = report.already_applied,
-                    "batch committed"
-                );
-            }
-            for (partition, offset) in seek_to {
-                self.seek_back(partition, offset);
-            }
-            self.commit_advisory(&slowest);
-        }
-        tracing::info!("projector stopped");
-        self.consumer.unsubscribe();
         Ok(())
+    }
+
+    /// Applies one batch to each projection in turn, then seeks back where a
+    /// projection found a gap and tells Kafka the slowest positions. Returns
+    /// false when stopped while waiting out an outage: the rest of the batch
+    /// is then left for the next run, and nothing is sought or committed.
+    async fn apply_batch(
+        &self,
+        records: &[LogRecord],
+        gaps: &mut GapTracker,
+        stop: &CancellationToken,
+    ) -> bool {
+        observe::batch_read(records.len());
+        let mut seek_to: HashMap<i32, i64> = HashMap::new();
+        let mut slowest: HashMap<i32, i64> = HashMap::new();
+        for (projection, tables) in &self.projections {
+            let Some(report) = self
+                .apply_to_projection(*projection, tables, records, gaps, stop)
+                .await
+            else {
+                return false;
+            };
+            for gap in &report.gaps {
+                keep_lowest(&mut seek_to, gap.partition, gap.stored);
+            }
+            for (partition, position) in &report.positions {
+                keep_lowest(&mut slowest, *partition, *position);
+            }
+        }
+        for (partition, offset) in seek_to {
+            self.seek_back(partition, offset);
+        }
+        self.commit_advisory(&slowest);
+        true
+    }
+
+    /// Applies one batch to one projection, waiting out MySQL outages, and
+    /// records what it did (metrics, gaps). `None` when stopped first.
+    async fn apply_to_projection(
+        &self,
+        projection: &'static dyn Projection,
+        tables: &TableSet,
+        records: &[LogRecord],
+        gaps: &mut GapTracker,
+        stop: &CancellationToken,
+    ) -> Option<BatchReport> {
+        let accepted = gaps.accepted(projection.name());
+        let job = BatchJob {
+            projection,
+            tables,
+            topic: &self.args.kafka.topic,
+            records,
+            decoder: &self.decoder,
+            accepted_gaps: &accepted,
+            mode: Mode::Project,
+            locking: Locking::Take,
+        };
+        let started = Instant::now();
+        let report = apply::apply_until_done(&self.pool, &job, stop).await?;
+        observe::batch_applied(projection.name(), &report, started.elapsed());
+        gaps.applied(projection.name(), &report);
+        for gap in &report.gaps {
+            gaps.observe(projection.name(), *gap);
+        }
+        tracing::debug!(
+            projection = projection.name(),
+            projected = report.projected,
+            dead_lettered = report.dead_lettered,
+            already_applied = report.already_applied,
+            "batch committed"
+        );
+        Some(report)
     }
 
     /// Runs the migrations, retrying while MySQL is unreachable. Returns
@@ -247,44 +303,76 @@ impl Projector {
 
     /// Waits up to [`IDLE_WAIT`] for one record, then collects more until
     /// the batch is full or the batch wait has passed. Empty when the log was
-    /// idle, so that the loop can look at new assignments.
+    /// idle or the group assigned partitions meanwhile, so that the loop can
+    /// resume them at once.
     async fn next_batch(&self) -> Vec<LogRecord> {
-        let first = match tokio::time::timeout(IDLE_WAIT, self.consumer.recv()).await {
-            Ok(Ok(message)) => LogRecord::detach(&message),
-            Ok(Err(error)) => {
+        // The rebalance callback runs inside `recv`; its notification ends
+        // the wait (`recv` may be dropped: it is cancellation safe).
+        // The rebalance callback runs inside `recv`; its notification ends
+        // the wait (the first read is cancellation safe).
+        let first = tokio::select! {
+            () = self.consumer.context().assignment_arrived.notified() => return Vec::new(),
+            first = log_reader::first_record(&self.consumer, IDLE_WAIT) => first,
+        };
+        match first {
+            Ok(Some(first)) => {
+                log_reader::fill_batch(
+                    &self.consumer,
+                    first,
+                    self.args.batch_size,
+                    self.args.batch_wait(),
+                )
+                .await
+            }
+            Ok(None) => Vec::new(),
+            Err(error) => {
                 tracing::warn!(error = %error, "consumer error");
                 tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
-                return Vec::new();
-            }
-            Err(_idle) => return Vec::new(),
-        };
-        let mut records = vec![first];
-        let deadline = Instant::now() + self.args.batch_wait();
-        while records.len() < self.args.batch_size.max(1) {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => records.push(LogRecord::detach(&message)),
-                Ok(Err(error)) => {
-                    tracing::warn!(error = %error, "consumer error");
-                    break;
-                }
-                Err(_deadline) => break,
+                Vec::new()
             }
         }
-        records
     }
 
-    /// Moves every newly assigned partition to the lowest stored position of
-    /// the projections, so that a projection that is behind (or new, with no
+    /// When the group has assigned partitions since the last turn, resumes
+    /// them from MySQL, and the projector is ready once that succeeded for
+    /// the assignment it holds. A resume that failed is tried again on the
+    /// next turn (after at most [`IDLE_WAIT`]), not ready meanwhile.
+    async fn resume_new_assignment(&self) {
+        let context = self.consumer.context();
+        if !context.resume_pending.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let rebalances = context.rebalances.load(Ordering::SeqCst);
+        let Some(resumed) = self.resume_assigned_partitions().await else {
+            context.resume_pending.store(true, Ordering::SeqCst);
+            return;
+        };
+        // The callback runs only inside `recv`, so no rebalance can come in
+        // during the resume; if one ever did, it would decide readiness
+        // itself (a revocation) or be resumed on the next turn.
+        if context.rebalances.load(Ordering::SeqCst) == rebalances {
+            self.readiness.set(Stage::Ready);
+            tracing::info!(
+                partitions = resumed.len(),
+                "assigned partitions resumed; ready"
+            );
+        }
+        self.warn_if_beyond_the_log(&resumed).await;
+    }
+
+    /// Moves every assigned partition to the lowest stored position of the
+    /// projections, so that a projection that is behind (or new, with no
     /// position at all: it starts at offset 0) catches up even when no new
     /// event arrives. Kafka's committed offset is only where the consumer
-    /// starts before this.
-    async fn resume_assigned_partitions(&self) {
+    /// starts before this. Returns the positions resumed from, or `None`
+    /// when the assignment or the positions could not be read or a seek was
+    /// not accepted.
+    async fn resume_assigned_partitions(&self) -> Option<HashMap<i32, i64>> {
         let assigned = match self.consumer.assignment() {
             Ok(assignment) => partition_numbers(&assignment),
             Err(error) => {
                 tracing::warn!(error = %error, "could not read the assignment");
-                self.resume_again_next_turn();
-                return;
+                return None;
             }
         };
         let lowest = match self.lowest_positions(&assigned).await {
@@ -292,32 +380,28 @@ impl Projector {
             Err(error) => {
                 // Batches still check positions; this is retried next turn.
                 tracing::warn!(error = %error, "could not read positions to resume from");
-                self.resume_again_next_turn();
-                return;
+                return None;
             }
         };
-        self.warn_if_beyond_the_log(&lowest).await;
-        for (partition, offset) in lowest {
+        let mut all_accepted = true;
+        for (&partition, &offset) in &lowest {
             if let Err(error) = self.seek(partition, offset) {
                 // Right after an assignment librdkafka may not accept a seek
-                // yet; try again on the next turn of the loop.
+                // yet; the loop tries again on its next turn.
                 tracing::debug!(partition, offset, error = %error, "resume seek not accepted yet");
-                self.resume_again_next_turn();
+                all_accepted = false;
             }
         }
-    }
-
-    /// Has the loop resume the assigned partitions again on its next turn.
-    fn resume_again_next_turn(&self) {
-        self.consumer
-            .context()
-            .assignment_changed
-            .store(true, Ordering::SeqCst);
+        all_accepted.then_some(lowest)
     }
 
     /// The lowest stored position of the projections in each of
-    /// `partitions`; 0 where a projection has none yet.
+    /// `partitions`; 0 where a projection has none yet. No partitions need
+    /// no MySQL.
     async fn lowest_positions(&self, partitions: &[i32]) -> sqlx::Result<HashMap<i32, i64>> {
+        if partitions.is_empty() {
+            return Ok(HashMap::new());
+        }
         let mut connection = self.pool.acquire().await?;
         let mut lowest: HashMap<i32, i64> = HashMap::new();
         for (_, tables) in &self.projections {
@@ -338,99 +422,31 @@ impl Projector {
         Ok(lowest)
     }
 
-    /// Reads the log's end and every projection's status once, sets the
-    /// lag and freshness metrics from them and, when the check is on, looks
-    /// for stalled partitions. A look that cannot be taken (MySQL away) is
-    /// skipped; with the broker away only the metrics without lag are set.
-    ///
-    /// # Errors
-    ///
-    /// Only when subscribing again is refused.
-    async fn look_at_the_log(&self, stalls: Option<&mut StallCheck>) -> anyhow::Result<()> {
+    /// Reads the log's end and every projection's status once and sets the
+    /// lag and freshness metrics from them. A look that cannot be taken
+    /// (MySQL away) is skipped; with the broker away only the metrics without
+    /// lag are set.
+    async fn look_at_the_log(&self) {
         let metadata = self.metadata.clone();
         let marks =
             tokio::task::spawn_blocking(move || metadata.watermarks(Duration::from_secs(2))).await;
         let marks = match marks {
-            Ok(Ok(marks)) => Some(marks),
-            _ => None,
+            Ok(Ok(marks)) => marks,
+            _ => BTreeMap::new(),
         };
-        let rows = status::status_with(
-            &self.pool,
-            &self.args.kafka.topic,
-            marks.as_ref().unwrap_or(&BTreeMap::new()),
-        )
-        .await;
-        let Ok(rows) = rows else { return Ok(()) };
-        observe::record_status(&rows);
-        match (stalls, marks) {
-            (Some(check), Some(marks)) => self.rejoin_if_stalled(check, &marks, &rows),
-            _ => Ok(()),
+        let rows = status::status_with(&self.pool, &self.args.kafka.topic, &marks).await;
+        if let Ok(rows) = rows {
+            observe::record_status(&rows);
         }
-    }
-
-    /// Looks for partitions nobody projects (see [`crate::takeover`]) in one
-    /// look's watermarks and status rows and, when there are some, rejoins
-    /// the group so that they are assigned again.
-    ///
-    /// # Errors
-    ///
-    /// Only when subscribing again is refused.
-    fn rejoin_if_stalled(
-        &self,
-        check: &mut StallCheck,
-        marks: &BTreeMap<i32, (i64, i64)>,
-        rows: &[PartitionStatus],
-    ) -> anyhow::Result<()> {
-        let rebalances = self.consumer.context().rebalances.load(Ordering::SeqCst);
-        if rebalances != check.rebalances {
-            // The assignment moved since the last look: start over.
-            check.rebalances = rebalances;
-            check.watch.reset();
-        }
-        let Ok(assignment) = self.consumer.assignment() else {
-            return Ok(());
-        };
-        let assigned: HashSet<i32> = partition_numbers(&assignment).into_iter().collect();
-        // The lowest position of the projections run here, in each partition
-        // of the log (a projection without one yet stands at 0).
-        let mut positions = HashMap::new();
-        for row in rows {
-            let ours = self
-                .projections
-                .iter()
-                .any(|(p, _)| p.name() == row.projection);
-            if ours && marks.contains_key(&row.partition) {
-                keep_lowest(&mut positions, row.partition, row.position);
-            }
-        }
-        let highs = marks
-            .iter()
-            .map(|(partition, (_, high))| (*partition, *high))
-            .collect();
-        let stalled = check
-            .watch
-            .observe(Instant::now(), &assigned, &positions, &highs);
-        if stalled.is_empty() {
-            return Ok(());
-        }
-        tracing::warn!(
-            partitions = ?stalled,
-            unmoved_for = ?check.watch.after(),
-            "partitions with events to project are assigned to no one here and have not moved; \
-             rejoining the consumer group so that they are assigned again"
-        );
-        self.consumer.unsubscribe();
-        self.consumer
-            .subscribe(&[&self.args.kafka.topic])
-            .context("subscribing to the topic again")?;
-        check.watch.reset();
-        Ok(())
     }
 
     /// A stored position beyond the end of the log means the log was reset
     /// or replaced under the tables: its events would be taken as already
     /// applied. That needs an operator (a rebuild), so it is logged loudly.
     async fn warn_if_beyond_the_log(&self, lowest: &HashMap<i32, i64>) {
+        if lowest.is_empty() {
+            return;
+        }
         let metadata = self.metadata.clone();
         let marks =
             tokio::task::spawn_blocking(move || metadata.watermarks(Duration::from_secs(5))).await;
@@ -494,13 +510,6 @@ fn keep_lowest(map: &mut HashMap<i32, i64>, partition: i32, offset: i64) {
         .or_insert(offset);
 }
 
-/// The state of the stalled-partition check between two looks.
-struct StallCheck {
-    watch: StallWatch,
-    /// The rebalance count at the last look.
-    rebalances: u64,
-}
-
 /// Counts how often each projection saw each gap after seeking back; a gap
 /// seen [`GAP_CONFIRMATIONS`] times is in the log itself and may be crossed.
 #[derive(Default)]
@@ -542,28 +551,53 @@ impl GapTracker {
     }
 }
 
-/// Logs partition assignments and flags new ones for the loop, which
-/// resumes them from MySQL. Correctness does not depend on it: every batch
-/// checks the stored positions.
-#[derive(Default)]
+/// Logs partition assignments and revocations, flags new assignments for
+/// the loop, which resumes them from MySQL, and moves the readiness back
+/// until it has. Correctness does not depend on it: every batch checks the
+/// stored positions.
 pub struct ProjectorContext {
-    assignment_changed: AtomicBool,
+    /// An assignment the loop has not resumed yet.
+    resume_pending: AtomicBool,
+    /// Wakes the loop when an assignment arrives while it waits for records.
+    assignment_arrived: Notify,
     /// Assignments and revocations seen so far.
     rebalances: AtomicU64,
+    /// The runner's readiness: an assignment makes it `Resuming`, a
+    /// revocation `AwaitingAssignment`.
+    readiness: Readiness,
+}
+
+impl ProjectorContext {
+    fn new(readiness: Readiness) -> Self {
+        Self {
+            resume_pending: AtomicBool::new(false),
+            assignment_arrived: Notify::new(),
+            rebalances: AtomicU64::new(0),
+            readiness,
+        }
+    }
 }
 
 impl ClientContext for ProjectorContext {}
 
 impl ConsumerContext for ProjectorContext {
+    /// Runs after librdkafka applied the (incremental, with
+    /// `group.protocol=consumer`) assignment or revocation. An assignment
+    /// arrives after every revocation, empty if nothing is left to this
+    /// instance; with the classic protocol also when the group gives this
+    /// instance no partitions at all.
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.rebalances.fetch_add(1, Ordering::SeqCst);
         match rebalance {
             Rebalance::Assign(partitions) => {
                 tracing::info!(partitions = ?partition_numbers(partitions), "partitions assigned");
-                self.assignment_changed.store(true, Ordering::SeqCst);
+                self.readiness.set(Stage::Resuming);
+                self.resume_pending.store(true, Ordering::SeqCst);
+                self.assignment_arrived.notify_one();
             }
             Rebalance::Revoke(partitions) => {
-                tracing::info!(partitions = ?partition_numbers(partitions), "partitions revoked")
+                tracing::info!(partitions = ?partition_numbers(partitions), "partitions revoked");
+                self.readiness.set(Stage::AwaitingAssignment);
             }
             Rebalance::Error(error) => tracing::warn!(error = %error, "rebalance failed"),
         }
@@ -576,4 +610,127 @@ fn partition_numbers(partitions: &TopicPartitionList) -> Vec<i32> {
         .iter()
         .map(|p| p.partition())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::{Cli, Command};
+
+    /// `projector run` settings with `options` passed through to librdkafka
+    /// and a free metrics port; nothing connects.
+    fn run_args(options: &[&str]) -> RunArgs {
+        let mut command = vec!["projector", "run", "--metrics-addr", "127.0.0.1:0"];
+        for option in options {
+            command.extend(["--kafka-option", option]);
+        }
+        match Cli::try_parse_from(command)
+            .expect("valid settings")
+            .command
+        {
+            Command::Run(args) => args,
+            other => panic!("not a run command: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_consumer_is_created_under_either_group_protocol() {
+        for options in [
+            &[][..],
+            &["group.protocol=classic"],
+            &["group.protocol=consumer"],
+            &["group.protocol=CONSUMER"],
+            &["group.protocol=consumer", "group.remote.assignor=uniform"],
+            &["session.timeout.ms=30000", "heartbeat.interval.ms=5000"],
+        ] {
+            let built = Projector::build(run_args(options));
+            assert!(built.is_ok(), "{options:?}: {:#}", built.err().unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn librdkafka_refuses_client_side_session_settings_under_the_consumer_protocol() {
+        // Why consumer_config leaves them out then: even librdkafka's own
+        // default value, set explicitly, is refused.
+        for setting in [
+            "session.timeout.ms=45000",
+            "heartbeat.interval.ms=3000",
+            "partition.assignment.strategy=range",
+        ] {
+            let refused = Projector::build(run_args(&["group.protocol=consumer", setting]));
+            let error = format!("{:#}", refused.err().expect(setting));
+            assert!(
+                error.contains("not supported for `group.protocol=consumer`"),
+                "{setting}: {error}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_assignment_makes_the_loop_resume_and_a_revocation_takes_readiness_away() {
+        let readiness = Readiness::default();
+        let args = run_args(&[]);
+        let consumer: BaseConsumer<ProjectorContext> =
+            score_shared::kafka::consumer_config(&args.kafka, &args.consumer_group)
+                .create_with_context(ProjectorContext::new(readiness.clone()))
+                .expect("a consumer");
+        let context = consumer.context();
+        let mut partitions = TopicPartitionList::new();
+        partitions.add_partition(&args.kafka.topic, 0);
+
+        context.post_rebalance(&consumer, &Rebalance::Assign(&partitions));
+        assert_eq!(readiness.stage(), Stage::Resuming);
+        assert!(context.resume_pending.load(Ordering::SeqCst));
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            context.assignment_arrived.notified(),
+        )
+        .await
+        .expect("the waiting loop is woken");
+
+        readiness.set(Stage::Ready);
+        context.post_rebalance(&consumer, &Rebalance::Revoke(&partitions));
+        assert_eq!(readiness.stage(), Stage::AwaitingAssignment);
+
+        // The assignment after a revocation may be empty: still one to resume.
+        context.resume_pending.store(false, Ordering::SeqCst);
+        context.post_rebalance(&consumer, &Rebalance::Assign(&TopicPartitionList::new()));
+        assert_eq!(readiness.stage(), Stage::Resuming);
+        assert!(context.resume_pending.load(Ordering::SeqCst));
+        assert_eq!(context.rebalances.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_confirmed_gap_is_accepted_until_its_partition_moves_on() {
+        let gap = Gap {
+            partition: 1,
+            stored: 10,
+            first_seen: 12,
+        };
+        let mut gaps = GapTracker::default();
+        for _ in 1..GAP_CONFIRMATIONS {
+            gaps.observe("grade", gap);
+        }
+        assert!(gaps.accepted("grade").is_empty(), "not confirmed yet");
+        gaps.observe("grade", gap);
+        assert_eq!(gaps.accepted("grade"), vec![gap]);
+        assert!(
+            gaps.accepted("account_summary").is_empty(),
+            "per projection"
+        );
+        let unmoved = BatchReport {
+            positions: HashMap::from([(1, 10)]),
+            ..BatchReport::default()
+        };
+        gaps.applied("grade", &unmoved);
+        assert_eq!(gaps.accepted("grade"), vec![gap], "still at the gap");
+        let crossed = BatchReport {
+            positions: HashMap::from([(1, 13)]),
+            ..BatchReport::default()
+        };
+        gaps.applied("grade", &crossed);
+        assert!(gaps.accepted("grade").is_empty(), "moved on: forgotten");
+    }
 }

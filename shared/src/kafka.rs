@@ -14,16 +14,58 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::config::KafkaArgs;
 
 /// A produce call waits at most this long for the broker's acknowledgment
-/// before the ingest API answers 503 (`message.timeout.ms`).
-pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// before the ingest API answers 503 (`message.timeout.ms`). Longer than a
+/// cluster's worst failover measured here (a SIGKILLed node that led the
+/// partition and was the active controller: about 8 s until the new leader
+/// takes writes), so that a failover makes answers slower instead of 503s.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Batch for at most a few milliseconds: under load this fills batches
 /// (fewer, larger produce requests); idle, it adds a latency too small to
 /// matter against the acknowledgment round trip.
 const DEFAULT_LINGER_MS: &str = "5";
 
-/// See [`consumer_config`].
+/// How long the broker may park a fetch that finds no new record. Apache
+/// Kafka answers a parked fetch as soon as a record arrives
+/// (`fetch.min.bytes` is 1), so this does not delay records on their own;
+/// but librdkafka keeps one fetch in flight per broker, so a seek (the
+/// projector resuming from MySQL after an assignment, or seeking back on a
+/// gap) and a newly assigned partition wait for the parked fetch to return.
+/// 50 ms (librdkafka's default is 500) keeps a projected row well under a
+/// second behind its acknowledgment right after a rebalance too, for about
+/// 20 empty fetches a second per broker while idle.
 const DEFAULT_FETCH_WAIT_MS: &str = "50";
+
+/// Classic group protocol: the coordinator drops a member it has not heard
+/// from for this long (crashed, SIGKILLed, cut off) and gives its partitions
+/// to the others. Apache Kafka's 45 s default would leave a crashed
+/// projector's partitions unprojected that long. With 10 s (the broker's
+/// `group.min.session.timeout.ms` is 6 s) and [`CLASSIC_HEARTBEAT_INTERVAL_MS`]
+/// a survivor owns them well within 15 s: the session runs out at most
+/// 10 s after the crash (the last heartbeat came before it), the survivor
+/// hears of the rebalance on its next heartbeat (2 s later at most), and
+/// rejoins a group with nobody else to wait for.
+const CLASSIC_SESSION_TIMEOUT_MS: &str = "10000";
+
+/// Classic group protocol: how often a member tells the coordinator it is
+/// alive, and so how soon it hears that the group is rebalancing. A fifth of
+/// [`CLASSIC_SESSION_TIMEOUT_MS`]: a few heartbeats may be lost (a broker
+/// busy, a GC pause) before the session runs out.
+const CLASSIC_HEARTBEAT_INTERVAL_MS: &str = "2000";
+
+/// Whether the pass-through options select the KIP-848 consumer group
+/// protocol (`group.protocol=consumer`, on by default in Apache Kafka 4.x
+/// brokers, where the broker assigns partitions and owns the session
+/// timeout and heartbeat interval: `group.consumer.session.timeout.ms`,
+/// `group.consumer.heartbeat.interval.ms`). The last such option wins, as
+/// in librdkafka, which reads the value without regard to case.
+fn selects_consumer_protocol(args: &KafkaArgs) -> bool {
+    args.kafka_options
+        .iter()
+        .rev()
+        .find(|option| option.key == "group.protocol")
+        .is_some_and(|option| option.value.eq_ignore_ascii_case("consumer"))
+}
 
 /// Settings every client gets: where the brokers are, then the operator's
 /// pass-through options, which win.
@@ -52,7 +94,7 @@ pub fn producer_config(args: &KafkaArgs, publish_timeout: Duration) -> ClientCon
         .set("linger.ms", DEFAULT_LINGER_MS)
         .set(
             "message.timeout.ms",
-            publish_timeout.as_millis().to_string(),
+            message_timeout(publish_timeout).as_millis().to_string(),
         )
         // A request to a dead broker must not outlive the message timeout.
         .set(
@@ -62,37 +104,47 @@ pub fn producer_config(args: &KafkaArgs, publish_timeout: Duration) -> ClientCon
     with_overrides(config, args)
 }
 
+/// librdkafka's own deadline for a send: the publish timeout less up to a
+/// second, since librdkafka looks for expired messages once a second. Its
+/// delivery report (persisted or not) then comes within the publish
+/// timeout, and the ingest API's fence after it only guards against a
+/// report that never comes.
+fn message_timeout(publish_timeout: Duration) -> Duration {
+    let scan_allowance = (publish_timeout / 5).min(Duration::from_secs(1));
+    (publish_timeout - scan_allowance).max(Duration::from_millis(1))
+}
+
 /// Settings for the projector's consumer. Offsets are never committed
 /// automatically: the projector's position lives in MySQL and Kafka's
 /// committed offsets are only advisory (for lag tooling).
 ///
-/// With an `instance_id` the consumer is a static group member: restarted
-/// under the same id, it takes its partitions back at once instead of
-/// waiting for its crashed predecessor's session to time out.
-pub fn consumer_config(
-    args: &KafkaArgs,
-    group_id: &str,
-    instance_id: Option<&str>,
-) -> ClientConfig {
+/// Membership is dynamic: a member that stops heartbeating leaves the group
+/// after its session times out, and a restarted instance joins as a new
+/// member.
+///
+/// The session settings depend on the group protocol the pass-through
+/// options select. With the classic protocol (librdkafka's default) they
+/// are [`CLASSIC_SESSION_TIMEOUT_MS`] and [`CLASSIC_HEARTBEAT_INTERVAL_MS`].
+/// With `group.protocol=consumer` none is set: the broker owns them, and
+/// librdkafka 2.12 refuses to create a consumer that sets
+/// `session.timeout.ms`, `heartbeat.interval.ms`,
+/// `partition.assignment.strategy` or `group.protocol.type` at all (even to
+/// their default values) under that protocol. Pass-through options still
+/// win.
+pub fn consumer_config(args: &KafkaArgs, group_id: &str) -> ClientConfig {
     let mut config = client_config(args);
-    if let Some(instance_id) = instance_id {
-        config.set("group.instance.id", instance_id);
-    }
     config
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        // Some brokers (Tansu among them) hold every fetch for the full
-        // wait even when data is there; a short wait keeps a projected row
-        // well under a second behind its acknowledgment.
         .set("fetch.wait.max.ms", DEFAULT_FETCH_WAIT_MS);
-    // session.timeout.ms stays at librdkafka's (and Kafka's) 45 s: a busy
-    // Tansu 0.6.0 answers heartbeats late while it serves large fetches
-    // (its storage is one task), and with 10 s a projector catching up on a
-    // million events lost its session, after which Tansu's group never
-    // formed again. A crashed instance's partitions move after 45 s.
+    if !selects_consumer_protocol(args) {
+        config
+            .set("session.timeout.ms", CLASSIC_SESSION_TIMEOUT_MS)
+            .set("heartbeat.interval.ms", CLASSIC_HEARTBEAT_INTERVAL_MS);
+    }
     with_overrides(config, args)
 }
 
@@ -101,7 +153,12 @@ pub fn admin_config(args: &KafkaArgs) -> ClientConfig {
     with_overrides(client_config(args), args)
 }
 
-/// Creates the topic if it does not exist: `topic_partitions` partitions and
+/// Creates the topic if it does not exist, with its settings explicit rather
+/// than the broker's defaults: `topic_partitions` partitions,
+/// `topic_replication` replicas of which all but one must acknowledge a
+/// write (`min.insync.replicas`, at least 1: with 3 replicas a write
+/// survives one node down), no unclean leader election (an out-of-sync
+/// replica never becomes leader and loses acknowledged events), and
 /// infinite retention, since the log is the source of truth.
 ///
 /// # Errors
@@ -111,13 +168,16 @@ pub async fn ensure_topic(args: &KafkaArgs) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = admin_config(args)
         .create()
         .context("creating the Kafka admin client")?;
+    let min_insync_replicas = (args.topic_replication - 1).max(1).to_string();
     let topic = NewTopic::new(
         &args.topic,
         args.topic_partitions,
         TopicReplication::Fixed(args.topic_replication),
     )
     .set("retention.ms", "-1")
-    .set("retention.bytes", "-1");
+    .set("retention.bytes", "-1")
+    .set("min.insync.replicas", &min_insync_replicas)
+    .set("unclean.leader.election.enable", "false");
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics([&topic], &options)
@@ -209,4 +269,29 @@ pub fn watermarks(
     timeout: Duration,
 ) -> anyhow::Result<std::collections::BTreeMap<i32, (i64, i64)>> {
     LogMetadata::new(args)?.watermarks(timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn librdkafka_gives_up_on_a_send_a_second_before_the_publish_timeout() {
+        assert_eq!(
+            message_timeout(Duration::from_secs(10)),
+            Duration::from_secs(9)
+        );
+    }
+
+    #[test]
+    fn a_short_publish_timeout_keeps_four_fifths_for_librdkafka() {
+        assert_eq!(
+            message_timeout(Duration::from_millis(500)),
+            Duration::from_millis(400)
+        );
+        assert_eq!(
+            message_timeout(Duration::from_millis(1)),
+            Duration::from_millis(1)
+        );
+    }
 }

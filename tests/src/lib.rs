@@ -24,7 +24,7 @@ use ingest_api::Application;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use projector::Projector;
 use projector::config::{DatabaseArgs, DecoderArgs, RebuildArgs, RunArgs};
-use rdkafka::message::Message;
+use projector::log_reader::{LogReader, Start};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use score_shared::config::{KafkaArgs, LogArgs, ValidationArgs};
@@ -126,35 +126,24 @@ impl TestTopic {
     /// Every record's payload, partition by partition, up to the end the
     /// topic has now.
     pub async fn payloads(&self) -> Vec<Vec<u8>> {
-        let marks = self.high_watermarks().await;
-        let group = unique_name("reader-");
-        let consumer: rdkafka::consumer::StreamConsumer =
-            score_shared::kafka::consumer_config(&self.kafka, &group, None)
-                .create()
-                .expect("creating a consumer");
-        let mut assignment = rdkafka::TopicPartitionList::new();
-        let mut remaining: HashMap<i32, i64> = HashMap::new();
-        for (partition, high) in marks.into_iter().filter(|(_, high)| *high > 0) {
-            assignment
-                .add_partition_offset(self.name(), partition, rdkafka::Offset::Beginning)
-                .expect("a partition");
-            remaining.insert(partition, high);
-        }
-        rdkafka::consumer::Consumer::assign(&consumer, &assignment).expect("assigning");
+        let mut reader = LogReader::open(&self.kafka, "test-reader", Start::Beginning)
+            .await
+            .expect("opening a reader on the test topic");
         let mut payloads = Vec::new();
-        while !remaining.is_empty() {
-            let message = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+        while !reader.is_done() {
+            let records = reader
+                .next_batch(1000, Duration::from_secs(20), Duration::ZERO)
                 .await
-                .expect("the topic's records arrive")
-                .expect("a record");
-            let message = message.detach();
-            payloads.push(message.payload().unwrap_or_default().to_vec());
-            if remaining
-                .get(&message.partition())
-                .is_some_and(|high| message.offset() + 1 >= *high)
-            {
-                remaining.remove(&message.partition());
-            }
+                .expect("reading the topic");
+            assert!(
+                !records.is_empty(),
+                "the topic's records did not arrive within 20 s"
+            );
+            payloads.extend(
+                records
+                    .into_iter()
+                    .map(|record| record.payload.unwrap_or_default()),
+            );
         }
         payloads
     }
@@ -535,10 +524,8 @@ impl RunningProjector {
             database,
             kafka: kafka.clone(),
             consumer_group: group.to_owned(),
-            consumer_instance_id: None,
             batch_size: 100,
             batch_wait_ms: 20,
-            takeover_after_ms: 60_000,
             metrics_addr: "127.0.0.1:0".parse().expect("an address"),
             projections,
             decoder,
