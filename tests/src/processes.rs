@@ -91,6 +91,15 @@ fn wait_with_limit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// The Apache Kafka version `deploy/kafka/pom.xml` pins.
+pub fn kafka_version() -> &'static str {
+    include_str!("../../deploy/kafka/pom.xml")
+        .split("<kafka.version>")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .expect("deploy/kafka/pom.xml names <kafka.version>")
+}
+
 /// The directory of the Kafka jars: `SCORES_KAFKA_LIBS` (set by
 /// `./deploy/local test`), else the `deploy/local` cache for the version
 /// `deploy/kafka/pom.xml` pins.
@@ -98,12 +107,7 @@ fn kafka_libs() -> PathBuf {
     let libs = std::env::var_os("SCORES_KAFKA_LIBS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            let pom = include_str!("../../deploy/kafka/pom.xml");
-            let version = pom
-                .split("<kafka.version>")
-                .nth(1)
-                .and_then(|rest| rest.split('<').next())
-                .expect("deploy/kafka/pom.xml names <kafka.version>");
+            let version = kafka_version();
             let cache = std::env::var_os("XDG_CACHE_HOME")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| {
@@ -172,7 +176,7 @@ impl KafkaNode {
             .args(["--controller-port", &self.controller_port.to_string()])
             .args(["--voters", voters, "--cluster-id", cluster_id])
             .args(["--replication", &replication.to_string()])
-            .args(["--heap", "384m"])
+            .args(["--heap", "512m"])
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -321,6 +325,23 @@ impl KafkaCluster {
             .unwrap_or_else(|| panic!("no Kafka node {node_id} in this cluster"));
         self.spawn(index);
         self.nodes[index].wait_until_started(Duration::from_secs(90));
+    }
+
+    /// The node that most recently logged becoming the active controller
+    /// (log lines start with their time, so the latest sorts last).
+    pub fn active_controller(&self) -> Option<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|node| {
+                let log = std::fs::read_to_string(node.log_path()).ok()?;
+                let line = log
+                    .lines()
+                    .rfind(|line| line.contains("Becoming the active controller"))?
+                    .to_owned();
+                Some((line, node.node_id))
+            })
+            .max()
+            .map(|(_, node_id)| node_id)
     }
 
     /// The last lines every node logged, for failure messages.

@@ -1,0 +1,115 @@
+//! The deployment files say what the tests run: the compose file's Kafka is
+//! the version `deploy/kafka/pom.xml` pins, with the broker settings
+//! `deploy/kafka/node` gives every node of the three-node test cluster.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+fn repository_file(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("reading {}: {e}", full.display()))
+}
+
+/// The settings `deploy/kafka/node` shares across a cluster of `replication`.
+fn node_properties(replication: u32) -> BTreeMap<String, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kafka/node");
+    let output = Command::new(script)
+        .args([
+            "--print-properties",
+            "--replication",
+            &replication.to_string(),
+        ])
+        .output()
+        .expect("running deploy/kafka/node --print-properties");
+    assert!(
+        output.status.success(),
+        "deploy/kafka/node --print-properties failed"
+    );
+    String::from_utf8(output.stdout)
+        .expect("text")
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            let (key, value) = line.split_once('=').expect("key=value");
+            (key.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+/// The apache/kafka image's environment name for a broker property.
+fn image_variable(property: &str) -> String {
+    format!(
+        "KAFKA_{}",
+        property.replace('_', "__").replace('.', "_").to_uppercase()
+    )
+}
+
+/// `NAME: value` lines of the compose file's shared Kafka environment.
+fn compose_kafka_environment(compose: &str) -> BTreeMap<String, String> {
+    let block = compose
+        .split("x-kafka: &kafka")
+        .nth(1)
+        .and_then(|rest| rest.split("\nx-").next())
+        .expect("an x-kafka block in deploy/docker-compose.yml");
+    block
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.trim().split_once(": ")?;
+            name.starts_with("KAFKA_")
+                .then(|| (name.to_owned(), value.trim_matches('"').to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_compose_files_kafka_is_the_pinned_version() {
+    let pom = repository_file("deploy/kafka/pom.xml");
+    let version = pom
+        .split("<kafka.version>")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .expect("<kafka.version> in the pom");
+    let compose = repository_file("deploy/docker-compose.yml");
+    assert!(
+        compose.contains(&format!("image: apache/kafka:{version}\n")),
+        "deploy/docker-compose.yml does not run apache/kafka:{version}"
+    );
+}
+
+#[test]
+fn the_compose_files_brokers_have_the_cluster_tests_settings() {
+    let expected = node_properties(3);
+    assert!(expected.contains_key("min.insync.replicas"), "{expected:?}");
+    let compose = compose_kafka_environment(&repository_file("deploy/docker-compose.yml"));
+    for (property, value) in &expected {
+        let variable = image_variable(property);
+        assert_eq!(
+            compose.get(&variable),
+            Some(value),
+            "deploy/docker-compose.yml sets {variable} (broker {property}) differently from the cluster tests"
+        );
+    }
+}
+
+#[test]
+fn a_three_node_cluster_keeps_writing_with_one_node_down_and_never_elects_an_unclean_leader() {
+    let properties = node_properties(3);
+    for (property, value) in [
+        ("default.replication.factor", "3"),
+        ("min.insync.replicas", "2"),
+        ("unclean.leader.election.enable", "false"),
+        ("offsets.topic.replication.factor", "3"),
+    ] {
+        assert_eq!(
+            properties.get(property).map(String::as_str),
+            Some(value),
+            "{property}"
+        );
+    }
+    let single = node_properties(1);
+    assert_eq!(
+        single.get("min.insync.replicas").map(String::as_str),
+        Some("1")
+    );
+}
