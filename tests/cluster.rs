@@ -265,10 +265,17 @@ async fn two_projectors_in_one_group_with_one_killed_mid_load_the_survivor_takes
     let second = Service::projector(&env);
     second.wait_for_partitions(Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(seed.between(500, 1500))).await;
+    let all: BTreeSet<i32> = (0..3).collect();
+    let before = assignment_from_log(&second.log_tail_all());
+    assert!(
+        before != all && first.wait(Duration::ZERO).is_none(),
+        "before the kill the second projector held {before:?} and the first had exited: \
+         nothing would be taken over\n{}",
+        first.log_tail()
+    );
     let killed_at = Instant::now();
     first.kill();
 
-    let all: BTreeSet<i32> = (0..3).collect();
     let took_over = eventually(TAKEOVER_LIMIT * 3, || async {
         assignment_from_log(&second.log_tail_all()) == all
     })

@@ -19,7 +19,7 @@ use crate::report::{CatchUp, EndToEnd, Figures, OpenLoopStep};
 use crate::{Settings, Step, traffic};
 
 const PARTITIONS: i32 = 3;
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+const PUBLISH_TIMEOUT: Duration = score_shared::kafka::DEFAULT_PUBLISH_TIMEOUT;
 
 /// Runs every step and gathers the figures.
 ///
@@ -159,6 +159,9 @@ async fn ingest(settings: &Settings, broker: &Broker, figures: &mut Figures) -> 
     }
     drop(publisher);
 
+    // As in production, the projector reads the topic while it is written.
+    let database = TestDatabase::create().await;
+    let projector = Service::projector(&service_env(settings, broker, topic, Some(&database.url)));
     let (api, url) = Service::ingest_api(&service_env(settings, broker, topic, None));
     let client = http_client()?;
     let score_url = format!("{url}/score");
@@ -204,6 +207,8 @@ async fn ingest(settings: &Settings, broker: &Broker, figures: &mut Figures) -> 
         }
     }
     figures.ingest_api_peak_rss_kib = api.peak_rss_kib();
+    drop(projector);
+    database.drop_database().await;
     Ok(())
 }
 
