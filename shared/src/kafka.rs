@@ -20,10 +20,12 @@ use crate::config::KafkaArgs;
 /// takes writes), so that a failover makes answers slower instead of 503s.
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Batch for at most a few milliseconds: under load this fills batches
-/// (fewer, larger produce requests); idle, it adds a latency too small to
-/// matter against the acknowledgment round trip.
-const DEFAULT_LINGER_MS: &str = "5";
+/// Batch for at most a millisecond: under load this fills batches (fewer,
+/// larger produce requests). Measured on Apache Kafka (closed loop, 32
+/// connections): 5 ms held each request for most of its 6.6 ms round trip
+/// (4,824 req/s); 1 ms gave 10,642 req/s, and 0 ms 10,247 req/s with more
+/// produce requests.
+const DEFAULT_LINGER_MS: &str = "1";
 
 /// How long the broker may park a fetch that finds no new record. Apache
 /// Kafka answers a parked fetch as soon as a record arrives
