@@ -365,7 +365,7 @@ pub fn markdown(figures: &Figures, chart_file: &str, notes: &str) -> String {
     let _ = writeln!(
         w,
         "Legacy `POST /score` (form, `JSON.stringify`'d values, Chinese text with emoji), \
-         projector stopped. The raw producer is the API's own publisher (idempotent, \
+         the projector reading the topic meanwhile. The raw producer is the API's own publisher (idempotent, \
          acks=all, same linger) appending the same events with no HTTP in front.\n"
     );
     let _ = writeln!(
