@@ -76,7 +76,7 @@ pub struct Config {
     /// MySQL URL of a read-only account (such as scores_analyst) for the
     /// results queries, GET /v1/accounts/{acc_nbr}/scores and
     /// /graderesult. Unset: they answer 503. Submissions never need MySQL.
-    #[arg(long, env = "SCORES_QUERY_DATABASE_URL")]
+    #[arg(long, env = "SCORES_QUERY_DATABASE_URL", hide_env_values = true)]
     pub query_database_url: Option<String>,
 
     /// Connections in the results queries' pool.

@@ -299,3 +299,23 @@ async fn assets_are_served_with_their_media_type_and_unknown_ones_are_404() {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(response.body()), "not_found");
 }
+
+#[test]
+fn help_never_prints_a_secret_from_the_environment() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ingest-api"))
+        .arg("--help")
+        .env(
+            "SCORES_QUERY_DATABASE_URL",
+            "mysql://a:s3cret-db@db.example/scores",
+        )
+        .env("SCORES_KAFKA_OPTIONS", "sasl.password=s3cret-kafka")
+        .output()
+        .expect("running ingest-api --help");
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "ingest-api --help failed");
+    assert!(help.contains("SCORES_QUERY_DATABASE_URL"), "{help}");
+    assert!(
+        !help.contains("s3cret"),
+        "--help prints a secret from the environment:\n{help}"
+    );
+}

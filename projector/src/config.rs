@@ -115,7 +115,11 @@ pub struct RebuildArgs {
 pub struct ImportLegacyArgs {
     /// MySQL URL of the database holding the original table (read only is
     /// enough).
-    #[arg(long = "database-url", env = "SCORES_LEGACY_DATABASE_URL")]
+    #[arg(
+        long = "database-url",
+        env = "SCORES_LEGACY_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub legacy_database_url: String,
 
     /// The table in the original schema.
@@ -255,6 +259,8 @@ pub struct DatabaseArgs {
     #[arg(
         long,
         env = "SCORES_DATABASE_URL",
+        // The URL holds the account's password: --help never prints it.
+        hide_env_values = true,
         default_value = "mysql://root@127.0.0.1:3306/scores"
     )]
     pub database_url: String,

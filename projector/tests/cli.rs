@@ -114,3 +114,33 @@ fn import_legacy_refuses_a_table_name_it_would_not_put_in_sql_and_a_bad_offset()
 fn the_command_line_is_well_formed() {
     Cli::command().debug_assert();
 }
+
+#[test]
+fn help_never_prints_a_secret_from_the_environment() {
+    let subcommands: Vec<String> = Cli::command()
+        .get_subcommands()
+        .map(|subcommand| subcommand.get_name().to_owned())
+        .collect();
+    for subcommand in &subcommands {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
+            .args([subcommand.as_str(), "--help"])
+            .env(
+                "SCORES_DATABASE_URL",
+                "mysql://p:s3cret-db@db.example/scores",
+            )
+            .env(
+                "SCORES_LEGACY_DATABASE_URL",
+                "mysql://l:s3cret-legacy@db.example/old",
+            )
+            .env("SCORES_KAFKA_OPTIONS", "sasl.password=s3cret-kafka")
+            .output()
+            .expect("running projector --help");
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{subcommand} --help failed");
+        assert!(
+            !help.contains("s3cret"),
+            "{subcommand} --help prints a secret from the environment:\n{help}"
+        );
+    }
+    assert!(subcommands.iter().any(|name| name == "import-legacy"));
+}

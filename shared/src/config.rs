@@ -36,6 +36,8 @@ pub struct KafkaArgs {
     #[arg(
         long = "kafka-option",
         env = "SCORES_KAFKA_OPTIONS",
+        // It may hold credentials (sasl.password, ssl.key.password).
+        hide_env_values = true,
         value_delimiter = ','
     )]
     pub kafka_options: Vec<KeyValue>,
