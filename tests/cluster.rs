@@ -258,21 +258,32 @@ async fn two_projectors_in_one_group_with_one_killed_mid_load_the_survivor_takes
 
     let load = Load::start(vec![url], 8, 12_000, seed.between(1, u64::MAX));
     let mut first = Service::projector(&env);
+    // On a new cluster the first group also creates `__consumer_offsets`,
+    // which takes a few seconds.
+    first.wait_for_partitions(Duration::from_secs(60)).await;
     load.wait_for_more(300, Duration::from_secs(60)).await;
     // The second joins: a rebalance hands it part of the partitions. Then
     // the first crashes while events keep coming, so that the second must
     // take its partitions over.
     let second = Service::projector(&env);
-    second.wait_for_partitions(Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_millis(seed.between(500, 1500))).await;
     let all: BTreeSet<i32> = (0..3).collect();
-    let before = assignment_from_log(&second.log_tail_all());
+    let shared = eventually(Duration::from_secs(60), || async {
+        let (held_first, held_second) = (
+            assignment_from_log(&first.log_tail_all()),
+            assignment_from_log(&second.log_tail_all()),
+        );
+        !held_first.is_empty() && !held_second.is_empty() && held_second != all
+    })
+    .await;
     assert!(
-        before != all && first.wait(Duration::ZERO).is_none(),
-        "before the kill the second projector held {before:?} and the first had exited: \
-         nothing would be taken over\n{}",
-        first.log_tail()
+        shared,
+        "the two projectors never shared the partitions: first {:?}, second {:?}\n{}\n{}",
+        assignment_from_log(&first.log_tail_all()),
+        assignment_from_log(&second.log_tail_all()),
+        first.log_tail(),
+        second.log_tail()
     );
+    tokio::time::sleep(Duration::from_millis(seed.between(500, 1500))).await;
     let killed_at = Instant::now();
     first.kill();
 
