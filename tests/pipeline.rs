@@ -367,6 +367,34 @@ async fn each_broken_rule_is_a_400_naming_the_field_and_appends_nothing() {
             "legacy {case}"
         );
     }
+    // A legacy value that looks stringified but is no JSON string: what
+    // JSON.stringify makes of a lone surrogate. Never stored as text.
+    for (door, content_type, body) in [
+        (
+            "form",
+            "application/x-www-form-urlencoded",
+            "acc_nbr=%2213800138000%22&grade1=5&grade2=5&grade3=5&txt1=%22%5Cud800%22",
+        ),
+        (
+            "JSON",
+            "application/json",
+            r#"{"acc_nbr":"\"13800138000\"","grade1":5,"grade2":5,"grade3":5,"txt1":"\"\\ud800\""}"#,
+        ),
+    ] {
+        let response = client()
+            .post(api.url("/score"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "lone surrogate through the {door}");
+        assert_eq!(
+            response.headers()["x-invalid-fields"],
+            "txt1",
+            "lone surrogate through the {door}"
+        );
+    }
     assert_eq!(
         topic.record_count().await,
         0,

@@ -124,6 +124,7 @@ impl ApiError {
         match self {
             Self::Invalid(errors) => &errors.0,
             Self::InvalidQuery(fields) => fields,
+            Self::Malformed(WireError::Value(field)) => std::slice::from_ref(field),
             _ => &[],
         }
     }
@@ -145,15 +146,16 @@ impl ApiError {
     /// mini-program expects.
     pub fn to_legacy_response(&self) -> Response {
         let mut response = self.finish(reply::json(&LEGACY_FAILURE).into_response());
-        let detail = match self {
-            Self::Invalid(errors) => errors
-                .0
-                .iter()
-                .map(|e| e.field)
-                .collect::<Vec<_>>()
-                .join(","),
-            _ => String::new(),
+        let invalid: &[FieldError] = match self {
+            Self::Invalid(errors) => &errors.0,
+            Self::Malformed(WireError::Value(field)) => std::slice::from_ref(field),
+            _ => &[],
         };
+        let detail = invalid
+            .iter()
+            .map(|e| e.field)
+            .collect::<Vec<_>>()
+            .join(",");
         if let Ok(value) = header::HeaderValue::from_str(&detail)
             && !detail.is_empty()
         {

@@ -9,13 +9,14 @@
 //! - a plain JSON object on `/v1/scores`, taken as it is.
 //!
 //! Decoding is strict where leniency would lose data silently: invalid UTF-8,
-//! a broken percent escape or a field given twice is an error, never a
-//! guess. Checking the values is not done here but in
+//! a broken percent escape, a field given twice, or a value that begins with
+//! `"` but is no valid JSON string (what `JSON.stringify` makes of a lone
+//! surrogate, say) is an error, never a guess. Checking the values is not done here but in
 //! [`score_shared::Submission::parse`].
 
 use std::fmt;
 
-use score_shared::{FIELD_NAMES, RawSubmission};
+use score_shared::{FIELD_NAMES, FieldError, RawSubmission};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
@@ -30,6 +31,10 @@ pub enum WireError {
     UnknownField { field: String },
     #[error("body is not a valid JSON object: {0}")]
     Json(String),
+    /// A value that is there but cannot be read, named so that the client
+    /// can point at the field.
+    #[error("{} {}", .0.field, .0.message)]
+    Value(FieldError),
 }
 
 /// Decodes the mini-program's form body. Unknown fields are ignored, as the
@@ -51,7 +56,7 @@ pub fn legacy_form(body: &[u8]) -> Result<RawSubmission, WireError> {
             if slot.is_some() {
                 return Err(WireError::DuplicateField(name));
             }
-            *slot = Some(unstringify(value));
+            *slot = Some(unstringify(&name, value)?);
         }
     }
     Ok(raw)
@@ -65,10 +70,14 @@ pub fn legacy_form(body: &[u8]) -> Result<RawSubmission, WireError> {
 ///
 /// [`WireError`] when the body is not a JSON object or repeats a field.
 pub fn legacy_json(body: &[u8]) -> Result<RawSubmission, WireError> {
-    fields_to_raw(json_object(body)?, Unknown::Ignore, |value| match value {
-        Value::String(text) => unstringify(text),
-        other => other,
-    })
+    fields_to_raw(
+        json_object(body)?,
+        Unknown::Ignore,
+        |name, value| match value {
+            Value::String(text) => unstringify(name, text),
+            other => Ok(other),
+        },
+    )
 }
 
 /// Decodes a `/v1/scores` JSON object: plain JSON values, no unwrapping, and
@@ -79,7 +88,7 @@ pub fn legacy_json(body: &[u8]) -> Result<RawSubmission, WireError> {
 /// [`WireError`] when the body is not a JSON object, repeats a field or has
 /// one not in [`FIELD_NAMES`].
 pub fn v1_json(body: &[u8]) -> Result<RawSubmission, WireError> {
-    fields_to_raw(json_object(body)?, Unknown::Reject, |value| value)
+    fields_to_raw(json_object(body)?, Unknown::Reject, |_, value| Ok(value))
 }
 
 enum Unknown {
@@ -90,13 +99,13 @@ enum Unknown {
 fn fields_to_raw(
     fields: Vec<(String, Value)>,
     unknown: Unknown,
-    convert: impl Fn(Value) -> Value,
+    convert: impl Fn(&str, Value) -> Result<Value, WireError>,
 ) -> Result<RawSubmission, WireError> {
     let mut raw = RawSubmission::default();
     for (name, value) in fields {
         match raw.slot_mut(&name) {
             Some(slot) if slot.is_some() => return Err(WireError::DuplicateField(name)),
-            Some(slot) => *slot = Some(convert(value)),
+            Some(slot) => *slot = Some(convert(&name, value)?),
             None => match unknown {
                 Unknown::Ignore => {}
                 Unknown::Reject => return Err(WireError::UnknownField { field: name }),
@@ -107,12 +116,26 @@ fn fields_to_raw(
 }
 
 /// What `json.loads` in the original handler did, made total: a value that
-/// parses as a JSON string or number is unwrapped, anything else (including
-/// text that is not JSON at all) is kept as the raw string.
-fn unstringify(text: String) -> Value {
+/// parses as a JSON string or number is unwrapped, other text (not JSON at
+/// all, or other JSON) is kept as the raw string. A value that begins with
+/// `"` is a stringified string and must be a valid one: kept raw, its
+/// quotes and escapes would be stored as text.
+///
+/// # Errors
+///
+/// [`WireError::Value`] naming `field` when a quoted value is no valid
+/// JSON string (a lone surrogate escape, a missing closing quote, …).
+fn unstringify(field: &str, text: String) -> Result<Value, WireError> {
     match serde_json::from_str::<Value>(&text) {
-        Ok(value @ (Value::String(_) | Value::Number(_))) => value,
-        _ => Value::String(text),
+        Ok(value @ (Value::String(_) | Value::Number(_))) => Ok(value),
+        _ if text.starts_with('"') => Err(WireError::Value(FieldError {
+            field: FIELD_NAMES
+                .into_iter()
+                .find(|known| *known == field)
+                .unwrap_or("body"),
+            message: "begins with a quote but is not a valid JSON string".to_owned(),
+        })),
+        _ => Ok(Value::String(text)),
     }
 }
 
@@ -214,6 +237,24 @@ mod tests {
             raw.texts,
             [Some(json!("true")), Some(json!("null")), Some(json!("[1]"))]
         );
+    }
+
+    #[test]
+    fn a_quoted_value_that_is_no_json_string_is_refused_naming_its_field() {
+        for (body, field) in [
+            (&b"txt1=%22%5Cud800%22"[..], "txt1"),
+            (b"acc_nbr=%2213800138000", "acc_nbr"),
+            (b"txt3=%22a%22b%22", "txt3"),
+        ] {
+            match legacy_form(body) {
+                Err(WireError::Value(error)) => assert_eq!(error.field, field, "{body:?}"),
+                other => panic!("{body:?} decoded to {other:?}"),
+            }
+        }
+        match legacy_json(br#"{"txt2": "\"\\ud800\""}"#) {
+            Err(WireError::Value(error)) => assert_eq!(error.field, "txt2"),
+            other => panic!("decoded to {other:?}"),
+        }
     }
 
     #[test]
@@ -319,8 +360,12 @@ mod properties {
         #[test]
         fn unstringified_text_survives_the_form_as_a_string_or_number(text in any::<String>()) {
             let body = format!("txt2={}", utf8_percent_encode(&text, NON_ALPHANUMERIC));
-            let raw = legacy_form(body.as_bytes()).unwrap();
-            let value = raw.texts[1].clone().unwrap();
+            let decoded = legacy_form(body.as_bytes());
+            if text.starts_with('"') && serde_json::from_str::<String>(&text).is_err() {
+                prop_assert!(matches!(decoded, Err(WireError::Value(ref e)) if e.field == "txt2"), "{decoded:?}");
+                return Ok(());
+            }
+            let value = decoded.unwrap().texts[1].clone().unwrap();
             match value {
                 serde_json::Value::String(decoded) => {
                     let unwrapped = serde_json::from_str::<String>(&text).ok();
