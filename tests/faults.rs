@@ -17,10 +17,16 @@ use tokio::sync::Mutex;
 /// are not the fault under test.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
+/// Shorter than the default, so that an outage shows its 503s sooner.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The settings of every service of one test on its single broker.
 fn env(brokers: &str, database_url: &str) -> Vec<(&'static str, String)> {
     let mut env = service_env(brokers, 1, database_url);
-    env.push(("SCORES_PUBLISH_TIMEOUT_MS", "3000".to_owned()));
+    env.push((
+        "SCORES_PUBLISH_TIMEOUT_MS",
+        PUBLISH_TIMEOUT.as_millis().to_string(),
+    ));
     env
 }
 
@@ -42,7 +48,11 @@ async fn a_broker_killed_under_load_means_503s_then_recovery_without_a_restart()
     // it; after that, nothing may be.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before_outage = load.acknowledged();
-    tokio::time::sleep(Duration::from_millis(seed.between(2000, 4000))).await;
+    // Long enough for every send made after the kill to reach its publish
+    // timeout (and its delivery report, which librdkafka may give up to a
+    // second later), so that some 503 must have been answered.
+    let outage = PUBLISH_TIMEOUT + Duration::from_millis(1500 + seed.between(0, 2000));
+    tokio::time::sleep(outage).await;
     assert_eq!(
         load.acknowledged(),
         before_outage,
