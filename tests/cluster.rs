@@ -124,7 +124,7 @@ async fn the_leader_of_a_busy_partition_killed_under_load_takes_writes_again_wit
     let controller = cluster.active_controller();
     let partition = leaders
         .iter()
-        .find(|(_, state)| controller.is_some_and(|c| i64::from(c) == i64::from(state.leader)))
+        .find(|(_, state)| controller == Some(state.leader))
         .map_or_else(
             || i32::try_from(seed.between(0, 3)).expect("a partition"),
             |(partition, _)| *partition,

@@ -307,8 +307,6 @@ impl Projector {
     /// resume them at once.
     async fn next_batch(&self) -> Vec<LogRecord> {
         // The rebalance callback runs inside `recv`; its notification ends
-        // the wait (`recv` may be dropped: it is cancellation safe).
-        // The rebalance callback runs inside `recv`; its notification ends
         // the wait (the first read is cancellation safe).
         let first = tokio::select! {
             () = self.consumer.context().assignment_arrived.notified() => return Vec::new(),

@@ -133,7 +133,8 @@ fn kafka_node_script() -> PathBuf {
 /// [`KafkaCluster`], with its storage in a scratch directory that survives
 /// restarts.
 pub struct KafkaNode {
-    pub node_id: u32,
+    /// Kafka's node id (an `i32`, as its metadata reports leaders).
+    pub node_id: i32,
     pub port: u16,
     controller_port: u16,
     dir: PathBuf,
@@ -263,7 +264,8 @@ impl KafkaCluster {
             use base64::Engine;
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
         };
-        let nodes: Vec<KafkaNode> = (1..=size as u32)
+        let count = i32::try_from(size).expect("a cluster size");
+        let nodes: Vec<KafkaNode> = (1..=count)
             .map(|node_id| KafkaNode {
                 node_id,
                 port: free_port(),
@@ -307,29 +309,30 @@ impl KafkaCluster {
             .join(",")
     }
 
+    fn index_of(&self, node_id: i32) -> usize {
+        self.nodes
+            .iter()
+            .position(|node| node.node_id == node_id)
+            .unwrap_or_else(|| panic!("no Kafka node {node_id} in this cluster"))
+    }
+
     /// The node with `node_id`.
     pub fn node(&mut self, node_id: i32) -> &mut KafkaNode {
-        self.nodes
-            .iter_mut()
-            .find(|node| i64::from(node.node_id) == i64::from(node_id))
-            .unwrap_or_else(|| panic!("no Kafka node {node_id} in this cluster"))
+        let index = self.index_of(node_id);
+        &mut self.nodes[index]
     }
 
     /// Starts the node with `node_id` again on its ports and storage, and
     /// waits until it serves.
     pub fn restart(&mut self, node_id: i32) {
-        let index = self
-            .nodes
-            .iter()
-            .position(|node| i64::from(node.node_id) == i64::from(node_id))
-            .unwrap_or_else(|| panic!("no Kafka node {node_id} in this cluster"));
+        let index = self.index_of(node_id);
         self.spawn(index);
         self.nodes[index].wait_until_started(Duration::from_secs(90));
     }
 
     /// The node that most recently logged becoming the active controller
     /// (log lines start with their time, so the latest sorts last).
-    pub fn active_controller(&self) -> Option<u32> {
+    pub fn active_controller(&self) -> Option<i32> {
         self.nodes
             .iter()
             .filter_map(|node| {
