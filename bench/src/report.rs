@@ -10,7 +10,8 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 
 use crate::Settings;
-use crate::load::Latencies;
+use crate::load::{Bounded, Latencies};
+use crate::overload::{self, OverloadStep};
 use crate::raw::Rate;
 
 /// The percentiles every latency table shows.
@@ -94,6 +95,7 @@ pub struct Figures {
     pub ingest_api_peak_rss_kib: Option<u64>,
     pub catch_up: Option<CatchUp>,
     pub end_to_end: Option<EndToEnd>,
+    pub overload: Option<OverloadStep>,
     /// Criterion results: benchmark name and mean time per iteration.
     pub micro: Vec<(String, Duration)>,
     /// Steps that could not complete, and why.
@@ -146,6 +148,7 @@ impl Figures {
             ingest_api_peak_rss_kib: None,
             catch_up: None,
             end_to_end: None,
+            overload: None,
             micro: Vec::new(),
             failures: Vec::new(),
         })
@@ -165,7 +168,18 @@ impl Figures {
             .end_to_end
             .as_ref()
             .and_then(|e| e.ingest_api_peak_rss_kib);
-        self.ingest_api_peak_rss_kib.max(e2e)
+        self.ingest_api_peak_rss_kib
+            .max(e2e)
+            .max(self.overload_api_peak())
+    }
+
+    /// The highest peak memory of the ingest API under overload.
+    fn overload_api_peak(&self) -> Option<u64> {
+        self.overload
+            .iter()
+            .flat_map(|o| &o.runs)
+            .filter_map(|run| run.peak_rss_kib)
+            .max()
     }
 
     /// The highest peak memory of `projector run` in any step.
@@ -182,11 +196,7 @@ impl Figures {
     }
 }
 
-fn mib(kib: Option<u64>) -> String {
-    kib.map_or("n/a".to_owned(), |kib| {
-        format!("{:.1} MiB", kib as f64 / 1024.0)
-    })
-}
+use overload::mib;
 
 fn met(yes: bool) -> &'static str {
     if yes { "met" } else { "**missed**" }
@@ -283,6 +293,39 @@ fn targets(figures: &Figures) -> Vec<[String; 4]> {
             format!("{:.0} acknowledged/s", e.ingest.throughput()),
             met(e.visible_after.millis(0.99) <= 100.0 && e.missing == 0).to_owned(),
         ]);
+    }
+    if let Some(o) = &figures.overload {
+        for run in &o.runs {
+            let verdicts = run.verdicts(o.peak);
+            let missed: Vec<&str> = verdicts
+                .iter()
+                .filter(|v| !v.met)
+                .map(|v| v.target.as_str())
+                .collect();
+            rows.push([
+                format!(
+                    "Overload, {}: goodput ≥ {:.0}% of peak, RSS ≤ {} MiB, accepted p99 ≤ {:.0} ms, \
+                     no connect errors or timeouts, memory back near idle",
+                    run.shape.describe(),
+                    overload::GOODPUT_SHARE_TARGET * 100.0,
+                    overload::RSS_TARGET_KIB / 1024,
+                    overload::ACCEPTED_P99_TARGET_MS
+                ),
+                format!(
+                    "{:.0}/s 2xx, peak RSS {}, p99 {:.1} ms, {} client failures",
+                    run.seen.goodput(),
+                    mib(run.peak_rss_kib),
+                    run.seen.split.accepted.millis(0.99),
+                    run.client_failures()
+                ),
+                format!("peak {:.0}/s (section 5)", o.peak),
+                if missed.is_empty() {
+                    met(true).to_owned()
+                } else {
+                    format!("{}: {}", met(false), missed.join("; "))
+                },
+            ]);
+        }
     }
     let api = figures.ingest_api_peak();
     rows.push([
@@ -485,13 +528,24 @@ pub fn markdown(figures: &Figures, chart_file: &str, notes: &str) -> String {
         );
     }
 
-    let _ = writeln!(w, "\n## 5. Memory\n");
+    if let Some(o) = &figures.overload {
+        overload_section(w, o);
+    }
+
+    let _ = writeln!(w, "\n## 6. Memory\n");
     let _ = writeln!(w, "| Process | peak RSS |\n|---|---|");
     let _ = writeln!(
         w,
         "| ingest-api (all load steps) | {} |",
         mib(figures.ingest_api_peak())
     );
+    if figures.overload.is_some() {
+        let _ = writeln!(
+            w,
+            "| ingest-api under overload | {} |",
+            mib(figures.overload_api_peak())
+        );
+    }
     let _ = writeln!(
         w,
         "| projector run (catch-up, end to end) | {} |",
@@ -502,7 +556,7 @@ pub fn markdown(figures: &Figures, chart_file: &str, notes: &str) -> String {
     }
 
     if !figures.micro.is_empty() {
-        let _ = writeln!(w, "\n## 6. Micro-benchmarks (criterion)\n");
+        let _ = writeln!(w, "\n## 7. Micro-benchmarks (criterion)\n");
         let _ = writeln!(w, "| Benchmark | mean |\n|---|---|");
         for (name, mean) in &figures.micro {
             let _ = writeln!(w, "| {name} | {} |", human(*mean));
@@ -512,6 +566,169 @@ pub fn markdown(figures: &Figures, chart_file: &str, notes: &str) -> String {
         let _ = writeln!(w, "\n{}", notes.trim_end());
     }
     out
+}
+
+/// Section 5: the probes, each overload's figures, and the verdicts.
+fn overload_section(w: &mut String, o: &OverloadStep) {
+    let _ = writeln!(w, "\n## 5. Ingest, overload\n");
+    let _ = writeln!(
+        w,
+        "`POST /score` past saturation, each load against a freshly started ingest API (no \
+         projector, rate limits off). The saturation rate is the best goodput (2xx/s) of the \
+         closed loops below; the open loops offer multiples of it, latency from each request's \
+         scheduled time, with a bounded number in flight (the generator counts what it could \
+         not send, rather than queueing it); the closed loop is the issue's wrk run. Client \
+         timeout {:.0} s, connect timeout {:.0} s. Memory: before the load (idle), the highest \
+         during it, and after it with the client's connections closed.\n",
+        overload::CLIENT_TIMEOUT.as_secs_f64(),
+        overload::CONNECT_TIMEOUT.as_secs_f64()
+    );
+    let header = PERCENTILES
+        .iter()
+        .map(|(_, name)| format!("{name} ms"))
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let _ = writeln!(
+        w,
+        "| Saturation probe | 2xx/s | {header} | not 2xx |\n|---|---|---|---|---|---|---|"
+    );
+    for (connections, seen) in &o.probes {
+        let _ = writeln!(
+            w,
+            "| closed loop, {connections} connections | {:.0} | {} | {} |",
+            seen.goodput(),
+            latency_cells(&seen.split.accepted),
+            errors_cell(&seen.split.refused)
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nSaturation rate (peak goodput): **{:.0}/s**.\n",
+        o.peak
+    );
+
+    let _ = writeln!(
+        w,
+        "| Load | offered /s | not sent (busy, late) | most in flight | 2xx/s | share of peak | \
+         accepted p50 / p99 ms | refused p99 ms | 503 | other answers | connect | timeout | \
+         dropped | RSS idle → peak → after |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for run in &o.runs {
+        let seen = &run.seen;
+        let not_503 = run.refusals() - seen.count("HTTP 503");
+        let offered = match run.shape.intended_rate() {
+            Some(rate) => format!(
+                "{:.0} of {rate:.0}{}",
+                seen.offered_per_second(),
+                if run.offered_as_intended() {
+                    ""
+                } else {
+                    " (**short**)"
+                }
+            ),
+            None => format!("{:.0}", seen.offered_per_second()),
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {offered} | {} ({}, {}) | {} | {:.0} | {:.0}% | {} | {} | {} | {not_503} | {} | {} | {} | {} → {} → {} |",
+            run.shape.describe(),
+            seen.not_sent_busy + seen.not_sent_late,
+            seen.not_sent_busy,
+            seen.not_sent_late,
+            seen.most_in_flight,
+            seen.goodput(),
+            run.share_of_peak(o.peak) * 100.0,
+            accepted_cell(seen),
+            refused_cell(seen),
+            seen.count("HTTP 503"),
+            seen.count("connect") + seen.count("no client port"),
+            seen.count("timeout"),
+            seen.count("transport"),
+            mib(run.idle_rss_kib),
+            mib(run.peak_rss_kib),
+            mib(run.after_rss_kib),
+        );
+    }
+    for run in &o.runs {
+        if let Some(exit) = &run.api_exited {
+            let _ = writeln!(
+                w,
+                "\nThe API did not survive {}: {}",
+                run.shape.describe(),
+                exit.lines().next().unwrap_or_default()
+            );
+        }
+        if !run.offered_as_intended() {
+            let _ = writeln!(
+                w,
+                "\n{}: the generator sent under {:.0}% of the intended rate; of the requests it \
+                 did not send, {} found its {} requests in flight all unanswered (the API was \
+                 answering too slowly to free them) and {} were due while the generator itself ran \
+                 more than {} ms late (short of CPU). The verdicts are about the load it did offer.",
+                run.shape.describe(),
+                overload::OFFERED_SHARE_FOR_A_FAIR_TEST * 100.0,
+                run.seen.not_sent_busy,
+                run.seen.most_in_flight,
+                run.seen.not_sent_late,
+                overload::LATE_AFTER.as_millis()
+            );
+        }
+        if seen_no_client_port(&run.seen) {
+            let _ = writeln!(
+                w,
+                "\n{}: the load generator's machine ran out of ephemeral ports (counted under \
+                 connect): a limit of the generator, not of the API.",
+                run.shape.describe()
+            );
+        }
+    }
+
+    let _ = writeln!(w);
+    let columns: Vec<String> = o.runs.iter().map(|run| run.shape.describe()).collect();
+    let _ = writeln!(
+        w,
+        "| Target | {} |\n|---|{}",
+        columns.join(" | "),
+        "---|".repeat(columns.len())
+    );
+    let verdicts: Vec<_> = o.runs.iter().map(|run| run.verdicts(o.peak)).collect();
+    if let Some(first) = verdicts.first() {
+        for (index, target) in first.iter().map(|v| &v.target).enumerate() {
+            let cells: Vec<String> = verdicts
+                .iter()
+                .map(|run| {
+                    let v = &run[index];
+                    format!("{} — {}", v.figure, met(v.met))
+                })
+                .collect();
+            let _ = writeln!(w, "| {target} | {} |", cells.join(" | "));
+        }
+    }
+}
+
+fn seen_no_client_port(seen: &Bounded) -> bool {
+    seen.count("no client port") > 0
+}
+
+/// p50 / p99 of the 2xx answers, or a dash when there were none.
+fn accepted_cell(seen: &Bounded) -> String {
+    let accepted = &seen.split.accepted;
+    if accepted.ok == 0 {
+        "—".to_owned()
+    } else {
+        format!("{:.1} / {:.1}", accepted.millis(0.5), accepted.millis(0.99))
+    }
+}
+
+/// p99 of every other outcome (how fast refusals were), or a dash.
+fn refused_cell(seen: &Bounded) -> String {
+    let refused = &seen.split.refused;
+    if refused.error_count() == 0 {
+        "—".to_owned()
+    } else {
+        format!("{:.1}", refused.millis(0.99))
+    }
 }
 
 fn human(duration: Duration) -> String {
@@ -620,4 +837,76 @@ pub fn chart(steps: &[OpenLoopStep], path: &Path) -> anyhow::Result<()> {
         .context("drawing the chart")?;
     root.present().context("writing the chart")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overload::tests::{CLOSED, run};
+
+    fn figures_with(overload: Option<OverloadStep>) -> Figures {
+        Figures {
+            machine: Machine {
+                cpu: "cpu".to_owned(),
+                cores: 2,
+                memory_gib: 1.0,
+                kernel: "kernel".to_owned(),
+                mariadb: "mariadb".to_owned(),
+            },
+            commit: "abc".to_owned(),
+            date: Utc::now(),
+            quick: true,
+            connections: 32,
+            duration: Duration::from_secs(10),
+            raw_produce: Vec::new(),
+            closed_loop: None,
+            closed_loop_api_peak_rss_kib: None,
+            open_loop: Vec::new(),
+            ingest_api_peak_rss_kib: None,
+            catch_up: None,
+            end_to_end: None,
+            overload,
+            micro: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_report_lists_each_overload_against_its_targets() {
+        // 2xx at 150 ms: the p99 target is missed, the others met.
+        let slow = run(95_000, 150, &[("HTTP 503", 1000)], CLOSED);
+        let step = OverloadStep {
+            probes: vec![(512, run(100_000, 20, &[], CLOSED).seen)],
+            peak: 10_000.0,
+            runs: vec![slow],
+        };
+        let text = markdown(&figures_with(Some(step)), "chart.svg", "");
+        assert!(text.contains("## 5. Ingest, overload"), "{text}");
+        assert!(
+            text.contains("Saturation rate (peak goodput): **10000/s**"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| p99 of accepted ≤ 100 ms | 150.0 ms — **missed** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| goodput ≥ 90% of the peak | 9500/s of 10000/s = 95% — met |"),
+            "{text}"
+        );
+        let target_row = text
+            .lines()
+            .find(|line| line.starts_with("| Overload, 4000 connections"))
+            .expect("a row in the targets table");
+        assert!(
+            target_row.ends_with("| **missed**: p99 of accepted ≤ 100 ms |"),
+            "{target_row}"
+        );
+    }
+
+    #[test]
+    fn a_run_without_the_overload_step_has_no_overload_section() {
+        let text = markdown(&figures_with(None), "chart.svg", "");
+        assert!(!text.contains("overload"), "{text}");
+    }
 }

@@ -14,6 +14,7 @@ use score_shared::config::KafkaArgs;
 use tokio::time::Instant;
 
 use crate::load::{self, Latencies};
+use crate::overload::{OverloadRun, OverloadStep, Shape};
 use crate::raw::{self, Rate};
 use crate::report::{CatchUp, EndToEnd, Figures, OpenLoopStep};
 use crate::{Settings, Step, traffic};
@@ -58,6 +59,13 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Figures> {
         match end_to_end(settings, &broker).await {
             Ok(end_to_end) => figures.end_to_end = Some(end_to_end),
             Err(error) => failed(&mut figures, "end-to-end", error),
+        }
+    }
+    if settings.steps.contains(&Step::Overload) {
+        eprintln!("==> overload: the saturation rate, then past it");
+        match overload(settings, &broker).await {
+            Ok(overload) => figures.overload = Some(overload),
+            Err(error) => failed(&mut figures, "overload", error),
         }
     }
     Ok(figures)
@@ -447,4 +455,150 @@ async fn watch_rows(
         tokio::time::sleep(WATCH_EVERY).await;
     }
     Ok(())
+}
+
+/// How long the fresh API runs before its idle memory is read.
+const IDLE_AFTER_START: Duration = Duration::from_secs(1);
+/// How long after the load (its connections closed) memory is read again.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// A client for the overload step: up to `connections` connections kept
+/// alive (one per request in flight, which the load bounds), and the
+/// timeouts above.
+fn overload_client(connections: usize) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(crate::overload::CLIENT_TIMEOUT)
+        .connect_timeout(crate::overload::CONNECT_TIMEOUT)
+        .pool_max_idle_per_host(connections)
+        .build()
+        .context("building the HTTP client")
+}
+
+/// The resident memory of `service` now (`VmRSS`), in KiB.
+fn current_rss_kib(service: &Service) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", service.pid()?)).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Finds the ingest API's saturation rate with closed loops on a fresh
+/// process, then overloads a fresh process for each shape: two and four
+/// times that rate open loop (bounded in flight), and
+/// `overload_connections` clients closed loop.
+async fn overload(settings: &Settings, broker: &Broker) -> anyhow::Result<OverloadStep> {
+    let topic = "bench-overload";
+    score_shared::kafka::ensure_topic(&kafka(settings, broker, topic)).await?;
+    // No projector: the step is about the API's own behaviour past
+    // saturation, and the broker gets the cores the projector would take.
+    let env = service_env(settings, broker, topic, None);
+
+    let mut probes = Vec::new();
+    {
+        let (api, url) = Service::ingest_api(&env);
+        let score_url = format!("{url}/score");
+        for connections in [settings.connections * 4, settings.connections * 16] {
+            let client = overload_client(connections)?;
+            let seen = load::closed_loop_split(
+                connections,
+                settings.warmup,
+                settings.duration,
+                legacy_sender(client, score_url.clone()),
+            )
+            .await;
+            eprintln!(
+                "  probe, {connections} connections: {:.0}/s, p99 {:.1} ms, {} not 2xx",
+                seen.goodput(),
+                seen.split.accepted.millis(0.99),
+                seen.split.refused.error_count()
+            );
+            probes.push((connections, seen));
+        }
+        drop(api);
+    }
+    let peak = crate::overload::peak_goodput(&probes);
+    anyhow::ensure!(peak > 0.0, "no probe was answered with a 2xx");
+    eprintln!("  saturation rate: {peak:.0}/s");
+
+    let shapes = settings
+        .overload_multiples
+        .iter()
+        .map(|&multiple| Shape::OpenLoop {
+            multiple,
+            rate: multiple * peak,
+            max_in_flight: settings.overload_connections,
+        })
+        .chain([Shape::ClosedLoop {
+            connections: settings.overload_connections,
+        }]);
+    let mut runs = Vec::new();
+    for shape in shapes {
+        let run = overload_once(settings, &env, shape).await?;
+        eprintln!(
+            "  {}: offered {:.0}/s ({} not sent: {} busy, {} late), {:.0}/s 2xx, p99 {:.1} ms, \
+             {} refused, {} client failures, RSS idle {} peak {} after {}",
+            shape.describe(),
+            run.seen.offered_per_second(),
+            run.seen.not_sent_busy + run.seen.not_sent_late,
+            run.seen.not_sent_busy,
+            run.seen.not_sent_late,
+            run.seen.goodput(),
+            run.seen.split.accepted.millis(0.99),
+            run.refusals(),
+            run.client_failures(),
+            crate::overload::mib(run.idle_rss_kib),
+            crate::overload::mib(run.peak_rss_kib),
+            crate::overload::mib(run.after_rss_kib),
+        );
+        runs.push(run);
+    }
+    Ok(OverloadStep { probes, peak, runs })
+}
+
+/// One overload of `shape` against a fresh ingest API, with its memory
+/// before, during and after.
+async fn overload_once(
+    settings: &Settings,
+    env: &[(String, String)],
+    shape: Shape,
+) -> anyhow::Result<OverloadRun> {
+    let (mut api, url) = Service::ingest_api(env);
+    tokio::time::sleep(IDLE_AFTER_START).await;
+    let idle_rss_kib = current_rss_kib(&api);
+    let client = overload_client(settings.overload_connections)?;
+    let send = legacy_sender(client.clone(), format!("{url}/score"));
+    let seen = match shape {
+        Shape::OpenLoop {
+            rate,
+            max_in_flight,
+            ..
+        } => {
+            let budget = load::Budget {
+                max_in_flight,
+                late_after: crate::overload::LATE_AFTER,
+            };
+            load::open_loop_bounded(rate, settings.duration, budget, send).await
+        }
+        Shape::ClosedLoop { connections } => {
+            load::closed_loop_split(connections, settings.warmup, settings.duration, send).await
+        }
+    };
+    let peak_rss_kib = api.peak_rss_kib();
+    // Every connection closed, as when the clients have gone.
+    drop(client);
+    tokio::time::sleep(SETTLE).await;
+    let after_rss_kib = current_rss_kib(&api);
+    let api_exited = api
+        .wait(Duration::ZERO)
+        .map(|status| format!("exited with {status}\n{}", api.log_tail()));
+    Ok(OverloadRun {
+        shape,
+        seen,
+        idle_rss_kib,
+        peak_rss_kib,
+        after_rss_kib,
+        settle: SETTLE,
+        api_exited,
+    })
 }
