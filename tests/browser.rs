@@ -11,7 +11,7 @@ use pipeline_tests::browser::{ChromeDriver, save_screenshot};
 use pipeline_tests::{
     RunningApi, RunningProjector, TestDatabase, TestTopic, api_config_with_results, unique_group,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// How long the page gets for anything it should do.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -142,6 +142,24 @@ async fn a_person_rates_sees_the_toast_and_finds_the_rating_on_the_results_page(
 
     submit(&browser).await;
     await_text(&browser, "toast", "數據提交成功").await;
+
+    // The page sent an Idempotency-Key: the event's id is the one derived
+    // from a key (UUID version 5), not a fresh one (version 7).
+    let page_events: Vec<Value> = topic
+        .payloads()
+        .await
+        .iter()
+        .map(|payload| serde_json::from_slice(payload).expect("an event"))
+        .filter(|event: &Value| event["channel"] == "legacy_form")
+        .collect();
+    assert_eq!(page_events.len(), 1, "{page_events:?}");
+    let event_id =
+        uuid::Uuid::parse_str(page_events[0]["event_id"].as_str().expect("an id")).expect("a UUID");
+    assert_eq!(
+        event_id.get_version_num(),
+        5,
+        "the page's submission carried an Idempotency-Key"
+    );
 
     // The page moves on to the results by itself, with the consistency
     // token: the new rating is there on the first load.

@@ -177,6 +177,94 @@ async fn v1_answers_202_and_the_same_idempotency_key_yields_one_row() {
     database.drop_database().await;
 }
 
+/// Posts the mini-program's form to `/score` with an `Idempotency-Key`.
+async fn post_legacy(api: &RunningApi, body: String, idempotency_key: &str) -> reqwest::Response {
+    client()
+        .post(api.url("/score"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("chartset", "utf-8")
+        .header("Idempotency-Key", idempotency_key)
+        .body(body)
+        .send()
+        .await
+        .expect("the API answers")
+}
+
+#[tokio::test]
+async fn a_key_reused_for_another_body_is_a_422_at_both_doors_and_is_not_published() {
+    let topic = TestTopic::create(3).await;
+    let database = TestDatabase::create().await;
+    let api = RunningApi::start(&topic.kafka).await;
+    let projector = RunningProjector::start(&topic.kafka, &database, &unique_group());
+
+    // /v1: a retry of the same body is accepted again; another body under
+    // the same key is refused.
+    let first = submission("13800138000");
+    for attempt in 1..=2 {
+        let response = post_v1(&api, &first, Some("rating-v1-0001")).await;
+        assert_eq!(response.status(), 202, "attempt {attempt}");
+    }
+    let mut other = first.clone();
+    other["grade1"] = json!(1);
+    let refused = post_v1(&api, &other, Some("rating-v1-0001")).await;
+    assert_eq!(refused.status(), 422);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(
+        refused["error"]["code"], "idempotency_conflict",
+        "{refused}"
+    );
+
+    // /score honours the header the same way, in its own format.
+    let form = |grade1: &str| legacy_form_body("13900139000", [grade1, "4", "3"], ["好", "", ""]);
+    for attempt in 1..=2 {
+        let response = post_legacy(&api, form("5"), "rating-form-0001").await;
+        assert_eq!(response.status(), 200, "attempt {attempt}");
+    }
+    let refused = post_legacy(&api, form("2"), "rating-form-0001").await;
+    assert_eq!(refused.status(), 422);
+    assert_eq!(refused.headers()["x-error-code"], "idempotency_conflict");
+    assert_eq!(
+        refused.bytes().await.unwrap(),
+        "\"數據提交失敗\"".as_bytes(),
+        "the body stays the toast"
+    );
+
+    assert_eq!(
+        topic.record_count().await,
+        4,
+        "both retries are in the log, neither refused body is"
+    );
+    let passed_all = eventually(PROJECTION_LIMIT, || async {
+        let next: Option<i64> =
+            sqlx::query_scalar("SELECT CAST(SUM(next_offset) AS SIGNED) FROM grade_position")
+                .fetch_one(&database.pool)
+                .await
+                .unwrap();
+        next.is_some_and(|next| next >= 4)
+    })
+    .await;
+    assert!(passed_all, "the projector did not pass the four records");
+    let rows: Vec<(String, i32)> =
+        sqlx::query_as("SELECT acc_nbr, grade1 FROM grade ORDER BY acc_nbr")
+            .fetch_all(&database.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [("13800138000".to_owned(), 5), ("13900139000".to_owned(), 5)],
+        "one row per key, with the first body"
+    );
+    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letter")
+        .fetch_one(&database.pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0, "an identical retry is a silent duplicate");
+
+    projector.stop().await;
+    api.stop().await;
+    database.drop_database().await;
+}
+
 #[tokio::test]
 async fn two_hundred_concurrent_submissions_make_two_hundred_rows() {
     let topic = TestTopic::create(3).await;

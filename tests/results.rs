@@ -301,3 +301,216 @@ async fn submissions_go_on_and_the_api_stays_ready_while_the_results_database_is
     assert_eq!(codes, HashSet::from(["results_unavailable".to_owned()]));
     api.stop().await;
 }
+
+/// An API that reads results, waiting long enough for any projection to
+/// catch up: these tests are about what a token says once passed, not
+/// about how long passing takes.
+async fn patient_api(topic: &TestTopic, database: &TestDatabase) -> RunningApi {
+    RunningApi::start_with(ingest_api::Config {
+        consistency_wait_ms: 60_000,
+        ..api_config_with_results(&topic.kafka, database)
+    })
+    .await
+}
+
+/// Posts `body` to `/v1/scores` under `idempotency_key`; the answer.
+async fn submit_v1_keyed(
+    client: &Client,
+    api: &RunningApi,
+    body: &Value,
+    idempotency_key: &str,
+) -> Value {
+    let response = client
+        .post(api.url("/v1/scores"))
+        .header("Idempotency-Key", idempotency_key)
+        .json(body)
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(response.status(), 202);
+    response.json().await.expect("JSON")
+}
+
+/// The unresolved dead letters of `table` as (partition, offset, error).
+async fn open_dead_letters(database: &TestDatabase, table: &str) -> Vec<(i32, i64, String)> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT kafka_partition, kafka_offset, error FROM {table} \
+         WHERE resolved_at IS NULL ORDER BY kafka_offset"
+    )))
+    .fetch_all(&database.pool)
+    .await
+    .expect("the dead letters")
+}
+
+#[tokio::test]
+async fn a_key_reused_through_another_instance_is_a_dead_letter_and_its_token_reads_rejected() {
+    let topic = TestTopic::create(3).await;
+    let database = TestDatabase::create().await;
+    // Two instances: the second has never seen the key, so only the
+    // projector can tell the bodies apart.
+    let first_api = patient_api(&topic, &database).await;
+    let second_api = patient_api(&topic, &database).await;
+    let projector = RunningProjector::start(&topic.kafka, &database, &unique_group());
+    let client = client();
+    let account = "13900000006";
+    let key = "rating-2026-12-03-0001";
+
+    let first = submit_v1_keyed(
+        &client,
+        &first_api,
+        &json!({"acc_nbr": account, "grade1": 5, "grade2": 5, "grade3": 5, "txt1": "first"}),
+        key,
+    )
+    .await;
+    let second = submit_v1_keyed(
+        &client,
+        &second_api,
+        &json!({"acc_nbr": account, "grade1": 1, "grade2": 1, "grade3": 1, "txt1": "second"}),
+        key,
+    )
+    .await;
+    assert_eq!(
+        first["event_id"], second["event_id"],
+        "one key, one event id"
+    );
+    assert!(second["offset"].as_i64() > first["offset"].as_i64());
+
+    let url = |token: &Value| {
+        first_api.url(&format!(
+            "/v1/accounts/{account}/scores?after={}",
+            token.as_str().expect("a token")
+        ))
+    };
+    let (status, consistency, page) = get_json(&client, url(&second["consistency_token"])).await;
+    assert_eq!((status, consistency.as_str()), (200, "rejected"));
+    assert_eq!(page["consistency"], "rejected");
+    // First write wins, in both projections.
+    assert_eq!(page["summary"]["submissions"], 1);
+    assert_eq!(page["summary"]["avg_grade1"], 5.0);
+    assert_eq!(page["scores"][0]["txt1"], "first");
+    let (_, consistency, _) = get_json(&client, url(&first["consistency_token"])).await;
+    assert_eq!(consistency, "current", "the first write's token");
+    let legacy = first_api.url(&format!(
+        "/graderesult?phoneNum={account}&after={}",
+        second["consistency_token"].as_str().unwrap()
+    ));
+    let (_, consistency, body) = get_json(&client, legacy).await;
+    assert_eq!(
+        (consistency.as_str(), &body["consistency"]),
+        ("rejected", &json!("rejected"))
+    );
+
+    let conflict_at = (
+        second["partition"].as_i64().unwrap() as i32,
+        second["offset"].as_i64().unwrap(),
+    );
+    // account_summary commits its batch a moment after grade's.
+    let summarized = pipeline_tests::eventually(Duration::from_secs(30), || async {
+        !open_dead_letters(&database, "account_summary_dead_letter")
+            .await
+            .is_empty()
+    })
+    .await;
+    assert!(summarized, "account_summary recorded the conflict");
+    for table in ["grade_dead_letter", "account_summary_dead_letter"] {
+        let dead = open_dead_letters(&database, table).await;
+        assert_eq!(dead.len(), 1, "{table}: {dead:?}");
+        assert_eq!((dead[0].0, dead[0].1), conflict_at, "{table}");
+        assert!(
+            dead[0].2.starts_with("idempotency_conflict: "),
+            "{table}: {}",
+            dead[0].2
+        );
+    }
+    let summary: (i64, i64) =
+        sqlx::query_as("SELECT submissions, grade1_sum FROM account_summary WHERE acc_nbr = ?")
+            .bind(account)
+            .fetch_one(&database.pool)
+            .await
+            .expect("the account's summary");
+    assert_eq!(
+        summary,
+        (1, 5),
+        "account_summary counted the first body only"
+    );
+
+    projector.stop().await;
+    first_api.stop().await;
+    second_api.stop().await;
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_submission_the_projector_dead_letters_reads_rejected_until_it_is_retried_and_applied() {
+    let topic = TestTopic::create(1).await;
+    let database = TestDatabase::create().await;
+    let api = patient_api(&topic, &database).await;
+    // The projector's rules are stricter than the API's (grades to 4, the
+    // API's to 5): the API accepts what the projector will refuse.
+    let stricter = projector::config::DecoderArgs {
+        validation: score_shared::config::ValidationArgs {
+            grade_max: 4,
+            ..score_shared::config::ValidationArgs::default()
+        },
+        ..projector::config::DecoderArgs::default()
+    };
+    let projector = RunningProjector::start_configured(
+        &topic.kafka,
+        database.args(),
+        &unique_group(),
+        projector::projection::names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        stricter,
+    );
+    let client = client();
+    let account = "13900000007";
+    let url = |token: &str| api.url(&format!("/v1/accounts/{account}/scores?after={token}"));
+
+    let (_, refused_token) = submit_v1(
+        &client,
+        &api,
+        &json!({"acc_nbr": account, "grade1": 5, "grade2": 4, "grade3": 4}),
+    )
+    .await;
+    let (status, consistency, page) = get_json(&client, url(&refused_token)).await;
+    assert_eq!((status, consistency.as_str()), (200, "rejected"));
+    assert_eq!(page["consistency"], "rejected");
+    assert_eq!(page["summary"]["submissions"], 0, "no row");
+
+    let (_, valid_token) = submit_v1(
+        &client,
+        &api,
+        &json!({"acc_nbr": account, "grade1": 4, "grade2": 4, "grade3": 4}),
+    )
+    .await;
+    let (_, consistency, page) = get_json(&client, url(&valid_token)).await;
+    assert_eq!(consistency, "current");
+    assert_eq!(page["summary"]["submissions"], 1);
+    let (_, consistency, _) = get_json(&client, url(&refused_token)).await;
+    assert_eq!(consistency, "rejected", "still, after later events");
+
+    // The rules are aligned and the dead letter retried: it is applied, and
+    // its token now reads current.
+    projector.stop().await;
+    let retried = projector::dead_letters::retry(
+        &database.projector_pool,
+        "grade",
+        None,
+        &projector::batch::Decoder::default(),
+    )
+    .await
+    .expect("the retry runs");
+    assert_eq!(retried.len(), 1, "{retried:?}");
+    assert_eq!(
+        retried[0].outcome,
+        projector::dead_letters::RetryResult::Applied
+    );
+    let (_, consistency, page) = get_json(&client, url(&refused_token)).await;
+    assert_eq!(consistency, "current");
+    assert_eq!(page["summary"]["submissions"], 2);
+
+    api.stop().await;
+    database.drop_database().await;
+}

@@ -7,6 +7,14 @@
 //! that partition (the offset of the next event to apply) is beyond the
 //! token's offset.
 //!
+//! Passing is not enough to say the answer holds the event: the projection
+//! also moves past events it dead-letters (invalid under its rules, refused
+//! by MySQL, an idempotency key reused for another submission). So once the
+//! projection has passed a token, [`is_rejected`] looks for an unresolved
+//! `grade_dead_letter` at the token's place, and such a token reads
+//! [`Freshness::Rejected`], never `current`. A dead letter retried and
+//! applied is resolved, and its token reads `current` again.
+//!
 //! Many queries may wait at once; one task ([`PositionWatch`]) reads the
 //! positions for all of them, and only while someone is waiting.
 
@@ -16,7 +24,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sqlx::MySqlPool;
+use sqlx::{MySqlConnection, MySqlPool};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -97,6 +105,10 @@ pub enum Freshness {
     Current,
     /// It had not within the wait: the answer may lack the event.
     Stale,
+    /// The projection passed the token without applying its event: the
+    /// event is a dead letter (see the module's documentation), and the
+    /// answer lacks it for good unless an operator retries it.
+    Rejected,
 }
 
 impl Freshness {
@@ -106,6 +118,7 @@ impl Freshness {
             Self::Unchecked => "unchecked",
             Self::Current => "current",
             Self::Stale => "stale",
+            Self::Rejected => "rejected",
         }
     }
 }
@@ -221,6 +234,30 @@ async fn read_while_waited_for(
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+/// Whether the event at `token` is an unresolved dead letter of the `grade`
+/// projection. Asked only once the projection has passed the token, in the
+/// snapshot the answer is read from.
+///
+/// # Errors
+///
+/// When MySQL does not answer.
+pub async fn is_rejected(
+    connection: &mut MySqlConnection,
+    topic: &str,
+    token: ConsistencyToken,
+) -> sqlx::Result<bool> {
+    let open: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM grade_dead_letter \
+         WHERE topic = ? AND kafka_partition = ? AND kafka_offset = ? AND resolved_at IS NULL",
+    )
+    .bind(topic)
+    .bind(token.partition)
+    .bind(token.offset)
+    .fetch_one(connection)
+    .await?;
+    Ok(open > 0)
 }
 
 async fn read_positions(pool: &MySqlPool, topic: &str) -> sqlx::Result<HashMap<i32, i64>> {

@@ -20,6 +20,10 @@ pub const LEGACY_SUCCESS: &str = "數據提交成功";
 /// The toast the mini-program shows on any failure.
 pub const LEGACY_FAILURE: &str = "數據提交失敗";
 
+/// The legacy door's header naming an error's code where the status alone
+/// does not tell it (the body is always the failure toast).
+pub const ERROR_CODE_HEADER: &str = "x-error-code";
+
 /// Seconds a client is told to wait before retrying after a 503.
 const RETRY_AFTER_SECONDS: &str = "5";
 
@@ -66,6 +70,11 @@ pub enum ApiError {
     ResultsUnavailable(#[from] ReadError),
     #[error("results are not served by this instance (no SCORES_QUERY_DATABASE_URL)")]
     ResultsNotConfigured,
+    #[error(
+        "this Idempotency-Key was already used for a different submission; \
+         send a new key for a new rating, the same body to retry"
+    )]
+    IdempotencyConflict,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -89,6 +98,7 @@ impl ApiError {
             Self::Unavailable(_) | Self::ResultsUnavailable(_) | Self::ResultsNotConfigured => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -108,6 +118,7 @@ impl ApiError {
             Self::Unavailable(_) => "log_unavailable",
             Self::InvalidQuery(_) => "invalid_query",
             Self::ResultsUnavailable(_) | Self::ResultsNotConfigured => "results_unavailable",
+            Self::IdempotencyConflict => "idempotency_conflict",
         }
     }
 
@@ -151,6 +162,14 @@ impl ApiError {
             Self::Malformed(WireError::Value(field)) => std::slice::from_ref(field),
             _ => &[],
         };
+        if matches!(self, Self::IdempotencyConflict) {
+            // The body must stay the toast; the code travels in a header
+            // so that a client can tell this failure from the others.
+            response.headers_mut().insert(
+                ERROR_CODE_HEADER,
+                header::HeaderValue::from_static(self.code()),
+            );
+        }
         let detail = invalid
             .iter()
             .map(|e| e.field)
@@ -218,7 +237,8 @@ impl ApiError {
             | Self::Unavailable(_)
             | Self::InvalidQuery(_)
             | Self::ResultsUnavailable(_)
-            | Self::ResultsNotConfigured => Self::BodyRead,
+            | Self::ResultsNotConfigured
+            | Self::IdempotencyConflict => Self::BodyRead,
         }
     }
 }
@@ -269,6 +289,20 @@ mod tests {
                 "{case}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_conflict_is_a_422_at_both_doors() {
+        let v1 = reply(|| ApiError::IdempotencyConflict.to_v1_response()).await;
+        assert_eq!(v1.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body: serde_json::Value = serde_json::from_slice(v1.body()).expect("JSON");
+        assert_eq!(body["error"]["code"], "idempotency_conflict");
+
+        let legacy = reply(|| ApiError::IdempotencyConflict.to_legacy_response()).await;
+        assert_eq!(legacy.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(legacy.headers()[ERROR_CODE_HEADER], "idempotency_conflict");
+        let toast: String = serde_json::from_slice(legacy.body()).expect("a JSON string");
+        assert_eq!(toast, LEGACY_FAILURE);
     }
 
     #[tokio::test]

@@ -14,7 +14,9 @@ use serde::Serialize;
 use sqlx::MySqlPool;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 
-use crate::consistency::{ConsistencyToken, Freshness, PositionWatch, opaque, unopaque};
+use crate::consistency::{
+    ConsistencyToken, Freshness, PositionWatch, is_rejected, opaque, unopaque,
+};
 
 /// How long a query waits for a pooled connection: a MySQL outage turns
 /// into a quick 503, not a hang.
@@ -30,6 +32,8 @@ pub const PAGE_LIMIT_DEFAULT: u32 = 20;
 pub struct ReadModel {
     pool: MySqlPool,
     positions: PositionWatch,
+    /// The topic the projection reads, which names its dead letters.
+    topic: String,
 }
 
 /// The query failed: MySQL could not answer.
@@ -166,7 +170,11 @@ impl ReadModel {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options);
         let positions = PositionWatch::start(pool.clone(), topic.to_owned(), consistency_wait);
-        Ok(Self { pool, positions })
+        Ok(Self {
+            pool,
+            positions,
+            topic: topic.to_owned(),
+        })
     }
 
     /// The account's submissions, newest first, one page of them, and its
@@ -177,12 +185,18 @@ impl ReadModel {
     /// When MySQL does not answer.
     #[tracing::instrument(name = "results", skip_all, fields(account = %query.account))]
     pub async fn account_results(&self, query: &ResultsQuery) -> Result<AccountResults, ReadError> {
-        let freshness = match query.after {
+        let mut freshness = match query.after {
             Some(token) => self.positions.wait_for(token).await,
             None => Freshness::Unchecked,
         };
-        // One snapshot for the page and the totals, so that they agree.
+        // One snapshot for the page, the totals and the token's dead-letter
+        // check, so that they agree.
         let mut transaction = self.pool.begin().await?;
+        if let (Freshness::Current, Some(token)) = (freshness, query.after)
+            && is_rejected(&mut transaction, &self.topic, token).await?
+        {
+            freshness = Freshness::Rejected;
+        }
         let account = query.account.as_str();
         let (before_time, before_id) = match query.cursor {
             Some(cursor) => (Some(cursor.time), cursor.id),

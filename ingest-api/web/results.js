@@ -65,8 +65,13 @@ async function load() {
     return;
   }
   const body = await response.json();
-  if (response.headers.get("x-consistency") === "stale") {
+  const consistency = response.headers.get("x-consistency");
+  if (consistency === "stale") {
     notice("剛提交的評分仍在處理中，稍後刷新即可看到");
+  } else if (consistency === "rejected") {
+    // The submission was accepted but could not be recorded; it will not
+    // appear unless it is retried by an operator.
+    notice("剛提交的評分未能記錄，請重新評分");
   }
   $("summary").hidden = false;
   $("submissions").textContent = String(body.summary.submissions);

@@ -1,6 +1,6 @@
 // The scoring form. It posts exactly what the mini-program's wx.request
-// sends: form-urlencoded, every value JSON.stringify'd, to /score. The server
-// validates; this page only shows what it says.
+// sends: form-urlencoded, every value JSON.stringify'd, to /score, with an
+// Idempotency-Key. The server validates; this page only shows what it says.
 "use strict";
 
 const FIELDS = ["acc_nbr", "grade1", "grade2", "grade3", "txt1", "txt2", "txt3"];
@@ -80,6 +80,31 @@ function values() {
   };
 }
 
+// A random key (RFC 4122 version 4). crypto.randomUUID exists only in
+// secure contexts (https, localhost); getRandomValues everywhere.
+function newIdempotencyKey() {
+  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+// One Idempotency-Key per rating: a retry of the same body (after a
+// failure or no answer) sends the key again, so the server records the
+// rating once; a changed body is another rating and gets a new key (a key
+// reused for another body is refused with 422). Forgotten once the rating
+// is accepted.
+let pending = null;
+
+function idempotencyKeyFor(body) {
+  if (pending === null || pending.body !== body) {
+    pending = { body, key: newIdempotencyKey() };
+  }
+  return pending.key;
+}
+
 function legacyBody(fields) {
   return Object.entries(fields)
     .filter(([, value]) => value !== undefined)
@@ -95,13 +120,19 @@ form.addEventListener("submit", async (event) => {
   const button = document.getElementById("submit");
   button.disabled = true;
   try {
+    const body = legacyBody(fields);
     const response = await fetch("/score", {
       method: "POST",
-      headers: { "content-type": "application/x-www-form-urlencoded", chartset: "utf-8" },
-      body: legacyBody(fields),
+      headers: {
+        "content-type": "application/x-www-form-urlencoded",
+        chartset: "utf-8",
+        "idempotency-key": idempotencyKeyFor(body),
+      },
+      body,
     });
     const toast = await response.json().catch(() => "數據提交失敗");
     if (response.ok) {
+      pending = null;
       const token = response.headers.get("x-consistency-token") || "";
       await showToast(toast);
       const query = new URLSearchParams({ phoneNum: fields.acc_nbr, after: token });

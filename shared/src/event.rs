@@ -19,14 +19,19 @@
 //!   events already in the log keep projecting identically. Later, still
 //!   version 2 since older readers ignore it: the optional `request_id` of
 //!   the HTTP request that carried the submission (for tracing a row back
-//!   to its log lines).
+//!   to its log lines). Later still, and still version 2: the optional
+//!   `submission_digest`, the [`SubmissionDigest`] of the content, which
+//!   gives an idempotency key one meaning (see [`crate::digest`]). An event
+//!   without it (written before, or by another tool) has the digest of its
+//!   content, computed by [`ScoreSubmitted::submission_digest`].
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::digest::{SubmissionContent, SubmissionDigest};
 use crate::domain::ValidationRules;
-use crate::submission::{RawSubmission, Submission, ValidationErrors};
+use crate::submission::{FieldError, RawSubmission, Submission, ValidationErrors};
 
 /// The `type` of a [`ScoreSubmitted`] event.
 pub const SCORE_SUBMITTED: &str = "ScoreSubmitted";
@@ -93,6 +98,11 @@ pub struct ScoreSubmitted {
     /// ingest API's log lines; absent for events not written by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The digest of the content as the writer computed it; absent in
+    /// events written before it existed. Read it through
+    /// [`ScoreSubmitted::submission_digest`], which covers both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submission_digest: Option<SubmissionDigest>,
 }
 
 impl ScoreSubmitted {
@@ -100,7 +110,7 @@ impl ScoreSubmitted {
     pub fn new(event_id: Uuid, channel: Channel, submission: &Submission) -> Self {
         let [grade1, grade2, grade3] = submission.grades.map(|g| g.value());
         let [txt1, txt2, txt3] = submission.texts.clone().map(|t| t.into_inner());
-        Self {
+        let mut event = Self {
             event_id,
             occurred_at: Utc::now().trunc_subsecs(6),
             channel,
@@ -113,7 +123,35 @@ impl ScoreSubmitted {
             txt3,
             scene: submission.scene.as_ref().map(|s| s.as_str().to_owned()),
             request_id: None,
+            submission_digest: None,
+        };
+        event.submission_digest = Some(event.content_digest());
+        event
+    }
+
+    /// The content the digest covers: what the person rated, not how or
+    /// when it travelled.
+    pub fn content(&self) -> SubmissionContent<'_> {
+        SubmissionContent {
+            acc_nbr: &self.acc_nbr,
+            grades: [self.grade1, self.grade2, self.grade3],
+            texts: [&self.txt1, &self.txt2, &self.txt3],
+            scene: self.scene.as_deref(),
         }
+    }
+
+    /// The digest of the event's content, computed now.
+    pub fn content_digest(&self) -> SubmissionDigest {
+        SubmissionDigest::of(&self.content())
+    }
+
+    /// The submission's digest: the one the event carries, or, for an event
+    /// written without one, the digest of its content. [`Self::validate`]
+    /// refuses an event whose carried digest is not its content's, so for a
+    /// valid event the two agree.
+    pub fn submission_digest(&self) -> SubmissionDigest {
+        self.submission_digest
+            .unwrap_or_else(|| self.content_digest())
     }
 
     /// The same event, carrying the id of the request it came with.
@@ -122,8 +160,10 @@ impl ScoreSubmitted {
         self
     }
 
-    /// Checks the payload against the rules, exactly as the ingest API did.
-    /// The log may hold events written by other tools, so a reader checks.
+    /// Checks the payload against the rules, exactly as the ingest API did,
+    /// and a carried digest against the content (a digest that is not the
+    /// content's would let a different rating pass for a retry). The log
+    /// may hold events written by other tools, so a reader checks.
     ///
     /// # Errors
     ///
@@ -135,7 +175,19 @@ impl ScoreSubmitted {
             texts: [&self.txt1, &self.txt2, &self.txt3].map(|t| Some(t.clone().into())),
             scene: self.scene.clone().map(Into::into),
         };
-        Submission::parse(&raw, rules)
+        let parsed = Submission::parse(&raw, rules);
+        let digest_matches = self
+            .submission_digest
+            .is_none_or(|carried| carried == self.content_digest());
+        if digest_matches {
+            return parsed;
+        }
+        let mut errors = parsed.err().map(|errors| errors.0).unwrap_or_default();
+        errors.push(FieldError {
+            field: "submission_digest",
+            message: "must be the digest of the submission's content".to_owned(),
+        });
+        Err(ValidationErrors(errors))
     }
 
     /// Serializes the event with its envelope.
@@ -403,9 +455,65 @@ mod tests {
     }
 
     #[test]
+    fn a_new_event_carries_the_digest_of_its_content() {
+        let event = event();
+        assert_eq!(event.submission_digest, Some(event.content_digest()));
+        let value: serde_json::Value = serde_json::from_slice(&event.encode()).unwrap();
+        assert_eq!(
+            value["submission_digest"],
+            event.content_digest().to_string(),
+            "written as hexadecimal text"
+        );
+        let Event::ScoreSubmitted(decoded) = decode(&event.encode()).unwrap();
+        assert_eq!(decoded.submission_digest, event.submission_digest);
+    }
+
+    #[test]
+    fn an_event_without_a_digest_decodes_and_has_its_contents_digest() {
+        let mut value: serde_json::Value = serde_json::from_slice(&event().encode()).unwrap();
+        let carried = value.as_object_mut().unwrap().remove("submission_digest");
+        assert!(carried.is_some());
+        let Event::ScoreSubmitted(decoded) = decode(&serde_json::to_vec(&value).unwrap()).unwrap();
+        assert_eq!(decoded.submission_digest, None);
+        assert_eq!(decoded.submission_digest(), event().content_digest());
+        assert!(decoded.validate(&ValidationRules::default()).is_ok());
+    }
+
+    #[test]
+    fn the_digest_ignores_how_and_when_the_submission_travelled() {
+        let first = event();
+        let mut retry = event().with_request_id("another request");
+        retry.channel = Channel::ApiV1;
+        retry.event_id = new_event_id();
+        retry.occurred_at += chrono::Duration::seconds(5);
+        assert_eq!(retry.submission_digest(), first.submission_digest());
+        let mut different = event();
+        different.txt3 = "changed my mind".to_owned();
+        assert_ne!(different.content_digest(), first.content_digest());
+    }
+
+    #[test]
+    fn a_digest_that_is_not_hexadecimal_makes_the_payload_malformed() {
+        let mut value: serde_json::Value = serde_json::from_slice(&event().encode()).unwrap();
+        value["submission_digest"] = json!("not a digest");
+        let error = decode(&serde_json::to_vec(&value).unwrap()).unwrap_err();
+        assert!(matches!(error, DecodeError::Payload { .. }), "{error}");
+    }
+
+    #[test]
+    fn an_event_whose_digest_is_not_its_contents_fails_validation() {
+        let mut forged = event();
+        forged.grade1 = 1;
+        let errors = forged.validate(&ValidationRules::default()).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert_eq!(errors.0[0].field, "submission_digest");
+    }
+
+    #[test]
     fn an_event_that_breaks_a_rule_fails_validation() {
         let mut invalid = event();
         invalid.grade2 = 9;
+        invalid.submission_digest = None;
         let errors = invalid.validate(&ValidationRules::default()).unwrap_err();
         assert_eq!(errors.0[0].field, "grade2");
     }

@@ -9,7 +9,9 @@
 //!    [`CommentText`], [`Scene`]) and the configurable [`ValidationRules`]
 //!    they obey.
 //! 3. [`event`]: the `ScoreSubmitted` envelope written to the log, its encoder
-//!    and the decoder that dispatches on `(type, version)`.
+//!    and the decoder that dispatches on `(type, version)`; [`digest`]: the
+//!    fingerprint of a submission's content that gives an `Idempotency-Key`
+//!    one meaning.
 //! 4. [`kafka`]: client settings with safe defaults and topic provisioning.
 //! 5. [`config`] and [`telemetry`]: the `SCORES_*` settings both binaries read
 //!    and the one tracing setup they share.
@@ -19,6 +21,7 @@
 //! No other crate defines the event schema or a validation rule.
 
 pub mod config;
+pub mod digest;
 pub mod domain;
 pub mod event;
 pub mod kafka;
@@ -27,6 +30,7 @@ pub mod shutdown;
 pub mod submission;
 pub mod telemetry;
 
+pub use digest::{SubmissionContent, SubmissionDigest};
 pub use domain::{AccountNumber, CommentText, Grade, Scene, ValidationRules};
 pub use event::{Channel, DecodeError, Event, ScoreSubmitted};
 pub use privacy::masked;

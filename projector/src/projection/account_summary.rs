@@ -1,16 +1,19 @@
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::NaiveDateTime;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use score_shared::SubmissionDigest;
 use sqlx::{MySql, MySqlConnection, QueryBuilder};
 
-use super::{Projected, Projection, TableSet};
+use super::{Applied, Projected, Projection, TableSet, first_write_wins};
 
 /// `account_summary`: one row per account with its number of submissions,
 /// the sums behind its average grades, and its first and last submission
-/// times. `account_summary_event` remembers the events counted, so that a
-/// second record of the same event (a client retry) counts once.
+/// times. `account_summary_event` remembers the events counted and their
+/// digests, so that a second record of the same event (a client retry)
+/// counts once, and a record of the same id with other content is an
+/// idempotency conflict.
 pub struct AccountSummary;
 
 const IDS_PER_STATEMENT: usize = 1000;
@@ -38,7 +41,7 @@ impl Projection for AccountSummary {
         connection: &'a mut MySqlConnection,
         tables: &'a TableSet,
         events: &'a [Projected<'a>],
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
+    ) -> BoxFuture<'a, sqlx::Result<Applied>> {
         async move {
             let (summary_table, seen_table) = (&tables.data[0], &tables.data[1]);
             let ids: Vec<String> = events
@@ -46,27 +49,32 @@ impl Projection for AccountSummary {
                 .map(|p| p.event.event_id.hyphenated().to_string())
                 .collect();
 
-            // Events counted before (by an earlier record of the same event).
-            let mut counted: HashSet<String> = HashSet::new();
+            // Events counted before (by an earlier record of the same id),
+            // with the digest they were counted with. Rows counted before
+            // digests were stored have none: nothing to compare with, so a
+            // record of their id counts as a duplicate.
+            let mut counted: HashMap<String, Option<SubmissionDigest>> = HashMap::new();
             for chunk in ids.chunks(IDS_PER_STATEMENT) {
-                let mut select = QueryBuilder::<MySql>::new("SELECT event_id FROM ");
+                let mut select = QueryBuilder::<MySql>::new("SELECT event_id, submission_digest FROM ");
                 select.push(seen_table).push(" WHERE event_id IN (");
                 let mut list = select.separated(", ");
                 for id in chunk {
                     list.push_bind(id.as_str());
                 }
                 select.push(") FOR UPDATE");
-                let found: Vec<(String,)> = select.build_query_as().fetch_all(&mut *connection).await?;
-                counted.extend(found.into_iter().map(|(id,)| id));
+                let found: Vec<(String, Option<String>)> =
+                    select.build_query_as().fetch_all(&mut *connection).await?;
+                counted.extend(found.into_iter().map(|(id, digest)| {
+                    (id, digest.and_then(|digest| SubmissionDigest::parse(&digest).ok()))
+                }));
             }
+            let (to_count, outcome) = first_write_wins(events, counted);
 
             let mut totals: BTreeMap<&str, Totals> = BTreeMap::new();
             let mut new_ids = Vec::new();
-            for (projected, id) in events.iter().zip(&ids) {
-                if !counted.insert(id.clone()) {
-                    continue;
-                }
-                new_ids.push(id.as_str());
+            for index in to_count {
+                let projected = &events[index];
+                new_ids.push((ids[index].as_str(), projected.event.submission_digest().to_string()));
                 let event = projected.event;
                 let at = event.occurred_at.naive_utc();
                 let entry = totals.entry(event.acc_nbr.as_str()).or_default();
@@ -78,14 +86,14 @@ impl Projection for AccountSummary {
                 entry.last = Some(entry.last.map_or(at, |last| last.max(at)));
             }
             if new_ids.is_empty() {
-                return Ok(());
+                return Ok(outcome);
             }
 
             for chunk in new_ids.chunks(IDS_PER_STATEMENT) {
                 let mut insert = QueryBuilder::<MySql>::new("INSERT INTO ");
-                insert.push(seen_table).push(" (event_id) ");
-                insert.push_values(chunk, |mut values, id| {
-                    values.push_bind(*id);
+                insert.push(seen_table).push(" (event_id, submission_digest) ");
+                insert.push_values(chunk, |mut values, (id, digest)| {
+                    values.push_bind(*id).push_bind(digest.as_str());
                 });
                 insert.build().execute(&mut *connection).await?;
             }
@@ -118,7 +126,7 @@ impl Projection for AccountSummary {
                 );
                 upsert.build().execute(&mut *connection).await?;
             }
-            Ok(())
+            Ok(outcome)
         }
         .boxed()
     }

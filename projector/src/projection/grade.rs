@@ -1,16 +1,35 @@
+use std::collections::HashMap;
+
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use score_shared::{SubmissionContent, SubmissionDigest};
 use sqlx::{MySql, MySqlConnection, QueryBuilder};
 
-use super::{Projected, Projection, TableSet};
+use super::{Applied, Projected, Projection, TableSet, first_write_wins};
 
 /// The `grade` table: one row per event, the original service's columns
-/// first. An event id already present is left as it is.
+/// first. An event id already present is left as it is; a later event with
+/// that id and other content is an idempotency conflict.
 pub struct Grade;
 
 /// Rows per multi-row INSERT: far below MySQL's 65,535 placeholders, and
 /// statements of a few hundred KiB at most.
 const ROWS_PER_STATEMENT: usize = 1000;
+
+/// A stored row of an event id met again: its digest, and its content for
+/// rows projected before digests were stored.
+type StoredRow = (
+    String,
+    Option<String>,
+    String,
+    i32,
+    i32,
+    i32,
+    String,
+    String,
+    String,
+    Option<String>,
+);
 
 impl Projection for Grade {
     fn name(&self) -> &'static str {
@@ -26,13 +45,17 @@ impl Projection for Grade {
         connection: &'a mut MySqlConnection,
         tables: &'a TableSet,
         events: &'a [Projected<'a>],
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
+    ) -> BoxFuture<'a, sqlx::Result<Applied>> {
         async move {
-            for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            let table = &tables.data[0];
+            let applied = stored_digests(connection, table, events).await?;
+            let (to_write, outcome) = first_write_wins(events, applied);
+            let rows: Vec<&Projected<'_>> = to_write.iter().map(|&index| &events[index]).collect();
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 let mut insert = QueryBuilder::<MySql>::new("INSERT INTO ");
-                insert.push(&tables.data[0]).push(
+                insert.push(table).push(
                     " (acc_nbr, grade1, grade2, grade3, txt1, txt2, txt3, insert_time, \
-                     event_id, channel, scene, kafka_partition, kafka_offset) ",
+                     event_id, channel, scene, kafka_partition, kafka_offset, submission_digest) ",
                 );
                 insert.push_values(chunk, |mut values, projected| {
                     let event = projected.event;
@@ -49,13 +72,55 @@ impl Projection for Grade {
                         .push_bind(event.channel.as_str())
                         .push_bind(event.scene.as_deref())
                         .push_bind(projected.partition)
-                        .push_bind(projected.offset);
+                        .push_bind(projected.offset)
+                        .push_bind(event.submission_digest().to_string());
                 });
+                // Every id here was looked up under lock and found absent;
+                // the clause only keeps a surprise from failing the batch.
                 insert.push(" ON DUPLICATE KEY UPDATE event_id = event_id");
                 insert.build().execute(&mut *connection).await?;
             }
-            Ok(())
+            Ok(outcome)
         }
         .boxed()
     }
+}
+
+/// The digests of the rows already stored under the batch's event ids
+/// (locked until the transaction ends). A row stored before digests were
+/// has its digest computed from its content, which is the event's content
+/// as written.
+async fn stored_digests(
+    connection: &mut MySqlConnection,
+    table: &str,
+    events: &[Projected<'_>],
+) -> sqlx::Result<HashMap<String, Option<SubmissionDigest>>> {
+    let mut digests = HashMap::new();
+    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        let mut select = QueryBuilder::<MySql>::new(
+            "SELECT event_id, submission_digest, acc_nbr, grade1, grade2, grade3, txt1, txt2, txt3, scene FROM ",
+        );
+        select.push(table).push(" WHERE event_id IN (");
+        let mut list = select.separated(", ");
+        for projected in chunk {
+            list.push_bind(projected.event.event_id.hyphenated().to_string());
+        }
+        select.push(") FOR UPDATE");
+        let rows: Vec<StoredRow> = select.build_query_as().fetch_all(&mut *connection).await?;
+        for (event_id, stored, acc_nbr, grade1, grade2, grade3, txt1, txt2, txt3, scene) in rows {
+            let digest = match stored.as_deref().map(SubmissionDigest::parse) {
+                Some(Ok(digest)) => digest,
+                // No digest stored (or not one this code reads): the
+                // content is all there.
+                _ => SubmissionDigest::of(&SubmissionContent {
+                    acc_nbr: &acc_nbr,
+                    grades: [grade1, grade2, grade3],
+                    texts: [&txt1, &txt2, &txt3],
+                    scene: scene.as_deref(),
+                }),
+            };
+            digests.insert(event_id, Some(digest));
+        }
+    }
+    Ok(digests)
 }

@@ -3,14 +3,19 @@
 //!
 //! The engine ([`crate::apply`]) owns everything generic (locks, positions,
 //! dead letters, exactly-once checks); a projection only says how events
-//! become rows in its data tables.
+//! become rows in its data tables, and which events it refused because
+//! their id was already applied with other content ([`Applied`]).
 
 mod account_summary;
 mod grade;
 
+use std::collections::HashMap;
+
 use futures::future::BoxFuture;
-use score_shared::ScoreSubmitted;
+use score_shared::{ScoreSubmitted, SubmissionDigest};
 use sqlx::MySqlConnection;
+
+use crate::batch::DeadLetterReason;
 
 pub use account_summary::AccountSummary;
 pub use grade::Grade;
@@ -34,13 +39,79 @@ pub trait Projection: Send + Sync {
 
     /// Writes `events` into the data tables named by `tables`, inside the
     /// caller's transaction. Must be idempotent per `event_id`: the same
-    /// event may appear twice in the log (a client retry).
+    /// event may appear twice in the log (a client retry), and the second
+    /// record changes nothing. An event whose id was applied before with
+    /// another [`SubmissionDigest`] (an idempotency key reused for another
+    /// rating) changes nothing either, and is returned in
+    /// [`Applied::conflicts`] for the caller to dead-letter: first write
+    /// wins.
     fn apply<'a>(
         &'a self,
         connection: &'a mut MySqlConnection,
         tables: &'a TableSet,
         events: &'a [Projected<'a>],
-    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    ) -> BoxFuture<'a, sqlx::Result<Applied>>;
+}
+
+/// What a projection's apply found besides the rows it wrote.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Events not applied because their id was already applied with other
+    /// content, in the order given; each must become a dead letter in the
+    /// same transaction.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// An event refused as an idempotency conflict.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// Its index in the `events` given to [`Projection::apply`].
+    pub index: usize,
+    /// Kind [`IDEMPOTENCY_CONFLICT`]; the detail names the event id and
+    /// both digests, never the content.
+    pub reason: DeadLetterReason,
+}
+
+/// The dead-letter kind of an event whose id was already applied with other
+/// content.
+pub const IDEMPOTENCY_CONFLICT: &str = "idempotency_conflict";
+
+/// Sorts a batch's events against the digests already applied under their
+/// ids (`applied`: event id → digest, `None` when the stored record has no
+/// digest and none can be computed, which counts as the same): the indices
+/// of events to write, and the conflicts. An event id met twice in the
+/// batch is written once; the later record is a duplicate when its digest
+/// is the same and a conflict when not.
+fn first_write_wins(
+    events: &[Projected<'_>],
+    mut applied: HashMap<String, Option<SubmissionDigest>>,
+) -> (Vec<usize>, Applied) {
+    let mut to_write = Vec::new();
+    let mut outcome = Applied::default();
+    for (index, projected) in events.iter().enumerate() {
+        let event_id = projected.event.event_id.hyphenated().to_string();
+        let digest = projected.event.submission_digest();
+        match applied.get(&event_id) {
+            None => {
+                applied.insert(event_id, Some(digest));
+                to_write.push(index);
+            }
+            Some(None) => {}
+            Some(Some(first)) if *first == digest => {}
+            Some(Some(first)) => outcome.conflicts.push(Conflict {
+                index,
+                reason: DeadLetterReason::new(
+                    IDEMPOTENCY_CONFLICT,
+                    format!(
+                        "event {event_id} was first applied with submission digest {first}; \
+                         this record's digest is {digest} (the idempotency key was reused \
+                         for another submission; first write wins)"
+                    ),
+                ),
+            }),
+        }
+    }
+    (to_write, outcome)
 }
 
 /// Every projection this build knows, in the order they are applied.
@@ -156,6 +227,78 @@ mod tests {
                 "grade_dead_letter__shadow"
             ]
         );
+    }
+
+    fn event(id: u128, grade1: i32) -> ScoreSubmitted {
+        let raw = score_shared::RawSubmission {
+            acc_nbr: Some("13800138000".into()),
+            grades: [Some(grade1.into()), Some(4.into()), Some(3.into())],
+            texts: [None, None, None],
+            scene: None,
+        };
+        let submission =
+            score_shared::Submission::parse(&raw, &score_shared::ValidationRules::default())
+                .unwrap();
+        ScoreSubmitted::new(
+            uuid::Uuid::from_u128(id),
+            score_shared::Channel::ApiV1,
+            &submission,
+        )
+    }
+
+    fn projected(events: &[ScoreSubmitted]) -> Vec<Projected<'_>> {
+        events
+            .iter()
+            .enumerate()
+            .map(|(offset, event)| Projected {
+                event,
+                partition: 0,
+                offset: offset as i64,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn in_a_batch_the_first_record_of_an_id_wins_and_a_retry_is_a_silent_duplicate() {
+        let events = [event(1, 5), event(1, 5), event(1, 2), event(2, 2)];
+
+        let (to_write, applied) = first_write_wins(&projected(&events), HashMap::new());
+
+        assert_eq!(to_write, [0, 3]);
+        assert_eq!(applied.conflicts.len(), 1, "{applied:?}");
+        assert_eq!(applied.conflicts[0].index, 2);
+        assert_eq!(applied.conflicts[0].reason.kind, IDEMPOTENCY_CONFLICT);
+        assert!(
+            !applied.conflicts[0].reason.detail.contains("13800138000"),
+            "the detail names no account"
+        );
+    }
+
+    #[test]
+    fn an_id_applied_before_conflicts_only_with_other_content() {
+        let first = event(1, 5);
+        let events = [event(1, 5), event(1, 1)];
+        let stored = HashMap::from([(
+            first.event_id.hyphenated().to_string(),
+            Some(first.content_digest()),
+        )]);
+
+        let (to_write, applied) = first_write_wins(&projected(&events), stored);
+
+        assert!(to_write.is_empty());
+        let indices: Vec<_> = applied.conflicts.iter().map(|c| c.index).collect();
+        assert_eq!(indices, [1]);
+    }
+
+    #[test]
+    fn an_id_applied_before_digests_existed_is_a_duplicate() {
+        let events = [event(1, 1)];
+        let stored = HashMap::from([(events[0].event_id.hyphenated().to_string(), None)]);
+
+        let (to_write, applied) = first_write_wins(&projected(&events), stored);
+
+        assert!(to_write.is_empty());
+        assert_eq!(applied, Applied::default());
     }
 
     #[test]
