@@ -1,5 +1,6 @@
 //! Metrics and request ids on the real binaries: both services are scraped
-//! before and after traffic, and the key series move as they should; every
+//! (each on its metrics address, never the API's public one) before and
+//! after traffic, and the key series move as they should; every
 //! series the Grafana dashboard queries exists; a request id reaches the
 //! response, the log lines and the event.
 
@@ -111,16 +112,31 @@ async fn both_services_expose_metrics_that_move_with_traffic_and_the_dashboard_q
         Duration::from_secs(30),
         "the projector's metrics",
     );
+    let api_metrics_port = free_port();
     let (mut api, base) = Service::ingest_api(&[
         ("SCORES_KAFKA_BROKERS", topic.kafka.kafka_brokers.clone()),
         ("SCORES_TOPIC", topic.name().to_owned()),
+        (
+            "SCORES_METRICS_ADDR",
+            format!("127.0.0.1:{api_metrics_port}"),
+        ),
         ("SCORES_QUERY_DATABASE_URL", database.reader_url.clone()),
         ("SCORES_RATE_LIMIT_PER_CLIENT_PER_MINUTE", "0".to_owned()),
         ("SCORES_RATE_LIMIT_PER_ACCOUNT_PER_MINUTE", "0".to_owned()),
         ("SCORES_LOG_FORMAT", "json".to_owned()),
         ("RUST_LOG", "ingest_api=debug".to_owned()),
     ]);
-    let api_metrics = format!("{base}/metrics");
+    wait_for_port(
+        api_metrics_port,
+        Duration::from_secs(30),
+        "the ingest API's metrics",
+    );
+    // On its own address only: the public one does not serve it.
+    let public = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("the API answers");
+    assert_eq!(public.status(), 404, "/metrics on the public address");
+    let api_metrics = format!("http://127.0.0.1:{api_metrics_port}/metrics");
     let projector_metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
     let before = Scrape::of(&api_metrics).await;
     assert_eq!(

@@ -7,7 +7,9 @@
 //! 2. [`wire`]: decodes the body (the mini-program's legacy form, or JSON)
 //!    into a [`score_shared::RawSubmission`].
 //! 3. [`handlers`]: validates it with [`score_shared::Submission::parse`],
-//!    builds the `ScoreSubmitted` event and hands it to the publisher.
+//!    builds the `ScoreSubmitted` event, refuses a recently used
+//!    `Idempotency-Key` that came with other content ([`idempotency`]) and
+//!    hands the event to the publisher.
 //! 4. [`publisher`]: appends the event to Kafka and waits for the broker's
 //!    acknowledgment (`acks=all`, idempotent producer), bounded in time.
 //! 5. [`error`]: the one place errors become responses, in the format of
@@ -19,8 +21,11 @@
 //! projection to pass the consistency token a submission's answer carried.
 //! [`handlers::pages`] serves the scoring web page and `openapi.json`.
 //!
-//! [`startup`] binds and runs it all, every request through [`observe`]
-//! (request id, its span, HTTP metrics); [`config`] lists every setting.
+//! [`startup`] binds and runs it all: it caps connections and takes each
+//! request's place in flight ([`limits`]) before any other work, then runs
+//! it through [`observe`] (request id, its span, HTTP metrics); it serves
+//! `/metrics` on an address of its own and keeps [`readiness`] refreshed in
+//! the background. [`config`] lists every setting.
 //! **A 2xx is sent only after the broker acknowledged the event.**
 //! **Submissions never depend on MySQL.**
 
@@ -28,9 +33,11 @@ pub mod config;
 pub mod consistency;
 pub mod error;
 pub mod handlers;
+pub mod idempotency;
 pub mod limits;
 pub mod observe;
 pub mod publisher;
+pub mod readiness;
 pub mod results;
 pub mod routes;
 pub mod startup;

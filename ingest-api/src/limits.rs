@@ -1,5 +1,12 @@
-//! Abuse limits: requests in flight, rate per client address and per
-//! account number, and who the client is behind a trusted proxy.
+//! Abuse limits: requests in flight (one budget for submissions, another
+//! for results reads), rate per client address and per account number, who
+//! the client is behind a trusted proxy, and the canned answers that refuse
+//! load for less than the work they refuse.
+//!
+//! Rates keep their per-minute quota but allow only a small burst:
+//! [`BURST_SECONDS`] worth of the rate, at least one request. A client with
+//! the default 600 a minute may send 50 at once, an account with 60 a minute
+//! 5, then one each time the rate allows.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -11,6 +18,8 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
 use score_shared::AccountNumber;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use warp::http::{StatusCode, header};
+use warp::reply::Response;
 
 use crate::config::Config;
 use crate::error::ApiError;
@@ -20,23 +29,66 @@ use crate::error::ApiError;
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// The in-flight budgets: each request that does real work takes a place
+/// from one of them, so that reads stuck on MySQL can never starve
+/// submissions, which need only the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Budget {
+    /// Submissions: `POST /score`, `POST /v1/scores`.
+    Writes,
+    /// Results reads: `GET /v1/accounts/{acc_nbr}/scores`, `GET /graderesult`.
+    Reads,
+}
+
+impl Budget {
+    /// The budget as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Writes => "writes",
+            Self::Reads => "reads",
+        }
+    }
+}
+
 /// The limits of one ingest API.
 pub struct Limits {
-    in_flight: Arc<Semaphore>,
+    writes_in_flight: Arc<Semaphore>,
+    reads_in_flight: Arc<Semaphore>,
+    max_writes: usize,
+    max_reads: usize,
     per_client: Option<DefaultKeyedRateLimiter<IpAddr>>,
     per_account: Option<DefaultKeyedRateLimiter<String>>,
     trusted_proxies: Vec<IpNet>,
 }
 
-fn per_minute(limit: u32) -> Option<Quota> {
-    NonZeroU32::new(limit).map(Quota::per_minute)
+/// How many seconds' worth of its rate a client or an account may spend at
+/// once.
+pub const BURST_SECONDS: u64 = 5;
+
+/// `limit` a minute with a burst of [`BURST_SECONDS`] worth (rounded up, at
+/// least 1, at most the minute's quota); `None` for 0, no limit.
+pub fn per_minute(limit: u32) -> Option<Quota> {
+    let rate = NonZeroU32::new(limit)?;
+    Some(Quota::per_minute(rate).allow_burst(burst_of(rate)))
+}
+
+fn burst_of(rate_per_minute: NonZeroU32) -> NonZeroU32 {
+    let worth = (u64::from(rate_per_minute.get()) * BURST_SECONDS).div_ceil(60);
+    let burst = u32::try_from(worth).unwrap_or(u32::MAX);
+    NonZeroU32::new(burst.clamp(1, rate_per_minute.get())).unwrap_or(NonZeroU32::MIN)
 }
 
 impl Limits {
-    /// The limits `config` describes (a rate of 0 is no limit).
+    /// The limits `config` describes (a rate of 0 is no limit; a budget of
+    /// 0 is taken as 1).
     pub fn new(config: &Config) -> Self {
+        let max_writes = config.max_in_flight_writes.max(1);
+        let max_reads = config.max_in_flight_reads.max(1);
         Self {
-            in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            writes_in_flight: Arc::new(Semaphore::new(max_writes)),
+            reads_in_flight: Arc::new(Semaphore::new(max_reads)),
+            max_writes,
+            max_reads,
             per_client: per_minute(config.rate_limit_per_client_per_minute).map(RateLimiter::keyed),
             per_account: per_minute(config.rate_limit_per_account_per_minute)
                 .map(RateLimiter::keyed),
@@ -44,17 +96,33 @@ impl Limits {
         }
     }
 
-    /// A place among the requests in flight, or 503 when they are all taken:
-    /// load is shed rather than queued without bound.
+    fn semaphore(&self, budget: Budget) -> &Arc<Semaphore> {
+        match budget {
+            Budget::Writes => &self.writes_in_flight,
+            Budget::Reads => &self.reads_in_flight,
+        }
+    }
+
+    /// A place among `budget`'s requests in flight, or 503 when they are
+    /// all taken: load is shed rather than queued without bound.
     ///
     /// # Errors
     ///
     /// [`ApiError::Overloaded`].
-    pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        self.in_flight
+    pub fn admit(&self, budget: Budget) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.semaphore(budget)
             .clone()
             .try_acquire_owned()
             .map_err(|_| ApiError::Overloaded)
+    }
+
+    /// How many of `budget`'s places are taken now.
+    pub fn in_flight(&self, budget: Budget) -> usize {
+        let max = match budget {
+            Budget::Writes => self.max_writes,
+            Budget::Reads => self.max_reads,
+        };
+        max.saturating_sub(self.semaphore(budget).available_permits())
     }
 
     /// The client's address: the peer's, or, when the peer is a trusted
@@ -119,6 +187,58 @@ impl Limits {
     }
 }
 
+/// The `/v1` error body of a shed request: what
+/// `ApiError::Overloaded.to_v1_response()` answers, written out once.
+const OVERLOADED_V1_BODY: &str = r#"{"error":{"code":"overloaded","message":"too many requests in flight; retry shortly","fields":[]}}"#;
+
+/// The answer to a request refused because its budget is full, made without
+/// routing it or reading its headers or body: the failure toast at the
+/// legacy door (`legacy`), the `/v1` error body everywhere else; 503 with
+/// `Retry-After: 1` either way.
+pub fn shed_response(legacy: bool) -> Response {
+    let body: &'static str = if legacy {
+        LEGACY_FAILURE_BODY
+    } else {
+        OVERLOADED_V1_BODY
+    };
+    let mut response = Response::new(body.into());
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
+}
+
+/// `LEGACY_FAILURE` as the JSON string the mini-program expects.
+const LEGACY_FAILURE_BODY: &str = "\"數據提交失敗\"";
+
+/// The body of the answer to a connection beyond the cap: the `/v1` error
+/// shape, code `overloaded` like every other overload refusal.
+const CONNECTION_REFUSAL_BODY: &str = r#"{"error":{"code":"overloaded","message":"too many connections; retry shortly","fields":[]}}"#;
+
+/// The whole HTTP/1.1 answer written to a connection beyond the cap before
+/// it is closed, without any HTTP parsing: 503, `Connection: close`,
+/// `Retry-After: 1`, a JSON body. Built once.
+pub fn connection_refusal() -> &'static [u8] {
+    static RESPONSE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    RESPONSE.get_or_init(|| {
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\n\
+             Connection: close\r\n\
+             Retry-After: 1\r\n\
+             Content-Type: application/json\r\n\
+             Content-Length: {}\r\n\
+             \r\n\
+             {CONNECTION_REFUSAL_BODY}",
+            CONNECTION_REFUSAL_BODY.len()
+        )
+        .into_bytes()
+    })
+}
+
 fn check<K: std::hash::Hash + Eq + Clone>(
     limiter: &DefaultKeyedRateLimiter<K>,
     key: &K,
@@ -136,6 +256,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+    use crate::error::LEGACY_FAILURE;
 
     fn limits(args: &[&str]) -> Limits {
         let mut argv = vec!["ingest-api"];
@@ -185,7 +306,8 @@ mod tests {
     fn a_client_over_its_rate_is_told_when_to_come_back() {
         let limits = limits(&["--rate-limit-per-client-per-minute", "2"]);
         let client = Some(ip("203.0.113.9"));
-        assert!(limits.check_client(client).is_ok());
+        // A burst of one (5 s worth of 2 a minute, rounded up), then one
+        // every 30 s.
         assert!(limits.check_client(client).is_ok());
         let refused = limits.check_client(client).unwrap_err();
         assert!(
@@ -207,11 +329,126 @@ mod tests {
 
     #[test]
     fn requests_beyond_the_in_flight_cap_are_shed() {
-        let limits = limits(&["--max-in-flight", "2"]);
-        let first = limits.admit().unwrap();
-        let _second = limits.admit().unwrap();
-        assert!(matches!(limits.admit(), Err(ApiError::Overloaded)));
+        let limits = limits(&["--max-in-flight-writes", "2"]);
+        let first = limits.admit(Budget::Writes).unwrap();
+        let _second = limits.admit(Budget::Writes).unwrap();
+        assert!(matches!(
+            limits.admit(Budget::Writes),
+            Err(ApiError::Overloaded)
+        ));
+        assert_eq!(limits.in_flight(Budget::Writes), 2);
         drop(first);
-        assert!(limits.admit().is_ok());
+        assert!(limits.admit(Budget::Writes).is_ok());
+    }
+
+    #[test]
+    fn reads_that_take_their_whole_budget_leave_the_submissions_budget_whole() {
+        let limits = limits(&["--max-in-flight-reads", "2", "--max-in-flight-writes", "1"]);
+        let _reads = [
+            limits.admit(Budget::Reads).unwrap(),
+            limits.admit(Budget::Reads).unwrap(),
+        ];
+        assert!(matches!(
+            limits.admit(Budget::Reads),
+            Err(ApiError::Overloaded)
+        ));
+        assert!(
+            limits.admit(Budget::Writes).is_ok(),
+            "a submission is let in"
+        );
+    }
+
+    #[test]
+    fn a_burst_is_five_seconds_worth_of_the_rate_and_at_least_one() {
+        let cases = [
+            (600, 50, "the default per client"),
+            (60, 5, "the default per account"),
+            (13, 2, "rounded up"),
+            (12, 1, "exactly one"),
+            (2, 1, "never zero"),
+            (1, 1, "never zero"),
+            (u32::MAX, u32::MAX / 12 + 1, "no overflow"),
+        ];
+        for (rate, burst, case) in cases {
+            let quota = per_minute(rate).expect("a limit");
+            assert_eq!(quota.burst_size().get(), burst, "{case}");
+            assert_eq!(
+                quota.replenish_interval(),
+                Quota::per_minute(NonZeroU32::new(rate).unwrap()).replenish_interval(),
+                "{case}: the rate itself is unchanged"
+            );
+        }
+        assert!(per_minute(0).is_none(), "0 is no limit");
+    }
+
+    #[test]
+    fn a_client_may_burst_only_a_few_seconds_worth_not_its_whole_minute() {
+        // 60 a minute: one more each second after the burst of 5.
+        let limits = limits(&["--rate-limit-per-client-per-minute", "60"]);
+        let client = Some(ip("203.0.113.9"));
+        let allowed = (0..60)
+            .take_while(|_| limits.check_client(client).is_ok())
+            .count();
+        assert_eq!(allowed, 5);
+    }
+
+    /// The response `answer` makes, through warp as the server sends it.
+    async fn reply(
+        answer: impl Fn() -> Response + Clone + Send + Sync + 'static,
+    ) -> warp::http::Response<bytes::Bytes> {
+        use warp::Filter;
+        warp::test::request().reply(&warp::any().map(answer)).await
+    }
+
+    #[tokio::test]
+    async fn a_shed_request_gets_what_the_error_module_answers_an_overload_at_each_door() {
+        for legacy in [false, true] {
+            let canned = reply(move || shed_response(legacy)).await;
+            let made = reply(move || {
+                if legacy {
+                    ApiError::Overloaded.to_legacy_response()
+                } else {
+                    ApiError::Overloaded.to_v1_response()
+                }
+            })
+            .await;
+            assert_eq!(canned.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(canned.status(), made.status(), "legacy: {legacy}");
+            assert_eq!(canned.headers()[header::RETRY_AFTER], "1");
+            assert_eq!(
+                canned.headers()[header::CONTENT_TYPE],
+                made.headers()[header::CONTENT_TYPE]
+            );
+            let canned: serde_json::Value = serde_json::from_slice(canned.body()).unwrap();
+            let made: serde_json::Value = serde_json::from_slice(made.body()).unwrap();
+            assert_eq!(canned, made, "legacy: {legacy}");
+        }
+        assert_eq!(
+            serde_json::to_string(LEGACY_FAILURE).unwrap(),
+            LEGACY_FAILURE_BODY
+        );
+    }
+
+    #[test]
+    fn the_connection_refusal_is_a_complete_503_that_closes() {
+        let text = std::str::from_utf8(connection_refusal()).expect("UTF-8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+        let mut lines = head.split("\r\n");
+        assert_eq!(lines.next(), Some("HTTP/1.1 503 Service Unavailable"));
+        let headers: Vec<&str> = lines.collect();
+        for expected in [
+            "Connection: close",
+            "Retry-After: 1",
+            "Content-Type: application/json",
+        ] {
+            assert!(headers.contains(&expected), "{expected}: {head}");
+        }
+        assert!(
+            headers.contains(&format!("Content-Length: {}", body.len()).as_str()),
+            "{head}"
+        );
+        let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+        assert_eq!(body["error"]["code"], "overloaded");
+        assert_eq!(body["error"]["fields"], serde_json::json!([]));
     }
 }

@@ -2,19 +2,24 @@
 //!
 //! Once a route's path has matched, it answers every request itself (in its
 //! own error format), so `or` only falls through on paths.
+//!
+//! A request's place in flight is taken before any route runs, by the
+//! server, from the budget [`budget_of`] names; the routes only check the
+//! client's rate. `/metrics` is not among them: it is served on the
+//! metrics address alone ([`crate::observe::metrics_routes`]).
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
-use warp::http::HeaderMap;
+use warp::http::{HeaderMap, HeaderValue, Method};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::error::ApiError;
 use crate::handlers::{self, Admission, AppState};
-use crate::limits::PeerAddr;
+use crate::limits::{Budget, PeerAddr};
 use crate::observe::RequestId;
 
 /// Every route [`routes`] serves, as `(method, path template)`: the list
@@ -31,8 +36,20 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/openapi.json"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
-    ("GET", "/metrics"),
 ];
+
+/// The in-flight budget a request takes its place from, decided from its
+/// method and path alone (no allocation, no header read): submissions from
+/// [`Budget::Writes`], results reads from [`Budget::Reads`]; `None` for the
+/// rest (pages, health, unknown paths), which is cheap, bounded by the
+/// connection cap, and never waits on the broker or MySQL.
+pub fn budget_of(method: &Method, path: &str) -> Option<Budget> {
+    match (method, route_of(path)) {
+        (&Method::POST, "/score" | "/v1/scores") => Some(Budget::Writes),
+        (&Method::GET, "/v1/accounts/{acc_nbr}/scores" | "/graderesult") => Some(Budget::Reads),
+        _ => None,
+    }
+}
 
 /// The template in [`ROUTES`] that `path` falls under (`{…}` matches one
 /// segment), or `unmatched`: a label of bounded cardinality that never
@@ -80,9 +97,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
     let operations = openapi()
         .or(healthz())
         .unify()
-        .or(readyz(state.clone()))
-        .unify()
-        .or(metrics(state))
+        .or(readyz(state))
         .unify()
         .boxed();
     submissions
@@ -226,14 +241,6 @@ fn raw_query() -> impl Filter<Extract = (Option<String>,), Error = Infallible> +
         .unify()
 }
 
-/// `GET /metrics`: Prometheus' text format.
-pub fn metrics(state: AppState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("metrics")
-        .and(warp::get())
-        .and(with_state(state))
-        .then(handlers::metrics)
-}
-
 fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
     warp::any().map(move || state.clone())
 }
@@ -301,32 +308,38 @@ fn idempotency_key() -> impl Filter<Extract = (Option<String>,), Error = Rejecti
     })
 }
 
-/// Lets a request in: its client is within its rate (429 otherwise) and a
-/// place among the requests in flight is free (503 otherwise).
+/// Lets a request in when its client is within its rate (429 otherwise).
+/// Its place in flight was taken before routing, by the server.
 fn admission(state: AppState) -> impl Filter<Extract = (Admission,), Error = Rejection> + Clone {
     warp::ext::optional::<PeerAddr>()
         .and(warp::addr::remote())
-        .and(warp::header::headers_cloned())
+        .and(forwarded_for())
         .and_then(
             move |ours: Option<PeerAddr>,
                   warps: Option<std::net::SocketAddr>,
-                  headers: HeaderMap| {
+                  forwarded: Option<HeaderValue>| {
                 let limits = state.limits.clone();
                 async move {
                     let peer = ours
                         .map(|peer| peer.0)
                         .or(warps)
                         .map(|address| address.ip());
-                    let forwarded = headers
-                        .get("x-forwarded-for")
-                        .and_then(|value| value.to_str().ok());
+                    let forwarded = forwarded.as_ref().and_then(|value| value.to_str().ok());
                     let client = limits.client_address(peer, forwarded);
                     limits.check_client(client).map_err(warp::reject::custom)?;
-                    let permit = limits.admit().map_err(warp::reject::custom)?;
-                    Ok::<_, Rejection>(Admission::new(permit))
+                    Ok::<_, Rejection>(Admission::new())
                 }
             },
         )
+}
+
+/// The `X-Forwarded-For` header, if any, without copying the other headers;
+/// a value that is not visible ASCII is ignored later, never refused.
+fn forwarded_for() -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infallible> + Clone {
+    warp::header::value("x-forwarded-for")
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
 }
 
 /// The request body, refused with 413 as soon as it is known to exceed
@@ -396,6 +409,29 @@ mod tests {
         ];
         for (path, route) in cases {
             assert_eq!(route_of(path), route, "{path}");
+        }
+    }
+
+    #[test]
+    fn submissions_and_reads_take_places_from_their_own_budgets_and_the_rest_from_none() {
+        let cases = [
+            (Method::POST, "/score", Some(Budget::Writes)),
+            (Method::POST, "/v1/scores", Some(Budget::Writes)),
+            (
+                Method::GET,
+                "/v1/accounts/13800138000/scores",
+                Some(Budget::Reads),
+            ),
+            (Method::GET, "/graderesult", Some(Budget::Reads)),
+            (Method::GET, "/v1/scores", None),
+            (Method::GET, "/readyz", None),
+            (Method::GET, "/healthz", None),
+            (Method::GET, "/", None),
+            (Method::POST, "/nowhere", None),
+            (Method::GET, "/metrics", None),
+        ];
+        for (method, path, budget) in cases {
+            assert_eq!(budget_of(&method, path), budget, "{method} {path}");
         }
     }
 }

@@ -1,5 +1,15 @@
 //! Building and running the server.
+//!
+//! Overload is designed here: at most `SCORES_MAX_CONNECTIONS` connections
+//! are served (one beyond it gets a canned 503 and is closed before hyper
+//! sees it); each request takes its place in flight from its budget before
+//! anything else is done for it (a full budget is a canned 503); a
+//! connection is closed when it sends no complete request head within the
+//! header read timeout, idle kept-alive ones included; and each connection's
+//! buffer is capped. Only HTTP/1.1 is served: nginx speaks it to the API,
+//! and HTTP/2's idle connections would have no timeout.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,14 +17,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use score_shared::config::KafkaArgs;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::config::Config;
 use crate::handlers::AppState;
 use crate::handlers::pages::Pages;
-use crate::limits::{Limits, PeerAddr};
+use crate::limits::{self, Limits, PeerAddr};
 use crate::observe;
 use crate::publisher::Publisher;
+use crate::readiness::{self, Readiness, ReadinessProbe};
 use crate::results::ReadModel;
 use crate::routes;
 use hyper::Request;
@@ -26,11 +39,33 @@ use hyper_util::server::graceful::GracefulShutdown;
 /// How often topic creation is retried while the broker is unreachable.
 const TOPIC_RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Largest read (and write) buffer of one connection, in bytes: the
+/// headers, and the body's chunks on their way to the 16 KiB body limit,
+/// must fit. hyper's default is about 400 KiB, which times the connection
+/// cap would be gigabytes.
+const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Most refused connections kept open at once while their canned 503 is
+/// delivered (see [`refuse`]); beyond it they are closed at once.
+const MAX_LINGERING_REFUSALS: usize = 256;
+
+/// How long a refused connection is kept, reading and discarding what the
+/// client sends, so that closing it does not reset the connection before
+/// the client has read the 503.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// How long the metrics address may take to stop once the API has.
+const METRICS_STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// A bound, not yet running, ingest API.
 pub struct Application {
     address: SocketAddr,
     listener: TcpListener,
+    metrics_address: SocketAddr,
+    metrics_listener: TcpListener,
     state: AppState,
+    readiness_probe: ReadinessProbe,
+    max_connections: usize,
     header_read_timeout: Duration,
     shutdown_flush: Duration,
 }
@@ -38,7 +73,8 @@ pub struct Application {
 impl Application {
     /// Creates the producer, makes sure the topic exists (or keeps trying in
     /// the background when the broker is down: the API still starts, answers
-    /// 503 and reports not ready) and binds the listener.
+    /// 503 and reports not ready) and binds the public and metrics
+    /// listeners.
     ///
     /// # Errors
     ///
@@ -64,22 +100,37 @@ impl Application {
                 )
             })
             .transpose()?;
-        provision_topic(config.kafka.clone(), config.publish_timeout()).await;
+        // Ready from the start when the broker answered provisioning; the
+        // background probe takes over once running.
+        let provisioned = provision_topic(config.kafka.clone(), config.publish_timeout()).await;
+        let (readiness_probe, readiness) = Readiness::new(provisioned);
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("binding {}", config.http_addr))?;
         let address = listener.local_addr().context("reading the bound address")?;
+        let metrics_listener = TcpListener::bind(config.metrics_addr)
+            .await
+            .with_context(|| format!("binding the metrics address {}", config.metrics_addr))?;
+        let metrics_address = metrics_listener
+            .local_addr()
+            .context("reading the metrics address")?;
         Ok(Self {
             address,
             listener,
+            metrics_address,
+            metrics_listener,
+            readiness_probe,
+            max_connections: config.max_connections.max(1),
             state: AppState {
                 publisher,
                 pages: Arc::new(Pages::new(&rules)),
+                recent_keys: Arc::default(),
                 rules: Arc::new(rules),
                 read_model,
                 limits: Arc::new(Limits::new(&config)),
                 body_limit_bytes: config.body_limit_bytes,
                 body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
+                readiness,
             },
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
             shutdown_flush: Duration::from_millis(config.shutdown_flush_ms),
@@ -91,9 +142,15 @@ impl Application {
         self.address
     }
 
+    /// Where `/metrics` (with `/healthz` and `/readyz`) is served.
+    pub fn metrics_address(&self) -> SocketAddr {
+        self.metrics_address
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, answers the
-    /// requests in flight and flushes the producer. A client that does not
-    /// send its headers within the header read timeout is disconnected.
+    /// requests in flight and flushes the producer. A connection that does
+    /// not send a request head within the header read timeout (of opening or
+    /// of its previous response) is closed.
     ///
     /// # Errors
     ///
@@ -103,22 +160,41 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.address, "ingest-api listening");
+        tracing::info!(address = %self.metrics_address, "serving metrics");
         let publisher = self.state.publisher.clone();
         let limits = self.state.limits.clone();
-        let forget_idle = tokio::spawn(async move {
-            let mut every = tokio::time::interval(LIMITER_CLEANUP_INTERVAL);
-            loop {
-                every.tick().await;
-                limits.forget_idle();
+        let forget_idle = tokio::spawn({
+            let limits = limits.clone();
+            async move {
+                let mut every = tokio::time::interval(LIMITER_CLEANUP_INTERVAL);
+                loop {
+                    every.tick().await;
+                    limits.forget_idle();
+                }
             }
         });
+        let refresh_readiness = tokio::spawn(
+            self.readiness_probe
+                .refresh_forever(publisher.clone(), readiness::REFRESH_INTERVAL),
+        );
+        let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
+        let mut metrics_server = tokio::spawn(observe::serve_metrics(
+            self.metrics_listener,
+            self.state.clone(),
+            async move {
+                let _ = metrics_stopped.await;
+            },
+        ));
 
         let service = warp::service(routes::routes(self.state));
-        let mut connections = auto::Builder::new(TokioExecutor::new());
+        let mut connections = auto::Builder::new(TokioExecutor::new()).http1_only();
         connections
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout);
+            .header_read_timeout(self.header_read_timeout)
+            .max_buf_size(CONNECTION_BUFFER_BYTES);
+        let connection_slots = Arc::new(Semaphore::new(self.max_connections));
+        let lingering_refusals = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
         let graceful = GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
@@ -134,18 +210,23 @@ impl Application {
                     }
                 },
             };
+            let Ok(slot) = connection_slots.clone().try_acquire_owned() else {
+                refuse(stream, &lingering_refusals);
+                continue;
+            };
+            let open = OpenConnection::new(slot);
             let service = service.clone();
-            let handler = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-                request.extensions_mut().insert(PeerAddr(peer));
-                let mut service = service.clone();
-                observe::observed(request, move |request| async move {
-                    tower_service::Service::call(&mut service, request).await
-                })
+            let limits = limits.clone();
+            let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let service = service.clone();
+                let limits = limits.clone();
+                async move { serve_admitted(request, peer, &limits, service).await }
             });
             let connection =
                 connections.serve_connection_with_upgrades(TokioIo::new(stream), handler);
             let connection = graceful.watch(connection.into_owned());
             tokio::spawn(async move {
+                let _open = open;
                 if let Err(error) = connection.await {
                     tracing::debug!(error = %error, "connection ended with an error");
                 }
@@ -155,21 +236,111 @@ impl Application {
         tracing::info!("stopped accepting; answering requests in flight");
         graceful.shutdown().await;
         forget_idle.abort();
+        refresh_readiness.abort();
         tracing::info!("flushing the producer");
         publisher.flush(self.shutdown_flush).await;
+        let _ = stop_metrics.send(());
+        if tokio::time::timeout(METRICS_STOP_GRACE, &mut metrics_server)
+            .await
+            .is_err()
+        {
+            metrics_server.abort();
+        }
         Ok(())
     }
+}
+
+/// Serves one request: first of all its place in flight from its budget
+/// ([`routes::budget_of`], from the method and path alone), a canned 503
+/// when that budget is full; then the routes, observed. The place is held
+/// until the response is made.
+async fn serve_admitted<S>(
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
+    limits: &Limits,
+    mut service: S,
+) -> Result<warp::reply::Response, Infallible>
+where
+    S: tower_service::Service<
+            Request<Incoming>,
+            Response = warp::reply::Response,
+            Error = Infallible,
+        >,
+{
+    let budget = routes::budget_of(request.method(), request.uri().path());
+    let _in_flight = match budget.map(|budget| (budget, limits.admit(budget))) {
+        Some((budget, Err(_))) => {
+            observe::record_shed(request.method(), request.uri().path(), budget);
+            let legacy = request.uri().path() == "/score";
+            return Ok(limits::shed_response(legacy));
+        }
+        Some((_, Ok(permit))) => Some(permit),
+        None => None,
+    };
+    request.extensions_mut().insert(PeerAddr(peer));
+    observe::observed(request, move |request| async move {
+        tower_service::Service::call(&mut service, request).await
+    })
+    .await
+}
+
+/// One open connection: it holds a slot under the connection cap and counts
+/// in `http_connections_open` until dropped.
+struct OpenConnection {
+    _slot: OwnedSemaphorePermit,
+}
+
+impl OpenConnection {
+    fn new(slot: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!("http_connections_open").increment(1.0);
+        Self { _slot: slot }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("http_connections_open").decrement(1.0);
+    }
+}
+
+/// Answers a connection beyond the cap with [`limits::connection_refusal`]
+/// and closes it, without building an HTTP connection. The answer is
+/// written without waiting (a new socket's send buffer has room for it).
+/// Closing a socket with unread input resets it, which can destroy the 503
+/// before the client reads it; so, while fewer than
+/// [`MAX_LINGERING_REFUSALS`] are, the connection is half-closed and what
+/// the client sends is read and discarded for up to [`REFUSAL_LINGER`]
+/// first. Beyond that bound it is closed at once.
+fn refuse(stream: TcpStream, lingering: &Arc<Semaphore>) {
+    metrics::counter!("http_connections_refused_total").increment(1);
+    let answer = limits::connection_refusal();
+    if !matches!(stream.try_write(answer), Ok(written) if written == answer.len()) {
+        return;
+    }
+    let Ok(lingering) = lingering.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _lingering = lingering;
+        let mut stream = stream;
+        let _ = stream.shutdown().await;
+        let mut discard = [0_u8; 1024];
+        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+            while matches!(stream.read(&mut discard).await, Ok(read) if read > 0) {}
+        })
+        .await;
+    });
 }
 
 /// How often the rate limiters forget clients not seen lately.
 const LIMITER_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Creates the topic now if the broker answers within `timeout`, otherwise
-/// keeps trying in the background.
-async fn provision_topic(kafka: KafkaArgs, timeout: Duration) {
+/// Creates the topic now if the broker answers within `timeout` (and says
+/// so), otherwise keeps trying in the background.
+async fn provision_topic(kafka: KafkaArgs, timeout: Duration) -> bool {
     let attempt = tokio::time::timeout(timeout, score_shared::kafka::ensure_topic(&kafka)).await;
     match attempt {
-        Ok(Ok(())) => return,
+        Ok(Ok(())) => return true,
         Ok(Err(error)) => tracing::warn!(
             error = format!("{error:#}"),
             "topic not provisioned yet; will retry"
@@ -186,4 +357,5 @@ async fn provision_topic(kafka: KafkaArgs, timeout: Duration) {
             }
         }
     });
+    false
 }

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use clap::CommandFactory;
 use ingest_api::Config;
 use ingest_api::handlers::pages::Pages;
+use ingest_api::observe::metrics_routes;
+use ingest_api::readiness::Readiness;
 use ingest_api::routes::routes;
 use score_shared::ValidationRules;
 use serde_json::Value;
@@ -138,6 +140,53 @@ async fn health_answers_without_the_broker() {
     assert_eq!(response.status(), StatusCode::OK);
 }
 
+#[tokio::test]
+async fn metrics_are_not_served_on_the_public_routes() {
+    let response = warp::test::request().path("/metrics").reply(&app()).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(response.body()), "not_found");
+}
+
+#[tokio::test]
+async fn the_metrics_address_serves_metrics_health_and_readiness_and_nothing_else() {
+    let metrics = metrics_routes(state());
+    let response = warp::test::request().path("/metrics").reply(&metrics).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    for (path, status) in [
+        ("/healthz", StatusCode::OK),
+        ("/readyz", StatusCode::SERVICE_UNAVAILABLE),
+        ("/score", StatusCode::NOT_FOUND),
+        ("/v1/scores", StatusCode::NOT_FOUND),
+    ] {
+        let response = warp::test::request().path(path).reply(&metrics).await;
+        assert_eq!(response.status(), status, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn readyz_answers_the_stored_readiness_without_asking_the_broker() {
+    // The producer points at a closed port: a round trip could never say
+    // ready, so a 200 can only come from the stored value.
+    for (ready, status) in [
+        (true, StatusCode::OK),
+        (false, StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let mut state = state();
+        state.readiness = Readiness::fixed(ready);
+        let response = warp::test::request()
+            .path("/readyz")
+            .reply(&routes(state))
+            .await;
+        assert_eq!(response.status(), status, "ready: {ready}");
+    }
+}
+
 #[test]
 fn help_lists_every_setting_with_its_environment_variable() {
     let help = Config::command().render_long_help().to_string();
@@ -146,7 +195,10 @@ fn help_lists_every_setting_with_its_environment_variable() {
         "SCORES_PUBLISH_TIMEOUT_MS",
         "SCORES_BODY_LIMIT_BYTES",
         "SCORES_SHUTDOWN_FLUSH_MS",
-        "SCORES_MAX_IN_FLIGHT",
+        "SCORES_MAX_CONNECTIONS",
+        "SCORES_MAX_IN_FLIGHT_WRITES",
+        "SCORES_MAX_IN_FLIGHT_READS",
+        "SCORES_METRICS_ADDR",
         "SCORES_RATE_LIMIT_PER_CLIENT_PER_MINUTE",
         "SCORES_RATE_LIMIT_PER_ACCOUNT_PER_MINUTE",
         "SCORES_TRUSTED_PROXIES",
@@ -185,12 +237,12 @@ async fn a_client_over_its_rate_gets_429_with_retry_after_in_each_doors_format()
             .header("content-type", "application/json")
             .body("[]")
     };
-    for _ in 0..3 {
-        assert_eq!(
-            send("/v1/scores").reply(&app).await.status(),
-            StatusCode::BAD_REQUEST
-        );
-    }
+    // 3 a minute: a burst of one (5 s worth, rounded up), then one every
+    // 20 s.
+    assert_eq!(
+        send("/v1/scores").reply(&app).await.status(),
+        StatusCode::BAD_REQUEST
+    );
     let limited = send("/v1/scores").reply(&app).await;
     assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(limited.headers().contains_key("retry-after"));
@@ -318,4 +370,50 @@ fn help_never_prints_a_secret_from_the_environment() {
         !help.contains("s3cret"),
         "--help prints a secret from the environment:\n{help}"
     );
+}
+
+#[tokio::test]
+async fn a_key_reused_for_another_body_is_a_422_at_both_doors_even_after_an_unknown_write() {
+    // The broker is unreachable here: the first body's publish fails with a
+    // 503, yet the key keeps its meaning, since that event may be in the log.
+    let app = app();
+    let v1 = |grade1: u8| {
+        warp::test::request()
+            .method("POST")
+            .path("/v1/scores")
+            .header("content-type", "application/json")
+            .header("idempotency-key", "rating-0001")
+            .body(format!(
+                r#"{{"acc_nbr":"13800138000","grade1":{grade1},"grade2":4,"grade3":3}}"#
+            ))
+    };
+    let first = v1(5).reply(&app).await;
+    assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let conflict = v1(1).reply(&app).await;
+    assert_eq!(conflict.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error_code(conflict.body()), "idempotency_conflict");
+    let retry = v1(5).reply(&app).await;
+    assert_eq!(
+        retry.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the same body is a retry, tried again"
+    );
+
+    let legacy = |grade1: u8| {
+        warp::test::request()
+            .method("POST")
+            .path("/score")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("idempotency-key", "rating-0002")
+            .body(format!(
+                "acc_nbr=%2213800138000%22&grade1={grade1}&grade2=4&grade3=3"
+            ))
+    };
+    assert_eq!(
+        legacy(5).reply(&app).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let conflict = legacy(2).reply(&app).await;
+    assert_eq!(conflict.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(conflict.headers()["x-error-code"], "idempotency_conflict");
 }

@@ -412,6 +412,8 @@ where
 /// An ingest API running in this process on port 0.
 pub struct RunningApi {
     pub address: SocketAddr,
+    /// Where its `/metrics` is served (never on `address`).
+    pub metrics_address: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -429,12 +431,14 @@ impl RunningApi {
             .await
             .expect("building the ingest API");
         let address = application.address();
+        let metrics_address = application.metrics_address();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(application.run_until_stopped(async move {
             let _ = stopped.await;
         }));
         Self {
             address,
+            metrics_address,
             stop: Some(stop),
             task,
         }
@@ -460,7 +464,9 @@ pub fn api_config(kafka: &KafkaArgs) -> ingest_api::Config {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         publish_timeout_ms: 5000,
         body_limit_bytes: 16 * 1024,
-        max_in_flight: 1024,
+        max_connections: 4096,
+        max_in_flight_writes: 1024,
+        max_in_flight_reads: 256,
         // Tests send thousands of requests from one address; the limits
         // have tests of their own.
         rate_limit_per_client_per_minute: 0,
@@ -469,6 +475,7 @@ pub fn api_config(kafka: &KafkaArgs) -> ingest_api::Config {
         header_read_timeout_ms: 10_000,
         body_read_timeout_ms: 10_000,
         shutdown_flush_ms: 5000,
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
         query_database_url: None,
         query_database_max_connections: 4,
         consistency_wait_ms: 2000,

@@ -16,13 +16,13 @@ use score_shared::{Channel, RawSubmission, ScoreSubmitted, Submission, Validatio
 use warp::http::StatusCode;
 use warp::reply::{self, Reply, Response};
 
-use tokio::sync::OwnedSemaphorePermit;
-
 use crate::consistency::ConsistencyToken;
 use crate::error::{ApiError, LEGACY_SUCCESS};
-use crate::limits::Limits;
+use crate::idempotency::{Claim, RecentKeys};
+use crate::limits::{Budget, Limits};
 use crate::observe::RequestId;
 use crate::publisher::{Publisher, Receipt};
+use crate::readiness::Readiness;
 use crate::results::ReadModel;
 use crate::routes::MediaType;
 use crate::wire;
@@ -38,26 +38,33 @@ pub struct AppState {
     /// The results queries' MySQL side; `None` when not configured.
     pub read_model: Option<ReadModel>,
     pub pages: Arc<pages::Pages>,
+    /// The idempotency keys this instance saw recently, with the digest of
+    /// the submission each first came with.
+    pub recent_keys: Arc<RecentKeys>,
+    /// What `/readyz` answers, refreshed in the background.
+    pub readiness: Readiness,
 }
 
 /// The response header carrying a submission's consistency token.
 pub const CONSISTENCY_TOKEN_HEADER: &str = "x-consistency-token";
 
-/// A request let in: it holds a place among the requests in flight until
-/// its handler returns.
-pub struct Admission {
-    _in_flight: OwnedSemaphorePermit,
-}
+/// A request let in by its client's rate limit. Its place in flight was
+/// taken before routing, by the server (`startup`), and is held until the
+/// response is made.
+pub struct Admission(());
 
 impl Admission {
-    /// Holds `permit` for the request's lifetime.
-    pub fn new(permit: OwnedSemaphorePermit) -> Self {
-        Self { _in_flight: permit }
+    /// The mark of a request within its client's rate.
+    pub fn new() -> Self {
+        Self(())
     }
 }
 
-/// How long `/readyz` waits for the broker.
-const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+impl Default for Admission {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// `POST /score`.
 pub async fn legacy_score(
@@ -165,6 +172,19 @@ async fn submit(
     if let Some(request_id) = keys.request_id {
         event = event.with_request_id(request_id.0.clone());
     }
+    if keys.idempotency_key.is_some() {
+        // First write wins: a key already used for another submission is
+        // refused before anything reaches the log. A key this instance
+        // does not remember reaches the projector, which records the
+        // conflict as a dead letter instead.
+        match state.recent_keys.claim(event_id, event.submission_digest()) {
+            Claim::First | Claim::Retry => {}
+            Claim::Conflict => {
+                tracing::info!("idempotency key reused for another submission");
+                return Err(ApiError::IdempotencyConflict);
+            }
+        }
+    }
     match state.publisher.publish(&event).await {
         Ok(receipt) => {
             tracing::debug!(
@@ -181,10 +201,15 @@ async fn submit(
     }
 }
 
-/// `GET /metrics`: the process's metrics, with the producer's queue depth
+/// `GET /metrics` (on the metrics address only): the process's metrics,
+/// with the producer's queue depth and the requests in flight per budget
 /// sampled now.
 pub async fn metrics(state: AppState) -> Response {
     metrics::gauge!("kafka_producer_queue_messages").set(state.publisher.queue_depth() as f64);
+    for budget in [Budget::Writes, Budget::Reads] {
+        metrics::gauge!("http_requests_in_flight", "budget" => budget.label())
+            .set(state.limits.in_flight(budget) as f64);
+    }
     reply::with_header(
         score_shared::telemetry::render_metrics(),
         "content-type",
@@ -198,9 +223,10 @@ pub async fn healthz() -> Response {
     reply::json(&serde_json::json!({"status": "ok"})).into_response()
 }
 
-/// `GET /readyz`.
+/// `GET /readyz`: the latest background probe of the broker; never a round
+/// trip of its own.
 pub async fn readyz(state: AppState) -> Response {
-    if state.publisher.is_ready(READINESS_PROBE_TIMEOUT).await {
+    if state.readiness.is_ready() {
         reply::json(&serde_json::json!({"status": "ready"})).into_response()
     } else {
         let body = reply::json(&serde_json::json!({"status": "broker unavailable"}));

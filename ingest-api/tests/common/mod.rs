@@ -14,6 +14,7 @@ use ingest_api::handlers::AppState;
 use ingest_api::handlers::pages::Pages;
 use ingest_api::limits::Limits;
 use ingest_api::publisher::Publisher;
+use ingest_api::readiness::Readiness;
 use ingest_api::routes::routes;
 use score_shared::ValidationRules;
 use score_shared::config::KafkaArgs;
@@ -39,6 +40,8 @@ pub fn state() -> AppState {
         body_read_timeout: Duration::from_secs(5),
         read_model: None,
         pages: Arc::new(Pages::new(&ValidationRules::default())),
+        recent_keys: Arc::default(),
+        readiness: Readiness::fixed(false),
     }
 }
 
