@@ -78,7 +78,9 @@ async fn make_legacy_tables(database: &TestDatabase) {
             .await
             .expect("an odd but valid row");
     }
-    // Without an id, a numeric account column, and two identical rows.
+    // Without an id, a numeric account column, and identical rows among
+    // rows that only a case- and trailing-space-insensitive collation takes
+    // for equal, interleaved.
     admin
         .execute(
             "CREATE TABLE legacy_grade_noid (
@@ -92,7 +94,12 @@ async fn make_legacy_tables(database: &TestDatabase) {
         .execute(
             "INSERT INTO legacy_grade_noid VALUES
                  (13800000001, 5, 5, 5, '好', '', '', '2018-01-01 10:00:00'),
+                 (13800000001, 5, 5, 5, '好 ', '', '', '2018-01-01 10:00:00'),
                  (13800000001, 5, 5, 5, '好', '', '', '2018-01-01 10:00:00'),
+                 (13800000001, 5, 5, 5, '好 ', '', '', '2018-01-01 10:00:00'),
+                 (13800000003, 4, 4, 4, 'Ok', '', '', '2018-01-01 10:00:00'),
+                 (13800000003, 4, 4, 4, 'ok', '', '', '2018-01-01 10:00:00'),
+                 (13800000003, 4, 4, 4, 'Ok', '', '', '2018-01-01 10:00:00'),
                  (13800000002, 3, 4, 5, '', '', '', '2018-01-02 11:00:00')",
         )
         .await
@@ -212,30 +219,36 @@ async fn a_legacy_table_is_imported_once_and_its_odd_rows_are_reported() {
     // Without an id column, identical rows are still two submissions.
     let no_id = import(&topic, &database, "legacy_grade_noid", report);
     assert!(
-        no_id.contains("3 rows read: 3 appended, 0 already in the log, 0 rejected"),
+        no_id.contains("8 rows read: 8 appended, 0 already in the log, 0 rejected"),
         "{no_id}"
     );
     let no_id_again = import(&topic, &database, "legacy_grade_noid", report);
     assert!(
-        no_id_again.contains("3 rows read: 0 appended, 3 already in the log, 0 rejected"),
+        no_id_again.contains("8 rows read: 0 appended, 8 already in the log, 0 rejected"),
         "{no_id_again}"
     );
     database
-        .await_grade_rows(valid + 3, Duration::from_secs(60))
+        .await_grade_rows(valid + 8, Duration::from_secs(60))
         .await;
-    let imported_at: Vec<String> = sqlx::query_scalar(
-        "SELECT DATE_FORMAT(insert_time, '%Y-%m-%d %H:%i:%s') FROM grade \
-         WHERE acc_nbr LIKE '138000000%' ORDER BY insert_time",
+    // Each row once, byte for byte: "好" and "好 " are different ratings.
+    let imported: Vec<String> = sqlx::query_scalar(
+        "SELECT CONCAT_WS('|', acc_nbr, HEX(txt1), DATE_FORMAT(insert_time, '%Y-%m-%d %H:%i:%s')) \
+         FROM grade WHERE acc_nbr LIKE '138000000%' ORDER BY acc_nbr, HEX(txt1)",
     )
     .fetch_all(&database.pool)
     .await
     .expect("reading the imported rows");
     assert_eq!(
-        imported_at,
+        imported,
         [
-            "2018-01-01 10:00:00",
-            "2018-01-01 10:00:00",
-            "2018-01-02 11:00:00"
+            "13800000001|E5A5BD|2018-01-01 10:00:00",
+            "13800000001|E5A5BD|2018-01-01 10:00:00",
+            "13800000001|E5A5BD20|2018-01-01 10:00:00",
+            "13800000001|E5A5BD20|2018-01-01 10:00:00",
+            "13800000002||2018-01-02 11:00:00",
+            "13800000003|4F6B|2018-01-01 10:00:00",
+            "13800000003|4F6B|2018-01-01 10:00:00",
+            "13800000003|6F6B|2018-01-01 10:00:00",
         ]
     );
 

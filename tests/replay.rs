@@ -221,6 +221,32 @@ async fn a_rebuild_under_load_keeps_readers_served_and_every_event_once() {
         .unwrap();
     assert!(old >= 1000, "--keep-old kept the replaced table");
 
+    // Kept tables are never dropped without being asked.
+    let mut again = rebuild_args(&topic.kafka, &database, "grade", false);
+    let refused = rebuild::rebuild(&again, &CancellationToken::new())
+        .await
+        .expect_err("a rebuild must not replace kept tables unasked");
+    let message = format!("{refused:#}");
+    assert!(message.contains("grade__old"), "{message}");
+    assert!(message.contains("--drop-kept"), "{message}");
+    let still: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM grade__old")
+        .fetch_one(&database.pool)
+        .await
+        .unwrap();
+    assert_eq!(still, old);
+    again.drop_kept = true;
+    rebuild::rebuild(&again, &CancellationToken::new())
+        .await
+        .expect("told to, it drops them");
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.tables \
+         WHERE table_schema = DATABASE() AND table_name = 'grade__old'",
+    )
+    .fetch_one(&database.pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, 0);
+
     projector.stop().await;
     database.drop_database().await;
 }
@@ -516,5 +542,161 @@ async fn status_shows_each_projections_position_lag_and_dead_letters_per_partiti
 
     projector.stop().await;
     api.stop().await;
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn retrying_every_dead_letter_goes_on_past_one_mysql_still_refuses() {
+    let topic = TestTopic::create(1).await;
+    let database = TestDatabase::create().await;
+    let v2 = |event_id: &str, account: &str, txt1: &str| {
+        serde_json::to_vec(&json!({
+            "type": "ScoreSubmitted", "version": 2, "event_id": event_id,
+            "occurred_at": "2026-11-20T08:00:00.123456Z", "channel": "api_v1",
+            "acc_nbr": account, "grade1": 5, "grade2": 4, "grade3": 3,
+            "txt1": txt1, "txt2": "", "txt3": ""
+        }))
+        .unwrap()
+    };
+    let refused = v2(
+        "0192f0c4-0000-7000-8000-0000000000a1",
+        "13500000011",
+        "far too long",
+    );
+    let fine = v2("0192f0c4-0000-7000-8000-0000000000a2", "13500000012", "ok");
+    topic.produce_raw(0, "13500000011", &refused).await;
+    topic.produce_raw(0, "13500000012", &fine).await;
+
+    // Both wait as dead letters under a projector that takes version 1 only.
+    let v1_only = DecoderArgs {
+        event_versions: vec![1],
+        ..DecoderArgs::default()
+    };
+    let projector = RunningProjector::start_configured(
+        &topic.kafka,
+        database.args(),
+        &unique_group(),
+        vec!["grade".to_owned()],
+        v1_only,
+    );
+    let parked = eventually(LIMIT, || async {
+        dead_letters::list(&database.pool, Some("grade"), false)
+            .await
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+    assert!(parked, "both events should be dead letters");
+    projector.stop().await;
+
+    // A column too narrow now for the first one: MySQL refuses it.
+    sqlx::query("ALTER TABLE grade MODIFY txt1 VARCHAR(3) NOT NULL")
+        .execute(&database.admin_pool)
+        .await
+        .unwrap();
+    let fixed = DecoderArgs::default().decoder().unwrap();
+    let outcomes = dead_letters::retry(&database.projector_pool, "grade", None, &fixed)
+        .await
+        .expect("one refused row does not end the retry");
+    let results: Vec<_> = outcomes.iter().map(|o| o.outcome.clone()).collect();
+    assert_eq!(
+        results,
+        [
+            RetryResult::StillFailing("unwritable".into()),
+            RetryResult::Applied
+        ]
+    );
+    assert_eq!(database.grade_count().await, 1);
+    let open = dead_letters::list(&database.pool, Some("grade"), false)
+        .await
+        .unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].attempts, 2);
+    assert!(
+        open[0].error.starts_with("unwritable: "),
+        "{}",
+        open[0].error
+    );
+    database.drop_database().await;
+}
+
+/// Appends records in a transaction that is then aborted: the offsets they
+/// and the abort marker take are never delivered to a reader, a gap the log
+/// really has.
+async fn abort_a_transaction(topic: &TestTopic, records: usize) {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+
+    let kafka = topic.kafka.clone();
+    let name = topic.name().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let producer: ThreadedProducer<_> = ClientConfig::new()
+            .set("bootstrap.servers", &kafka.kafka_brokers)
+            .set("transactional.id", unique_group())
+            .create()
+            .expect("a transactional producer");
+        let wait = Duration::from_secs(30);
+        producer.init_transactions(wait).expect("init_transactions");
+        producer.begin_transaction().expect("begin_transaction");
+        for _ in 0..records {
+            producer
+                .send(
+                    BaseRecord::to(&name)
+                        .partition(0)
+                        .key("x")
+                        .payload("aborted"),
+                )
+                .map_err(|(error, _)| error)
+                .expect("an aborted record is sent");
+        }
+        producer.flush(wait).expect("flush");
+        producer.abort_transaction(wait).expect("abort_transaction");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_live_loop_and_a_rebuild_both_cross_a_gap_the_log_really_has() {
+    let topic = TestTopic::create(1).await;
+    let database = TestDatabase::create().await;
+    topic
+        .produce_raw(
+            0,
+            "13500000021",
+            &v1_event("0192f0c4-0000-7000-8000-0000000000b1", "13500000021", 5),
+        )
+        .await;
+    abort_a_transaction(&topic, 3).await;
+    let after = topic
+        .produce_raw(
+            0,
+            "13500000022",
+            &v1_event("0192f0c4-0000-7000-8000-0000000000b2", "13500000022", 4),
+        )
+        .await;
+    assert!(
+        after >= 5,
+        "the aborted records and marker take offsets 1..=4"
+    );
+
+    let projector = RunningProjector::start(&topic.kafka, &database, &unique_group());
+    database.await_grade_rows(2, LIMIT).await;
+    projector.stop().await;
+    let live = grade_and_summary(&database).await;
+
+    let rebuilt = tokio::time::timeout(
+        LIMIT,
+        rebuild::rebuild(
+            &rebuild_args(&topic.kafka, &database, "grade", false),
+            &CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("the rebuild crosses the gap instead of seeking back to it forever")
+    .expect("the rebuild");
+    assert_eq!(rebuilt.positions.get(&0), Some(&(after + 1)));
+    assert_eq!(grade_and_summary(&database).await, live);
     database.drop_database().await;
 }

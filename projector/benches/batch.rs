@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use projector::batch::{self, Decoded, Decoder, LogRecord};
+use projector::batch::{self, Decoded, Decoder, LogRecord, PlanContext};
+use projector::identity::{Predecessors, StoredPosition};
 use score_shared::event::new_event_id;
 use score_shared::{Channel, RawSubmission, ScoreSubmitted, Submission, ValidationRules};
 
@@ -36,13 +37,20 @@ fn records() -> Vec<LogRecord> {
 
 fn build_batch(c: &mut Criterion) {
     let records = records();
-    let stored: HashMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
+    let stored: HashMap<i32, StoredPosition> = (0..PARTITIONS)
+        .map(|p| (p, StoredPosition::default()))
+        .collect();
+    let read = Predecessors::default();
+    let context = PlanContext {
+        accepted_gaps: &[],
+        predecessors: &read,
+    };
     let decoder = Decoder::default();
     let mut group = c.benchmark_group("projector");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function("plan_and_decode_500", |b| {
         b.iter(|| {
-            let plans = batch::plan(black_box(&records), &stored, &[]);
+            let plans = batch::plan(black_box(&records), &stored, context);
             plans
                 .iter()
                 .flat_map(|plan| &plan.records)

@@ -15,9 +15,12 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Connection, MySql, MySqlConnection, MySqlPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{self, DeadLetterReason, Decoded, Decoder, Gap, LogRecord};
+use crate::batch::{
+    self, DeadLetterReason, Decoded, Decoder, Gap, LogRecord, PlanContext, Standing,
+};
+use crate::identity::{LogMismatch, Predecessors, RecordDigest};
 use crate::projection::{self, Projected, Projection, TableSet};
-use crate::store::{self, DeadLetterRow};
+use crate::store::{self, Advance, DeadLetterRow};
 
 /// How long a batch (or a dead-letter retry) waits for its projection's
 /// lock (held by a rebuild while it swaps tables, normally for well under a
@@ -33,6 +36,10 @@ pub struct BatchReport {
     /// Partitions whose records did not start at the stored position: the
     /// consumer must seek back to it.
     pub gaps: Vec<Gap>,
+    /// Offsets of records that stored positions stand on and that neither
+    /// the batch nor the reader's memory held, by partition: the consumer
+    /// must seek back to them (see [`crate::identity`]).
+    pub unseen: Vec<(i32, i64)>,
     /// The stored position of every partition in the batch, after commit.
     pub positions: HashMap<i32, i64>,
 }
@@ -44,6 +51,7 @@ impl BatchReport {
         self.dead_lettered += other.dead_lettered;
         self.already_applied += other.already_applied;
         self.gaps.extend(other.gaps);
+        self.unseen.extend(other.unseen);
         self.positions.extend(other.positions);
     }
 }
@@ -75,6 +83,8 @@ pub enum ApplyError {
     Database(#[from] sqlx::Error),
     #[error("timed out waiting for the lock of projection {0} (is a rebuild swapping it?)")]
     LockTimeout(&'static str),
+    #[error(transparent)]
+    LogMismatch(#[from] LogMismatch),
 }
 
 /// MySQL error numbers that mean "this row cannot be stored" (as opposed to
@@ -83,17 +93,32 @@ pub enum ApplyError {
 const DATA_ERRORS: [u16; 5] = [1406, 1366, 1264, 1292, 1048];
 
 impl ApplyError {
+    /// The error for a log line: MySQL's messages quote the values they
+    /// refused, which may be a phone number or a comment.
+    pub fn loggable(&self) -> String {
+        score_shared::privacy::scrubbed(&self.to_string())
+    }
+
     /// Whether the error is about the data of a record rather than the
     /// database's availability. Only these may dead-letter a record; every
     /// other error is retried, so that an outage or a broken schema never
     /// turns the log into dead letters.
     pub fn is_data_error(&self) -> bool {
         match self {
-            Self::Database(sqlx::Error::Database(error)) => error
-                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                .is_some_and(|e| DATA_ERRORS.contains(&e.number())),
+            Self::Database(error) => is_data_error(error),
             _ => false,
         }
+    }
+}
+
+/// Whether MySQL refused a statement for the data it was given (see
+/// [`ApplyError::is_data_error`]).
+pub fn is_data_error(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(error) => error
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|e| DATA_ERRORS.contains(&e.number())),
+        _ => false,
     }
 }
 
@@ -106,6 +131,8 @@ pub struct BatchJob<'a> {
     pub records: &'a [LogRecord],
     pub decoder: &'a Decoder,
     pub accepted_gaps: &'a [Gap],
+    /// The last record the reader read before this batch, by partition.
+    pub predecessors: &'a Predecessors,
     pub mode: Mode<'a>,
     pub locking: Locking,
 }
@@ -114,8 +141,9 @@ pub struct BatchJob<'a> {
 ///
 /// # Errors
 ///
-/// Any MySQL error, or a lock timeout; the transaction is then rolled back
-/// and nothing moved.
+/// Any MySQL error, a lock timeout, or a stored position that does not
+/// stand on the log being read; the transaction is then rolled back and
+/// nothing moved.
 #[tracing::instrument(name = "apply_batch", skip_all, fields(projection = job.projection.name(), records = job.records.len()))]
 pub async fn apply_batch(pool: &MySqlPool, job: &BatchJob<'_>) -> Result<BatchReport, ApplyError> {
     let mut connection = pool.acquire().await?;
@@ -222,7 +250,24 @@ async fn apply_in_transaction(
     let mut tx = connection.begin().await?;
     let stored =
         store::lock_positions(&mut tx, &job.tables.position, job.topic, &partitions).await?;
-    let plans = batch::plan(job.records, &stored, job.accepted_gaps);
+    let context = PlanContext {
+        accepted_gaps: job.accepted_gaps,
+        predecessors: job.predecessors,
+    };
+    let plans = batch::plan(job.records, &stored, context);
+    // One position that does not stand on this log and nothing is applied,
+    // in any partition.
+    for plan in &plans {
+        if let Standing::Mismatch(found) = &plan.standing {
+            return Err(LogMismatch {
+                projection: job.projection.name(),
+                partition: plan.partition,
+                next_offset: plan.next_offset,
+                found: found.clone(),
+            }
+            .into());
+        }
+    }
 
     let mut decoded_rows = Vec::new();
     let mut dead_letters = Vec::new();
@@ -256,27 +301,31 @@ async fn apply_in_transaction(
             offset: record.offset,
         })
         .collect();
+    let mut conflicts = 0;
     if !events.is_empty() {
-        job.projection.apply(&mut tx, job.tables, &events).await?;
+        let applied = job.projection.apply(&mut tx, job.tables, &events).await?;
+        conflicts = applied.conflicts.len();
+        dead_letters.extend(conflict_dead_letters(&decoded_rows, applied));
     }
     store::insert_dead_letters(&mut tx, &job.tables.dead_letter, job.topic, &dead_letters).await?;
 
     let mut report = BatchReport {
-        projected: events.len(),
+        projected: events.len() - conflicts,
         dead_lettered: dead_letters.len(),
         ..BatchReport::default()
     };
     for plan in &plans {
-        if stored.get(&plan.partition) != Some(&plan.next_offset) {
-            store::advance_position(
-                &mut tx,
-                &job.tables.position,
-                job.topic,
-                plan.partition,
-                plan.next_offset,
-                last_event_at.get(&plan.partition).copied(),
-            )
-            .await?;
+        if let Some(last) = plan.records.last() {
+            let advance = Advance {
+                partition: plan.partition,
+                next_offset: plan.next_offset,
+                last_record: &RecordDigest::of(last),
+                last_event_at: last_event_at.get(&plan.partition).copied(),
+            };
+            store::advance_position(&mut tx, &job.tables.position, job.topic, advance).await?;
+        }
+        if let Standing::Unseen { offset } = plan.standing {
+            report.unseen.push((plan.partition, offset));
         }
         report.already_applied += plan.already_applied;
         report.gaps.extend(plan.gap);
@@ -286,31 +335,79 @@ async fn apply_in_transaction(
     Ok(report)
 }
 
+/// The dead letters of the events a projection refused because their id
+/// was already applied with other content (see [`projection::Applied`]):
+/// first write wins, and the later record is kept with the reason.
+/// (Issue 13, item 3: the one hook the engine needs for it.)
+fn conflict_dead_letters<'r>(
+    decoded_rows: &[(score_shared::ScoreSubmitted, &'r LogRecord)],
+    applied: projection::Applied,
+) -> Vec<DeadLetterRow<'r>> {
+    applied
+        .conflicts
+        .into_iter()
+        .map(|conflict| {
+            let record = decoded_rows[conflict.index].1;
+            tracing::warn!(
+                partition = record.partition,
+                offset = record.offset,
+                reason = conflict.reason.kind,
+                "event sent to dead_letter"
+            );
+            DeadLetterRow {
+                record,
+                reason: conflict.reason,
+            }
+        })
+        .collect()
+}
+
+/// Why [`apply_until_done`] gave up on a batch. Nothing of it was applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Halt {
+    /// `stop` fired while MySQL was unavailable: the records will be read
+    /// again.
+    #[error("stopped before the batch could be applied")]
+    Stopped,
+    /// A stored position does not stand on the log being read: no retry
+    /// can help; an operator must rebuild.
+    #[error(transparent)]
+    LogMismatch(#[from] LogMismatch),
+}
+
 /// Applies the job, waiting out MySQL outages with backoff. A batch MySQL
 /// refuses for its data is split record by record, and a single refused
-/// record is dead-lettered as `unwritable`. Returns `None` only when `stop`
-/// fires while MySQL is unavailable (nothing was applied then: the records
-/// will be read again).
+/// record is dead-lettered as `unwritable`.
+///
+/// # Errors
+///
+/// [`Halt`]: stopped while MySQL is unavailable, or positions that do not
+/// stand on the log.
 pub async fn apply_until_done(
     pool: &MySqlPool,
     job: &BatchJob<'_>,
     stop: &CancellationToken,
-) -> Option<BatchReport> {
+) -> Result<BatchReport, Halt> {
     let mut backoff = Backoff::new();
     loop {
         match apply_batch(pool, job).await {
-            Ok(report) => return Some(report),
+            Ok(report) => return Ok(report),
+            Err(ApplyError::LogMismatch(mismatch)) => return Err(mismatch.into()),
             Err(error) if error.is_data_error() && job.records.len() > 1 => {
-                tracing::warn!(error = %error, "MySQL refused a record; applying the batch one record at a time");
+                tracing::warn!(error = %error.loggable(), "MySQL refused a record; applying the batch one record at a time");
                 let mut total = BatchReport::default();
+                // Each record stands on the one before it in the batch.
+                let mut read = job.predecessors.clone();
                 for record in job.records.chunks(1) {
                     let single = BatchJob {
                         records: record,
+                        predecessors: &read,
                         ..*job
                     };
                     total.absorb(Box::pin(apply_until_done(pool, &single, stop)).await?);
+                    read.remember(record);
                 }
-                return Some(total);
+                return Ok(total);
             }
             Err(error) if error.is_data_error() => {
                 let reason = DeadLetterReason::new("unwritable", error.to_string());
@@ -319,16 +416,17 @@ pub async fn apply_until_done(
                     ..*job
                 };
                 match apply_batch(pool, &dead_letter).await {
-                    Ok(report) => return Some(report),
+                    Ok(report) => return Ok(report),
+                    Err(ApplyError::LogMismatch(mismatch)) => return Err(mismatch.into()),
                     Err(error) => {
-                        tracing::warn!(error = %error, "dead letter not written; retrying")
+                        tracing::warn!(error = %error.loggable(), "dead letter not written; retrying")
                     }
                 }
             }
-            Err(error) => tracing::warn!(error = %error, "batch not applied; retrying"),
+            Err(error) => tracing::warn!(error = %error.loggable(), "batch not applied; retrying"),
         }
         tokio::select! {
-            () = stop.cancelled() => return None,
+            () = stop.cancelled() => return Err(Halt::Stopped),
             () = tokio::time::sleep(backoff.next()) => {}
         }
     }

@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use score_shared::event::{self, DecodeError, Event};
 use score_shared::{ScoreSubmitted, ValidationRules};
 
+use crate::identity::{Found, Predecessors, RecordDigest, StoredPosition};
+
 /// One record read from the log, detached from the consumer.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct LogRecord {
@@ -38,29 +40,58 @@ pub struct PartitionPlan<'a> {
     pub already_applied: usize,
     /// The position to store once `records` are applied.
     pub next_offset: i64,
-    /// Set when the batch does not start at the stored position: the
-    /// consumer must seek back to `stored`, and nothing is applied.
+    /// Set when the run of offsets stops at a hole not yet confirmed (at
+    /// the stored position, or inside the batch after the records applied):
+    /// the consumer must seek back to read past it again.
     pub gap: Option<Gap>,
+    /// Whether the stored position stands on this log. Nothing is applied
+    /// unless it is [`Standing::Checked`].
+    pub standing: Standing,
+}
+
+/// What the batch showed of the record a stored position stands on (see
+/// [`crate::identity`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// The record is the one the position was stored on, or there is
+    /// nothing to check (offset 0, a position stored before the check, or
+    /// nothing in the batch to apply).
+    Checked,
+    /// The batch has records to apply but neither it nor the reader's
+    /// memory holds the record at `offset`: the reader must seek there.
+    Unseen { offset: i64 },
+    /// The log holds a different record there.
+    Mismatch(Found),
 }
 
 /// The batch skips over offsets that were never applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Gap {
     pub partition: i32,
-    /// The stored position: the next offset to apply.
+    /// The next offset to apply (the stored position, or the one after the
+    /// records applied before the hole).
     pub stored: i64,
     /// The first offset the batch holds beyond it.
     pub first_seen: i64,
 }
 
+/// What the plan knows beside the batch and the stored positions.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanContext<'a> {
+    /// Gaps the log itself has (confirmed by the caller after seeking
+    /// back): the run may start past the stored position there.
+    pub accepted_gaps: &'a [Gap],
+    /// The last record read before this batch in each partition.
+    pub predecessors: &'a Predecessors,
+}
+
 /// Splits `records` by partition and, for each, keeps the run that starts
-/// exactly at the stored position. `accepted_gaps` lists gaps the log itself
-/// has (confirmed by the caller after seeking back): the run may start past
-/// the stored position there.
+/// exactly at the stored position, once the record that position stands on
+/// has been seen with the digest stored with it.
 pub fn plan<'a>(
     records: &'a [LogRecord],
-    stored: &HashMap<i32, i64>,
-    accepted_gaps: &[Gap],
+    stored: &HashMap<i32, StoredPosition>,
+    context: PlanContext<'_>,
 ) -> Vec<PartitionPlan<'a>> {
     let mut by_partition: BTreeMap<i32, Vec<&LogRecord>> = BTreeMap::new();
     for record in records {
@@ -69,12 +100,14 @@ pub fn plan<'a>(
             .or_default()
             .push(record);
     }
+    let nothing_stored = StoredPosition::default();
     by_partition
         .into_iter()
         .map(|(partition, mut records)| {
             records.sort_by_key(|r| r.offset);
             records.dedup_by_key(|r| r.offset);
-            let stored = stored.get(&partition).copied().unwrap_or(0);
+            let position = stored.get(&partition).unwrap_or(&nothing_stored);
+            let stored = position.next_offset;
             let already_applied = records.iter().take_while(|r| r.offset < stored).count();
             let fresh = &records[already_applied..];
             let mut plan = PartitionPlan {
@@ -83,33 +116,69 @@ pub fn plan<'a>(
                 already_applied,
                 next_offset: stored,
                 gap: None,
+                standing: standing(position, partition, &records, context.predecessors),
             };
-            let Some(first) = fresh.first() else {
-                return plan;
-            };
-            let gap = Gap {
-                partition,
-                stored,
-                first_seen: first.offset,
-            };
-            if first.offset != stored && !accepted_gaps.contains(&gap) {
-                plan.gap = Some(gap);
+            if fresh.is_empty() {
+                if matches!(plan.standing, Standing::Unseen { .. }) {
+                    // Nothing to apply yet; the record comes before the
+                    // first that needs it.
+                    plan.standing = Standing::Checked;
+                }
                 return plan;
             }
-            let mut expected = first.offset;
+            if plan.standing != Standing::Checked {
+                return plan;
+            }
+            // A run of consecutive offsets from the stored position. A hole
+            // (before the first record or inside the batch) ends it unless
+            // the caller has confirmed it is in the log itself; the consumer
+            // then seeks back to read past the run again.
+            let mut expected = stored;
             for record in fresh {
                 if record.offset != expected {
-                    // A hole inside the batch: apply up to it; the rest
-                    // comes again after the consumer seeks.
-                    break;
+                    let gap = Gap {
+                        partition,
+                        stored: expected,
+                        first_seen: record.offset,
+                    };
+                    if !context.accepted_gaps.contains(&gap) {
+                        plan.gap = Some(gap);
+                        break;
+                    }
                 }
                 plan.records.push(record);
-                expected += 1;
+                expected = record.offset + 1;
             }
             plan.next_offset = expected;
             plan
         })
         .collect()
+}
+
+/// Checks the record `position` stands on against what the batch (sorted
+/// by offset) or the reader's memory holds at that offset.
+fn standing(
+    position: &StoredPosition,
+    partition: i32,
+    records: &[&LogRecord],
+    predecessors: &Predecessors,
+) -> Standing {
+    let (Some(offset), Some(stored)) = (position.stands_on(), position.last_record.as_ref()) else {
+        return Standing::Checked;
+    };
+    let read = records
+        .iter()
+        .find(|r| r.offset == offset)
+        .map(|r| RecordDigest::of(r))
+        .or_else(|| predecessors.at(partition, offset).cloned());
+    match read {
+        Some(read) if &read == stored => Standing::Checked,
+        Some(read) => Standing::Mismatch(Found::Different {
+            stored: stored.clone(),
+            read,
+        }),
+        None => Standing::Unseen { offset },
+    }
 }
 
 /// What one record becomes in the projection.
@@ -202,6 +271,30 @@ mod tests {
         }
     }
 
+    /// Positions stored before the log check (no digest): trusted.
+    fn positions(stored: &[(i32, i64)]) -> HashMap<i32, StoredPosition> {
+        stored
+            .iter()
+            .map(|(partition, next_offset)| {
+                let position = StoredPosition {
+                    next_offset: *next_offset,
+                    last_record: None,
+                };
+                (*partition, position)
+            })
+            .collect()
+    }
+
+    static NO_PREDECESSORS: std::sync::LazyLock<Predecessors> =
+        std::sync::LazyLock::new(Predecessors::default);
+
+    fn context(accepted_gaps: &[Gap]) -> PlanContext<'_> {
+        PlanContext {
+            accepted_gaps,
+            predecessors: &NO_PREDECESSORS,
+        }
+    }
+
     fn offsets(plan: &PartitionPlan<'_>) -> Vec<i64> {
         plan.records.iter().map(|r| r.offset).collect()
     }
@@ -209,7 +302,7 @@ mod tests {
     #[test]
     fn a_batch_starting_at_the_stored_position_is_applied_whole() {
         let records = [record(0, 5), record(0, 6), record(0, 7)];
-        let plans = plan(&records, &HashMap::from([(0, 5)]), &[]);
+        let plans = plan(&records, &positions(&[(0, 5)]), context(&[]));
         assert_eq!(offsets(&plans[0]), [5, 6, 7]);
         assert_eq!(plans[0].next_offset, 8);
         assert_eq!(plans[0].gap, None);
@@ -218,7 +311,7 @@ mod tests {
     #[test]
     fn a_partition_never_seen_starts_at_offset_zero() {
         let records = [record(2, 0), record(2, 1)];
-        let plans = plan(&records, &HashMap::new(), &[]);
+        let plans = plan(&records, &HashMap::new(), context(&[]));
         assert_eq!(offsets(&plans[0]), [0, 1]);
         assert_eq!(plans[0].next_offset, 2);
     }
@@ -226,7 +319,7 @@ mod tests {
     #[test]
     fn records_already_applied_are_skipped() {
         let records = [record(0, 3), record(0, 4), record(0, 5)];
-        let plans = plan(&records, &HashMap::from([(0, 5)]), &[]);
+        let plans = plan(&records, &positions(&[(0, 5)]), context(&[]));
         assert_eq!(offsets(&plans[0]), [5]);
         assert_eq!(plans[0].already_applied, 2);
         assert_eq!(plans[0].next_offset, 6);
@@ -235,7 +328,7 @@ mod tests {
     #[test]
     fn a_batch_fully_applied_before_changes_nothing() {
         let records = [record(0, 3), record(0, 4)];
-        let plans = plan(&records, &HashMap::from([(0, 9)]), &[]);
+        let plans = plan(&records, &positions(&[(0, 9)]), context(&[]));
         assert!(plans[0].records.is_empty());
         assert_eq!(plans[0].next_offset, 9);
         assert_eq!(plans[0].gap, None);
@@ -244,7 +337,7 @@ mod tests {
     #[test]
     fn a_batch_past_the_stored_position_is_a_gap_and_applies_nothing() {
         let records = [record(1, 10), record(1, 11)];
-        let plans = plan(&records, &HashMap::from([(1, 4)]), &[]);
+        let plans = plan(&records, &positions(&[(1, 4)]), context(&[]));
         assert!(plans[0].records.is_empty());
         assert_eq!(
             plans[0].gap,
@@ -265,23 +358,37 @@ mod tests {
             stored: 4,
             first_seen: 10,
         }];
-        let plans = plan(&records, &HashMap::from([(1, 4)]), &accepted);
+        let plans = plan(&records, &positions(&[(1, 4)]), context(&accepted));
         assert_eq!(offsets(&plans[0]), [10, 11]);
         assert_eq!(plans[0].next_offset, 12);
     }
 
     #[test]
-    fn a_hole_inside_the_batch_stops_the_run_before_it() {
+    fn a_hole_inside_the_batch_stops_the_run_before_it_and_is_a_gap() {
         let records = [record(0, 0), record(0, 1), record(0, 3)];
-        let plans = plan(&records, &HashMap::new(), &[]);
+        let plans = plan(&records, &HashMap::new(), context(&[]));
         assert_eq!(offsets(&plans[0]), [0, 1]);
         assert_eq!(plans[0].next_offset, 2);
+        let hole = Gap {
+            partition: 0,
+            stored: 2,
+            first_seen: 3,
+        };
+        assert_eq!(
+            plans[0].gap,
+            Some(hole),
+            "the consumer must read past it again"
+        );
+        let crossed = plan(&records, &HashMap::new(), context(&[hole]));
+        assert_eq!(offsets(&crossed[0]), [0, 1, 3], "once confirmed");
+        assert_eq!(crossed[0].next_offset, 4);
+        assert_eq!(crossed[0].gap, None);
     }
 
     #[test]
     fn partitions_are_planned_independently() {
         let records = [record(0, 0), record(1, 7), record(0, 1), record(1, 8)];
-        let plans = plan(&records, &HashMap::from([(1, 7)]), &[]);
+        let plans = plan(&records, &positions(&[(1, 7)]), context(&[]));
         assert_eq!(plans.len(), 2);
         assert_eq!(offsets(&plans[0]), [0, 1]);
         assert_eq!(offsets(&plans[1]), [7, 8]);
@@ -290,8 +397,86 @@ mod tests {
     #[test]
     fn duplicated_deliveries_within_a_batch_count_once() {
         let records = [record(0, 0), record(0, 0), record(0, 1)];
-        let plans = plan(&records, &HashMap::new(), &[]);
+        let plans = plan(&records, &HashMap::new(), context(&[]));
         assert_eq!(offsets(&plans[0]), [0, 1]);
+    }
+
+    fn with_payload(partition: i32, offset: i64, payload: &str) -> LogRecord {
+        LogRecord {
+            payload: Some(payload.as_bytes().to_vec()),
+            ..record(partition, offset)
+        }
+    }
+
+    /// A position at `next_offset` stored on `under` (the record before it).
+    fn standing_on(under: &LogRecord) -> HashMap<i32, StoredPosition> {
+        let position = StoredPosition {
+            next_offset: under.offset + 1,
+            last_record: Some(RecordDigest::of(under)),
+        };
+        HashMap::from([(under.partition, position)])
+    }
+
+    #[test]
+    fn a_position_is_trusted_once_the_batch_shows_the_record_it_stands_on() {
+        let log = [with_payload(0, 4, "a"), with_payload(0, 5, "b")];
+        let plans = plan(&log, &standing_on(&log[0]), context(&[]));
+        assert_eq!(plans[0].standing, Standing::Checked);
+        assert_eq!(offsets(&plans[0]), [5]);
+    }
+
+    #[test]
+    fn another_record_under_the_position_applies_nothing() {
+        let ours = with_payload(0, 4, "a");
+        let theirs = [with_payload(0, 4, "other"), with_payload(0, 5, "b")];
+        let plans = plan(&theirs, &standing_on(&ours), context(&[]));
+        assert!(plans[0].records.is_empty());
+        assert_eq!(plans[0].next_offset, 5);
+        assert_eq!(
+            plans[0].standing,
+            Standing::Mismatch(Found::Different {
+                stored: RecordDigest::of(&ours),
+                read: RecordDigest::of(&theirs[0]),
+            })
+        );
+    }
+
+    #[test]
+    fn a_batch_starting_at_the_position_is_checked_against_the_last_record_read() {
+        let under = with_payload(0, 4, "a");
+        let next = [with_payload(0, 5, "b")];
+        let unseen = plan(&next, &standing_on(&under), context(&[]));
+        assert_eq!(unseen[0].standing, Standing::Unseen { offset: 4 });
+        assert!(unseen[0].records.is_empty(), "not before it is seen");
+
+        let mut read = Predecessors::default();
+        read.remember(std::slice::from_ref(&under));
+        let context = PlanContext {
+            accepted_gaps: &[],
+            predecessors: &read,
+        };
+        let plans = plan(&next, &standing_on(&under), context);
+        assert_eq!(plans[0].standing, Standing::Checked);
+        assert_eq!(offsets(&plans[0]), [5]);
+
+        let mut other = Predecessors::default();
+        other.remember(&[with_payload(0, 4, "other")]);
+        let context = PlanContext {
+            accepted_gaps: &[],
+            predecessors: &other,
+        };
+        let plans = plan(&next, &standing_on(&under), context);
+        assert!(matches!(plans[0].standing, Standing::Mismatch(_)));
+        assert!(plans[0].records.is_empty());
+    }
+
+    #[test]
+    fn records_below_the_position_need_no_check_yet() {
+        let under = with_payload(0, 9, "a");
+        let older = [with_payload(0, 2, "x"), with_payload(0, 3, "y")];
+        let plans = plan(&older, &standing_on(&under), context(&[]));
+        assert_eq!(plans[0].standing, Standing::Checked);
+        assert_eq!(plans[0].already_applied, 2);
     }
 
     #[test]

@@ -93,6 +93,11 @@ pub struct RebuildArgs {
     #[arg(long)]
     pub keep_old: bool,
 
+    /// Drop `<table>__old` tables an earlier `--keep-old` rebuild kept.
+    /// Without it, a rebuild refuses to start while they exist.
+    #[arg(long)]
+    pub drop_kept: bool,
+
     /// Most events applied in one MySQL transaction.
     #[arg(long, env = "SCORES_REBUILD_BATCH_SIZE", default_value_t = 2000)]
     pub batch_size: usize,
@@ -289,9 +294,13 @@ pub struct RunArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
-    /// Kafka consumer group; instances in one group share the partitions
+    /// Prefix of the Kafka consumer group. The group is this prefix and
+    /// the projection set (`scores-projector.account_summary+grade`):
+    /// instances running the same projections share the partitions
     /// (dynamic members: a crashed instance's partitions move to the others
-    /// once its session times out, 10 s on the classic protocol).
+    /// once its session times out, 10 s on the classic protocol), and an
+    /// instance run for another set is in a group of its own, so it never
+    /// takes partitions from the projections it does not run.
     #[arg(
         long,
         env = "SCORES_CONSUMER_GROUP",
@@ -333,6 +342,15 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The consumer group's id: the configured prefix and the projection
+    /// set, sorted, so that the order they are listed in does not matter.
+    pub fn group_id(&self) -> String {
+        let mut projections: Vec<&str> = self.projections.iter().map(|p| p.trim()).collect();
+        projections.sort_unstable();
+        projections.dedup();
+        format!("{}.{}", self.consumer_group, projections.join("+"))
+    }
+
     /// The batch wait as a duration.
     pub fn batch_wait(&self) -> Duration {
         Duration::from_millis(self.batch_wait_ms)

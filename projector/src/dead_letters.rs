@@ -4,8 +4,8 @@
 use chrono::NaiveDateTime;
 use sqlx::{Connection, MySql, MySqlPool, QueryBuilder};
 
-use crate::apply::{LOCK_WAIT, NamedLock};
-use crate::batch::{Decoded, Decoder, LogRecord};
+use crate::apply::{self, LOCK_WAIT, NamedLock};
+use crate::batch::{DeadLetterReason, Decoded, Decoder, LogRecord};
 use crate::projection::{self, Projected, Projection, TableSet};
 
 /// One dead letter, as listed.
@@ -77,7 +77,8 @@ pub enum RetryResult {
 }
 
 /// Re-applies dead letters of `projection` (`ids`, or every unresolved one
-/// when `None`) with the current decoder. Each runs under the projection's
+/// when `None`) with the current decoder. One that still cannot be decoded
+/// or written is counted as still failing, and the next is retried. Each runs under the projection's
 /// lock in one transaction that applies the event and marks the dead letter
 /// resolved, so a dead letter is applied at most once even when retried
 /// concurrently.
@@ -159,26 +160,51 @@ async fn retry_locked(
                 partition,
                 offset,
             }];
-            projection.apply(&mut tx, tables, &events).await?;
-            let mut resolve = QueryBuilder::<MySql>::new("UPDATE ");
-            resolve.push(&tables.dead_letter);
-            resolve.push(" SET resolved_at = UTC_TIMESTAMP(6), resolution = 'retried', attempts = attempts + 1");
-            resolve.push(" WHERE id = ").push_bind(id);
-            resolve.build().execute(&mut *tx).await?;
-            RetryResult::Applied
+            let applied = match projection.apply(&mut tx, tables, &events).await {
+                Ok(applied) => applied,
+                Err(error) if apply::is_data_error(&error) => {
+                    // MySQL still refuses the row: noted, and the caller
+                    // goes on with the next one.
+                    drop(tx);
+                    let reason = DeadLetterReason::new("unwritable", error.to_string());
+                    return Ok(still_failing(&mut *connection, tables, id, &reason).await?);
+                }
+                Err(error) => return Err(error.into()),
+            };
+            match applied.conflicts.into_iter().next() {
+                None => {
+                    let mut resolve = QueryBuilder::<MySql>::new("UPDATE ");
+                    resolve.push(&tables.dead_letter);
+                    resolve.push(" SET resolved_at = UTC_TIMESTAMP(6), resolution = 'retried', attempts = attempts + 1");
+                    resolve.push(" WHERE id = ").push_bind(id);
+                    resolve.build().execute(&mut *tx).await?;
+                    RetryResult::Applied
+                }
+                // Its id was applied with other content meanwhile: first
+                // write wins, so this one stays a dead letter.
+                Some(conflict) => still_failing(&mut tx, tables, id, &conflict.reason).await?,
+            }
         }
-        Decoded::DeadLetter(reason) => {
-            let mut note = QueryBuilder::<MySql>::new("UPDATE ");
-            note.push(&tables.dead_letter);
-            note.push(" SET attempts = attempts + 1, error = ")
-                .push_bind(reason.to_column());
-            note.push(" WHERE id = ").push_bind(id);
-            note.build().execute(&mut *tx).await?;
-            RetryResult::StillFailing(reason.kind.to_owned())
-        }
+        Decoded::DeadLetter(reason) => still_failing(&mut tx, tables, id, &reason).await?,
     };
     tx.commit().await?;
     Ok(result)
+}
+
+/// Notes another failed attempt of dead letter `id`, and why.
+async fn still_failing(
+    connection: &mut sqlx::MySqlConnection,
+    tables: &TableSet,
+    id: u64,
+    reason: &DeadLetterReason,
+) -> sqlx::Result<RetryResult> {
+    let mut note = QueryBuilder::<MySql>::new("UPDATE ");
+    note.push(&tables.dead_letter);
+    note.push(" SET attempts = attempts + 1, error = ")
+        .push_bind(reason.to_column());
+    note.push(" WHERE id = ").push_bind(id);
+    note.build().execute(&mut *connection).await?;
+    Ok(RetryResult::StillFailing(reason.kind.to_owned()))
 }
 
 /// Dead letters as a table for people.

@@ -6,7 +6,8 @@
 //!    imports already in it.
 //! 3. Read the table in a stable order; give each row a deterministic event
 //!    id (from the source name and the row's `id`, or, without one, its
-//!    content and its place among identical rows); check it with the same
+//!    content and its place among rows identical byte for byte, read in
+//!    byte order); check it with the same
 //!    rules as the ingest API; append the rows not already in the log,
 //!    keyed by account, keeping `insert_time` as the event's time.
 //!
@@ -349,10 +350,19 @@ async fn check_columns(pool: &MySqlPool, table: &str) -> anyhow::Result<bool> {
 /// `id`, or by every column so that identical rows are adjacent.
 fn select_rows(table: &str, has_id: bool) -> String {
     let id = if has_id { "CAST(id AS CHAR)" } else { "NULL" };
+    // Without an id, identical rows must come together, and in the same
+    // order on every run: ordered by a digest of their exact bytes. (Under
+    // the table's collation "好" and "好 ", or "Ok" and "ok", are equal:
+    // ordered by the columns themselves they would come interleaved, in any
+    // order, and their place among identical rows would change.)
     let order = if has_id {
         "id".to_owned()
     } else {
-        REQUIRED_COLUMNS.join(", ")
+        let columns: Vec<String> = REQUIRED_COLUMNS
+            .iter()
+            .map(|column| format!("IFNULL(HEX(CAST({column} AS BINARY)), 'N')"))
+            .collect();
+        format!("SHA2(CONCAT_WS(',', {}), 256)", columns.join(", "))
     };
     format!(
         "SELECT {id} AS id, CAST(acc_nbr AS CHAR) AS acc_nbr, \
@@ -491,14 +501,17 @@ mod tests {
     }
 
     #[test]
-    fn without_an_id_the_rows_are_read_in_an_order_of_every_column() {
+    fn without_an_id_the_rows_are_read_in_the_order_of_their_exact_bytes() {
         let sql = select_rows("grade", false);
         assert!(sql.contains("NULL AS id"));
-        assert!(
-            sql.ends_with(
-                "ORDER BY acc_nbr, grade1, grade2, grade3, txt1, txt2, txt3, insert_time"
-            )
-        );
+        let order = sql.split("ORDER BY ").nth(1).expect("an order");
+        assert!(order.starts_with("SHA2(CONCAT_WS(',', "), "{order}");
+        for column in REQUIRED_COLUMNS {
+            assert!(
+                order.contains(&format!("IFNULL(HEX(CAST({column} AS BINARY)), 'N')")),
+                "{column}: {order}"
+            );
+        }
         assert!(select_rows("grade", true).ends_with("ORDER BY id"));
     }
 }

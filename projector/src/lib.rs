@@ -9,6 +9,8 @@
 //!    and waits out outages.
 //! 2. [`batch`]: pure logic; which records of a batch start at the stored
 //!    positions, and whether each decodes to a row or a dead letter.
+//!    [`identity`]: whether a stored position stands on the log being read
+//!    (the digest of the record under it).
 //! 3. [`apply`]: the engine; one MySQL transaction per batch and projection,
 //!    under the projection's named lock: positions, rows, dead letters.
 //! 4. [`projection`]: the projections (`grade`, `account_summary`), each a
@@ -23,13 +25,16 @@
 //! `/healthz` and `/readyz`. [`db`] owns connections
 //! and migrations, [`config`] the command line.
 //! **Each event lands in each projection exactly once: its position advances
-//! in the same transaction as its rows.**
+//! in the same transaction as its rows, and is only trusted on the log it
+//! was taken from.**
 
 pub mod apply;
 pub mod batch;
 pub mod config;
 pub mod db;
 pub mod dead_letters;
+pub mod gaps;
+pub mod identity;
 pub mod import;
 pub mod log_reader;
 pub mod observe;
@@ -42,3 +47,8 @@ pub mod store;
 
 pub use config::{Cli, Command, RunArgs};
 pub use runner::Projector;
+
+/// The exit code of `run`, `rebuild` and `status` when a stored position
+/// does not stand on the log being read ([`identity::LogMismatch`]): the
+/// tables were built from another log, and an operator must rebuild them.
+pub const LOG_MISMATCH_EXIT_CODE: i32 = 3;

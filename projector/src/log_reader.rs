@@ -232,6 +232,78 @@ impl LogReader {
     }
 }
 
+/// What the log holds at given offsets: the log's `(low, high)` watermarks,
+/// and for each asked partition the record at its offset, or `None` when
+/// the log does not hold one there (before its start, at or past its end,
+/// or removed).
+#[derive(Debug, Default)]
+pub struct RecordsAt {
+    pub watermarks: BTreeMap<i32, (i64, i64)>,
+    pub records: BTreeMap<i32, Option<LogRecord>>,
+}
+
+/// Reads the record at `offsets[partition]` in each partition, outside any
+/// group.
+///
+/// # Errors
+///
+/// When the broker does not answer, or does not deliver a record it holds
+/// within [`METADATA_TIMEOUT`].
+pub async fn records_at(
+    kafka: &KafkaArgs,
+    offsets: &BTreeMap<i32, i64>,
+) -> anyhow::Result<RecordsAt> {
+    let marks = watermarks(kafka).await?;
+    let mut found = RecordsAt {
+        watermarks: marks.clone(),
+        records: BTreeMap::new(),
+    };
+    let mut assignment = TopicPartitionList::new();
+    for (partition, offset) in offsets {
+        match marks.get(partition) {
+            Some((low, high)) if (*low..*high).contains(offset) => {
+                assignment.add_partition_offset(
+                    &kafka.topic,
+                    *partition,
+                    Offset::Offset(*offset),
+                )?;
+            }
+            _ => {
+                found.records.insert(*partition, None);
+            }
+        }
+    }
+    if assignment.count() == 0 {
+        return Ok(found);
+    }
+    let group = format!("scores-check-{}", uuid::Uuid::new_v4().simple());
+    let consumer: StreamConsumer = score_shared::kafka::consumer_config(kafka, &group)
+        .create()
+        .context("creating a Kafka consumer to read the log")?;
+    consumer
+        .assign(&assignment)
+        .context("assigning the partitions to read")?;
+    let deadline = Instant::now() + METADATA_TIMEOUT;
+    while found.records.len() < offsets.len() {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .context("the broker did not deliver the records asked for in time")?
+            .context("reading the log")?;
+        let record = LogRecord::detach(&message);
+        let Some(wanted) = offsets.get(&record.partition) else {
+            continue;
+        };
+        if found.records.contains_key(&record.partition) || record.offset < *wanted {
+            continue;
+        }
+        // Past the offset asked for: the record there is gone (compacted).
+        let partition = record.partition;
+        let at = (record.offset == *wanted).then_some(record);
+        found.records.insert(partition, at);
+    }
+    Ok(found)
+}
+
 /// Every partition's low and high watermark, read off the async runtime.
 async fn watermarks(kafka: &KafkaArgs) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
     let kafka = kafka.clone();

@@ -2,6 +2,7 @@ use anyhow::Context;
 use clap::Parser;
 use projector::config::DeadLettersCommand;
 use projector::dead_letters::RetryResult;
+use projector::identity::LogMismatch;
 use projector::{Cli, Command, Projector, db, dead_letters, import, rebuild, status};
 use tokio_util::sync::CancellationToken;
 
@@ -16,16 +17,19 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             score_shared::telemetry::init(args.log.log_format);
-            Projector::build(args)
+            let outcome = Projector::build(args)
                 .context("starting the projector")?
                 .run_until_stopped(score_shared::shutdown::signal())
-                .await?;
+                .await;
+            exit_on_log_mismatch(&outcome);
+            outcome?;
         }
         Command::Rebuild(args) => {
             score_shared::telemetry::init(args.log.log_format);
             let stop = cancelled_on_signal();
-            let summary = rebuild::rebuild(&args, &stop).await?;
-            println!("{summary}");
+            let outcome = rebuild::rebuild(&args, &stop).await;
+            exit_on_log_mismatch(&outcome);
+            println!("{}", outcome?);
         }
         Command::ImportLegacy(args) => {
             score_shared::telemetry::init(args.log.log_format);
@@ -41,6 +45,9 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 print!("{}", status::render(&rows));
+            }
+            if status::any_mismatch(&rows) {
+                std::process::exit(projector::LOG_MISMATCH_EXIT_CODE);
             }
         }
         Command::DeadLetters(DeadLettersCommand::List(args)) => {
@@ -78,6 +85,23 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Tables built from another log are not a crash to restart from: the
+/// process says so and exits with its own code, which the systemd unit
+/// does not restart on.
+fn exit_on_log_mismatch<T>(outcome: &anyhow::Result<T>) {
+    if let Err(error) = outcome
+        && let Some(mismatch) = error.downcast_ref::<LogMismatch>()
+    {
+        tracing::error!(
+            projection = mismatch.projection,
+            partition = mismatch.partition,
+            "{mismatch}"
+        );
+        eprintln!("Error: {mismatch}");
+        std::process::exit(projector::LOG_MISMATCH_EXIT_CODE);
+    }
 }
 
 /// A token cancelled by Ctrl-C or SIGTERM, for the operator commands that

@@ -14,6 +14,7 @@
 //! | `projector_lag_events` | gauge | projection, partition |
 //! | `projector_last_event_age_seconds` | gauge | projection |
 //! | `projector_dead_letters_open` | gauge | projection |
+//! | `projector_log_mismatch` | gauge (1: the position does not stand on the log) | projection, partition |
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,8 +25,9 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use crate::apply::BatchReport;
+use crate::identity::LogMismatch;
 use crate::readiness::{Readiness, Stage};
-use crate::status::PartitionStatus;
+use crate::status::{LogStanding, PartitionStatus};
 
 /// Records one batch read from the log.
 pub fn batch_read(records: usize) {
@@ -43,6 +45,16 @@ pub fn batch_applied(projection: &'static str, report: &BatchReport, elapsed: Du
         .record(elapsed.as_secs_f64());
 }
 
+/// Flags a position found not to stand on the log.
+pub fn log_mismatch(mismatch: &LogMismatch) {
+    metrics::gauge!(
+        "projector_log_mismatch",
+        "projection" => mismatch.projection,
+        "partition" => mismatch.partition.to_string()
+    )
+    .set(1.0);
+}
+
 /// Sets the gauges from one status reading: lag per partition (when the
 /// broker answered), the age of the newest projected event and the open
 /// dead letters per projection.
@@ -50,6 +62,14 @@ pub fn record_status(rows: &[PartitionStatus]) {
     let mut newest = BTreeMap::new();
     let mut open = BTreeMap::new();
     for row in rows {
+        if row.log != LogStanding::Unchecked {
+            metrics::gauge!(
+                "projector_log_mismatch",
+                "projection" => row.projection,
+                "partition" => row.partition.to_string()
+            )
+            .set(if row.log.is_mismatch() { 1.0 } else { 0.0 });
+        }
         if let Some(lag) = row.lag {
             metrics::gauge!(
                 "projector_lag_events",
@@ -220,8 +240,13 @@ mod tests {
             lag,
             last_event_at: Some(at),
             dead_letters,
+            log: LogStanding::Unchecked,
         };
-        record_status(&[row(0, Some(7), 1), row(1, None, 2)]);
+        let mismatched = PartitionStatus {
+            log: LogStanding::Mismatch("the log's partition ends at offset 2, before it".into()),
+            ..row(2, Some(-8), 0)
+        };
+        record_status(&[row(0, Some(7), 1), row(1, None, 2), mismatched]);
         let text = handle.render();
         assert!(
             text.contains(r#"projector_lag_events{projection="grade",partition="0"} 7"#),
@@ -230,6 +255,14 @@ mod tests {
         assert!(
             !text.contains(r#"partition="1""#),
             "no lag without a watermark"
+        );
+        assert!(
+            text.contains(r#"projector_log_mismatch{projection="grade",partition="2"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"projector_log_mismatch{projection="grade",partition="0"}"#),
+            "not flagged either way when unchecked: {text}"
         );
         assert!(
             text.contains(r#"projector_dead_letters_open{projection="grade"} 3"#),

@@ -14,7 +14,9 @@
 //!    dead letters included, and release the lock. The live projector
 //!    continues from the swapped-in positions: records below them are
 //!    skipped as already applied, so there is no gap and no duplicate.
-//! 5. Drop the replaced tables, or keep them as `<table>__old`.
+//! 5. Drop the replaced tables, or keep them as `<table>__old`. Kept tables
+//!    are never dropped silently: the next rebuild refuses to start while
+//!    they exist, unless told `--drop-kept`.
 //!
 //! **Killing a rebuild at any point leaves the live tables untouched**: all
 //! writes before the swap go to shadow tables, and the swap is one atomic
@@ -28,10 +30,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sqlx::{Executor, MySqlPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{self, BatchJob, Locking, Mode, NamedLock};
+use crate::apply::{self, BatchJob, Halt, Locking, Mode, NamedLock};
 use crate::batch::{Decoder, LogRecord};
 use crate::config::RebuildArgs;
 use crate::db;
+use crate::gaps::GapTracker;
+use crate::identity::{self, Found, LogMismatch, Predecessors};
 use crate::log_reader::{LogReader, Start};
 use crate::projection::{self, Projection, TableSet};
 use crate::store;
@@ -126,6 +130,21 @@ pub async fn rebuild(
 
     let live = TableSet::live(projection);
     let shadow = TableSet::shadow(projection);
+    let old = TableSet::old(projection);
+    let kept = existing_tables(&pool, &old).await?;
+    if !kept.is_empty() {
+        if !args.drop_kept {
+            bail!(
+                "an earlier rebuild kept the tables {} (--keep-old); this rebuild would replace \
+                 them. Look at them, then drop them yourself or rerun with --drop-kept",
+                kept.join(", ")
+            );
+        }
+        tracing::warn!(
+            tables = kept.join(", "),
+            "dropping the tables an earlier rebuild kept (--drop-kept)"
+        );
+    }
     create_shadow(&pool, &live, &shadow).await?;
 
     let mut rebuild = Rebuild::start(args, projection, &pool, &decoder, &shadow).await?;
@@ -154,7 +173,6 @@ pub async fn rebuild(
     let positions = rebuild.shadow_positions().await?;
     rebuild.progress.finish_and_clear();
 
-    let old = TableSet::old(projection);
     swap(swap_lock.connection(), &live, &shadow, &old).await?;
     swap_lock.release().await;
     tracing::info!(
@@ -178,6 +196,23 @@ pub async fn rebuild(
         seconds: started.elapsed().as_secs_f64(),
         kept_old_tables,
     })
+}
+
+/// Which tables of `tables` exist in the database.
+async fn existing_tables(pool: &MySqlPool, tables: &TableSet) -> anyhow::Result<Vec<String>> {
+    let mut existing = Vec::new();
+    for table in tables.all() {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT table_name FROM information_schema.tables \
+             WHERE table_schema = DATABASE() AND table_name = ?",
+        )
+        .bind(table)
+        .fetch_optional(pool)
+        .await
+        .with_context(|| format!("looking for {table}"))?;
+        existing.extend(found);
+    }
+    Ok(existing)
 }
 
 /// Fresh, empty shadow tables shaped like the live ones.
@@ -255,6 +290,10 @@ struct Rebuild<'a> {
     events: u64,
     projected: u64,
     dead_lettered: u64,
+    /// Gaps in the log, crossed once confirmed, as the live loop does.
+    gaps: GapTracker,
+    /// The last record read in each partition.
+    read: Predecessors,
 }
 
 impl<'a> Rebuild<'a> {
@@ -296,6 +335,8 @@ impl<'a> Rebuild<'a> {
             events: 0,
             projected: 0,
             dead_lettered: 0,
+            gaps: GapTracker::default(),
+            read: Predecessors::default(),
         })
     }
 
@@ -338,23 +379,46 @@ impl<'a> Rebuild<'a> {
             if records.is_empty() {
                 continue;
             }
+            let accepted = self.gaps.accepted(self.projection.name());
             let job = BatchJob {
                 projection: self.projection,
                 tables: self.shadow,
                 topic: &self.args.kafka.topic,
                 records: &records,
                 decoder: self.decoder,
-                accepted_gaps: &[],
+                accepted_gaps: &accepted,
+                predecessors: &self.read,
                 mode: Mode::Project,
                 locking: Locking::Skip,
             };
-            let Some(report) = apply::apply_until_done(self.pool, &job, stop).await else {
-                bail!("rebuild stopped before it finished; the live tables are untouched");
+            let report = match apply::apply_until_done(self.pool, &job, stop).await {
+                Ok(report) => report,
+                Err(Halt::Stopped) => {
+                    bail!("rebuild stopped before it finished; the live tables are untouched")
+                }
+                Err(Halt::LogMismatch(mismatch)) => return Err(mismatch.into()),
             };
+            self.read.remember(&records);
+            self.gaps.applied(self.projection.name(), &report);
             for gap in &report.gaps {
+                self.gaps.observe(self.projection.name(), *gap);
                 self.reader
-                    .seek(gap.partition, gap.stored)
+                    .seek(gap.partition, identity::seek_target(gap.stored))
                     .context("seeking back to the shadow position")?;
+            }
+            for &(partition, offset) in &report.unseen {
+                if self.gaps.unseen(self.projection.name(), partition, offset) {
+                    return Err(LogMismatch {
+                        projection: self.projection.name(),
+                        partition,
+                        next_offset: offset + 1,
+                        found: Found::Missing { log_end: None },
+                    }
+                    .into());
+                }
+                self.reader
+                    .seek(partition, offset)
+                    .context("seeking back to the record under the shadow position")?;
             }
             self.events += records.len() as u64;
             self.projected += report.projected as u64;

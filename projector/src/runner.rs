@@ -29,9 +29,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{self, Backoff, BatchJob, BatchReport, Locking, Mode};
-use crate::batch::{Decoder, Gap, LogRecord};
+use crate::apply::{self, Backoff, BatchJob, BatchReport, Halt, Locking, Mode};
+use crate::batch::{Decoder, LogRecord};
 use crate::config::RunArgs;
+use crate::gaps::GapTracker;
+use crate::identity::{self, Found, LogMismatch, Predecessors, RecordDigest, StoredPosition};
 use crate::projection::{self, Projection, TableSet};
 use crate::readiness::{Readiness, Stage};
 use crate::status;
@@ -44,9 +46,6 @@ const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// Pause after a consumer error, so that an unreachable broker does not
 /// flood the log.
 const CONSUMER_ERROR_PAUSE: Duration = Duration::from_secs(1);
-/// A gap is believed to be in the log itself (not a stale read) once a seek
-/// back to the stored position has shown it this many times.
-const GAP_CONFIRMATIONS: u32 = 3;
 /// How often the loop looks at the log's end and every projection's
 /// status, for the lag and freshness metrics.
 const LOOK_EVERY: Duration = Duration::from_secs(5);
@@ -84,7 +83,7 @@ impl Projector {
         let readiness = Readiness::default();
         // Dynamic membership: a restarted instance joins as a new member.
         let consumer: StreamConsumer<ProjectorContext> =
-            score_shared::kafka::consumer_config(&args.kafka, &args.consumer_group)
+            score_shared::kafka::consumer_config(&args.kafka, &args.group_id())
                 .create_with_context(ProjectorContext::new(readiness.clone()))
                 .context("creating the Kafka consumer")?;
         let metadata = Arc::new(LogMetadata::new(&args.kafka)?);
@@ -157,20 +156,99 @@ impl Projector {
         outcome
     }
 
-    /// The loop: migrate, subscribe, then turn until `stop`.
+    /// The loop: migrate, check the positions against the log, subscribe,
+    /// then turn until `stop`.
+    ///
+    /// # Errors
+    ///
+    /// A refused subscription, or a [`LogMismatch`]: nothing is applied
+    /// on positions that do not stand on the log.
     async fn run(&self, stop: &CancellationToken) -> anyhow::Result<()> {
         if !self.migrate_when_available(stop).await {
             return Ok(());
         }
+        self.check_positions_against_the_log()
+            .await
+            .inspect_err(observe::log_mismatch)?;
         self.subscribe().await?;
+        let outcome = self.turn_until_stopped(stop).await;
+        self.readiness.set(Stage::AwaitingAssignment);
+        self.consumer.unsubscribe();
+        outcome.inspect_err(observe::log_mismatch)?;
+        tracing::info!("projector stopped");
+        Ok(())
+    }
+
+    /// Every stored position of the projections this instance runs, in
+    /// every partition, checked against the record it stands on, before
+    /// anything is read. A broker that does not answer defers the check to
+    /// the batches (which make it too).
+    async fn check_positions_against_the_log(&self) -> Result<(), LogMismatch> {
+        for (projection, tables) in &self.projections {
+            let positions = match self.stored_positions(tables).await {
+                Ok(positions) => positions,
+                Err(error) => {
+                    tracing::warn!(error = %score_shared::privacy::scrubbed(&error.to_string()), "could not read the positions to check");
+                    return Ok(());
+                }
+            };
+            let checked = match identity::check(&self.args.kafka, &positions).await {
+                Ok(checked) => checked,
+                Err(error) => {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "could not check the positions against the log yet; every batch checks them"
+                    );
+                    return Ok(());
+                }
+            };
+            for (partition, found) in checked {
+                if let Some(found) = found {
+                    return Err(LogMismatch {
+                        projection: projection.name(),
+                        partition,
+                        next_offset: positions[&partition].next_offset,
+                        found,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A projection's stored positions in the topic, by partition.
+    async fn stored_positions(
+        &self,
+        tables: &TableSet,
+    ) -> sqlx::Result<BTreeMap<i32, StoredPosition>> {
+        let mut connection = self.pool.acquire().await?;
+        Ok(
+            store::positions(&mut connection, &tables.position, &self.args.kafka.topic)
+                .await?
+                .into_iter()
+                .map(|p| {
+                    let position = StoredPosition {
+                        next_offset: p.next_offset,
+                        last_record: p.last_record.map(RecordDigest::stored),
+                    };
+                    (p.kafka_partition, position)
+                })
+                .collect(),
+        )
+    }
+
+    /// Turns until `stop`, or until a position is found not to stand on the
+    /// log.
+    async fn turn_until_stopped(&self, stop: &CancellationToken) -> Result<(), LogMismatch> {
         let mut gaps = GapTracker::default();
+        let mut read = Predecessors::default();
         let mut next_look = Instant::now() + LOOK_EVERY;
         loop {
             if Instant::now() >= next_look {
                 self.look_at_the_log().await;
                 next_look = Instant::now() + LOOK_EVERY;
             }
-            self.resume_new_assignment().await;
+            self.resume_new_assignment().await?;
             let records = tokio::select! {
                 () = stop.cancelled() => break,
                 records = self.next_batch() => records,
@@ -179,13 +257,11 @@ impl Projector {
                 continue;
             }
             // From here the batch is applied even if a stop arrives.
-            if !self.apply_batch(&records, &mut gaps, stop).await {
+            if !self.apply_batch(&records, &mut gaps, &read, stop).await? {
                 break;
             }
+            read.remember(&records);
         }
-        self.readiness.set(Stage::AwaitingAssignment);
-        tracing::info!("projector stopped");
-        self.consumer.unsubscribe();
         Ok(())
     }
 
@@ -206,32 +282,46 @@ impl Projector {
             .subscribe(&[&self.args.kafka.topic])
             .context("subscribing to the topic")?;
         let names: Vec<_> = self.projections.iter().map(|(p, _)| p.name()).collect();
-        tracing::info!(topic = %self.args.kafka.topic, group = %self.args.consumer_group, projections = ?names, "projector running");
+        tracing::info!(topic = %self.args.kafka.topic, group = %self.args.group_id(), projections = ?names, "projector running");
         Ok(())
     }
 
     /// Applies one batch to each projection in turn, then seeks back where a
-    /// projection found a gap and tells Kafka the slowest positions. Returns
-    /// false when stopped while waiting out an outage: the rest of the batch
-    /// is then left for the next run, and nothing is sought or committed.
+    /// projection found a gap or has not seen the record its position
+    /// stands on, and tells Kafka the slowest positions. Returns false when
+    /// stopped while waiting out an outage: the rest of the batch is then
+    /// left for the next run, and nothing is sought or committed.
+    ///
+    /// # Errors
+    ///
+    /// [`LogMismatch`], with nothing of the batch applied to that
+    /// projection.
     async fn apply_batch(
         &self,
         records: &[LogRecord],
         gaps: &mut GapTracker,
+        read: &Predecessors,
         stop: &CancellationToken,
-    ) -> bool {
+    ) -> Result<bool, LogMismatch> {
         observe::batch_read(records.len());
         let mut seek_to: HashMap<i32, i64> = HashMap::new();
         let mut slowest: HashMap<i32, i64> = HashMap::new();
         for (projection, tables) in &self.projections {
             let Some(report) = self
-                .apply_to_projection(*projection, tables, records, gaps, stop)
-                .await
+                .apply_to_projection(*projection, tables, records, gaps, read, stop)
+                .await?
             else {
-                return false;
+                return Ok(false);
             };
             for gap in &report.gaps {
-                keep_lowest(&mut seek_to, gap.partition, gap.stored);
+                keep_lowest(
+                    &mut seek_to,
+                    gap.partition,
+                    identity::seek_target(gap.stored),
+                );
+            }
+            for (partition, offset) in &report.unseen {
+                keep_lowest(&mut seek_to, *partition, *offset);
             }
             for (partition, position) in &report.positions {
                 keep_lowest(&mut slowest, *partition, *position);
@@ -241,19 +331,26 @@ impl Projector {
             self.seek_back(partition, offset);
         }
         self.commit_advisory(&slowest);
-        true
+        Ok(true)
     }
 
     /// Applies one batch to one projection, waiting out MySQL outages, and
     /// records what it did (metrics, gaps). `None` when stopped first.
+    ///
+    /// # Errors
+    ///
+    /// [`LogMismatch`]: a position does not stand on the log, or the
+    /// record it stands on is still unseen after as many seeks to it as
+    /// confirm a gap.
     async fn apply_to_projection(
         &self,
         projection: &'static dyn Projection,
         tables: &TableSet,
         records: &[LogRecord],
         gaps: &mut GapTracker,
+        read: &Predecessors,
         stop: &CancellationToken,
-    ) -> Option<BatchReport> {
+    ) -> Result<Option<BatchReport>, LogMismatch> {
         let accepted = gaps.accepted(projection.name());
         let job = BatchJob {
             projection,
@@ -262,15 +359,30 @@ impl Projector {
             records,
             decoder: &self.decoder,
             accepted_gaps: &accepted,
+            predecessors: read,
             mode: Mode::Project,
             locking: Locking::Take,
         };
         let started = Instant::now();
-        let report = apply::apply_until_done(&self.pool, &job, stop).await?;
+        let report = match apply::apply_until_done(&self.pool, &job, stop).await {
+            Ok(report) => report,
+            Err(Halt::Stopped) => return Ok(None),
+            Err(Halt::LogMismatch(mismatch)) => return Err(mismatch),
+        };
         observe::batch_applied(projection.name(), &report, started.elapsed());
         gaps.applied(projection.name(), &report);
         for gap in &report.gaps {
             gaps.observe(projection.name(), *gap);
+        }
+        for (partition, offset) in &report.unseen {
+            if gaps.unseen(projection.name(), *partition, *offset) {
+                return Err(LogMismatch {
+                    projection: projection.name(),
+                    partition: *partition,
+                    next_offset: offset + 1,
+                    found: Found::Missing { log_end: None },
+                });
+            }
         }
         tracing::debug!(
             projection = projection.name(),
@@ -279,7 +391,7 @@ impl Projector {
             already_applied = report.already_applied,
             "batch committed"
         );
-        Some(report)
+        Ok(Some(report))
     }
 
     /// Runs the migrations, retrying while MySQL is unreachable. Returns
@@ -291,7 +403,8 @@ impl Projector {
                 Ok(()) => return true,
                 Err(error) => {
                     let wait = backoff.next();
-                    tracing::warn!(error = format!("{error:#}"), retry_in = ?wait, "migrations not applied");
+                    let error = score_shared::privacy::scrubbed(&format!("{error:#}"));
+                    tracing::warn!(error, retry_in = ?wait, "migrations not applied");
                     tokio::select! {
                         () = stop.cancelled() => return false,
                         () = tokio::time::sleep(wait) => {}
@@ -335,15 +448,19 @@ impl Projector {
     /// them from MySQL, and the projector is ready once that succeeded for
     /// the assignment it holds. A resume that failed is tried again on the
     /// next turn (after at most [`IDLE_WAIT`]), not ready meanwhile.
-    async fn resume_new_assignment(&self) {
+    ///
+    /// # Errors
+    ///
+    /// [`LogMismatch`] when a stored position is beyond the end of the log.
+    async fn resume_new_assignment(&self) -> Result<(), LogMismatch> {
         let context = self.consumer.context();
         if !context.resume_pending.swap(false, Ordering::SeqCst) {
-            return;
+            return Ok(());
         }
         let rebalances = context.rebalances.load(Ordering::SeqCst);
-        let Some(resumed) = self.resume_assigned_partitions().await else {
+        let Some(resumed) = self.resume_assigned_partitions().await? else {
             context.resume_pending.store(true, Ordering::SeqCst);
-            return;
+            return Ok(());
         };
         // The callback runs only inside `recv`, so no rebalance can come in
         // during the resume; if one ever did, it would decide readiness
@@ -355,34 +472,45 @@ impl Projector {
                 "assigned partitions resumed; ready"
             );
         }
-        self.warn_if_beyond_the_log(&resumed).await;
+        Ok(())
     }
 
-    /// Moves every assigned partition to the lowest stored position of the
-    /// projections, so that a projection that is behind (or new, with no
-    /// position at all: it starts at offset 0) catches up even when no new
-    /// event arrives. Kafka's committed offset is only where the consumer
-    /// starts before this. Returns the positions resumed from, or `None`
-    /// when the assignment or the positions could not be read or a seek was
-    /// not accepted.
-    async fn resume_assigned_partitions(&self) -> Option<HashMap<i32, i64>> {
+    /// Moves every assigned partition to just before the lowest stored
+    /// position of the projections (so that the first batch shows the
+    /// record that position stands on), so that a projection that is behind
+    /// (or new, with no position at all: it starts at offset 0) catches up
+    /// even when no new event arrives. Kafka's committed offset is only
+    /// where the consumer starts before this. Returns the positions resumed
+    /// from, or `None` when the assignment, the positions or the end of the
+    /// log could not be read or a seek was not accepted.
+    ///
+    /// # Errors
+    ///
+    /// [`LogMismatch`] when a stored position is beyond the end of the log:
+    /// reading from there would take every event below it as applied.
+    async fn resume_assigned_partitions(&self) -> Result<Option<HashMap<i32, i64>>, LogMismatch> {
         let assigned = match self.consumer.assignment() {
             Ok(assignment) => partition_numbers(&assignment),
             Err(error) => {
                 tracing::warn!(error = %error, "could not read the assignment");
-                return None;
+                return Ok(None);
             }
         };
         let lowest = match self.lowest_positions(&assigned).await {
             Ok(lowest) => lowest,
             Err(error) => {
                 // Batches still check positions; this is retried next turn.
-                tracing::warn!(error = %error, "could not read positions to resume from");
-                return None;
+                let error = score_shared::privacy::scrubbed(&error.to_string());
+                tracing::warn!(error, "could not read positions to resume from");
+                return Ok(None);
             }
         };
+        if !self.within_the_log(&assigned).await? {
+            return Ok(None);
+        }
         let mut all_accepted = true;
         for (&partition, &offset) in &lowest {
+            let offset = identity::seek_target(offset);
             if let Err(error) = self.seek(partition, offset) {
                 // Right after an assignment librdkafka may not accept a seek
                 // yet; the loop tries again on its next turn.
@@ -390,7 +518,7 @@ impl Projector {
                 all_accepted = false;
             }
         }
-        all_accepted.then_some(lowest)
+        Ok(all_accepted.then_some(lowest))
     }
 
     /// The lowest stored position of the projections in each of
@@ -438,30 +566,48 @@ impl Projector {
         }
     }
 
-    /// A stored position beyond the end of the log means the log was reset
-    /// or replaced under the tables: its events would be taken as already
-    /// applied. That needs an operator (a rebuild), so it is logged loudly.
-    async fn warn_if_beyond_the_log(&self, lowest: &HashMap<i32, i64>) {
-        if lowest.is_empty() {
-            return;
+    /// Whether every projection's stored position in `partitions` is
+    /// within the log's end; `false` when the end could not be read (the
+    /// resume is tried again).
+    ///
+    /// # Errors
+    ///
+    /// [`LogMismatch`] for a position beyond the end: the log was reset or
+    /// replaced under the tables.
+    async fn within_the_log(&self, partitions: &[i32]) -> Result<bool, LogMismatch> {
+        if partitions.is_empty() {
+            return Ok(true);
         }
         let metadata = self.metadata.clone();
         let marks =
             tokio::task::spawn_blocking(move || metadata.watermarks(Duration::from_secs(5))).await;
-        let Ok(Ok(marks)) = marks else { return };
-        for (partition, position) in lowest {
-            if let Some((_, high)) = marks.get(partition)
-                && position > high
-            {
-                tracing::error!(
-                    partition,
-                    stored_position = position,
-                    high_watermark = high,
-                    "stored position is beyond the end of the log: the log was reset or replaced; \
-                     rebuild the projections from it (projector rebuild <projection>)"
-                );
+        let Ok(Ok(marks)) = marks else {
+            tracing::warn!("could not read the end of the log to resume; retrying");
+            return Ok(false);
+        };
+        for (projection, tables) in &self.projections {
+            let Ok(positions) = self.stored_positions(tables).await else {
+                return Ok(false);
+            };
+            for partition in partitions {
+                let (Some(position), Some((_, end))) =
+                    (positions.get(partition), marks.get(partition))
+                else {
+                    continue;
+                };
+                if position.next_offset > *end {
+                    return Err(LogMismatch {
+                        projection: projection.name(),
+                        partition: *partition,
+                        next_offset: position.next_offset,
+                        found: Found::Missing {
+                            log_end: Some(*end),
+                        },
+                    });
+                }
             }
         }
+        Ok(true)
     }
 
     fn seek(&self, partition: i32, offset: i64) -> rdkafka::error::KafkaResult<()> {
@@ -506,47 +652,6 @@ fn keep_lowest(map: &mut HashMap<i32, i64>, partition: i32, offset: i64) {
     map.entry(partition)
         .and_modify(|lowest| *lowest = (*lowest).min(offset))
         .or_insert(offset);
-}
-
-/// Counts how often each projection saw each gap after seeking back; a gap
-/// seen [`GAP_CONFIRMATIONS`] times is in the log itself and may be crossed.
-#[derive(Default)]
-struct GapTracker {
-    seen: HashMap<(&'static str, Gap), u32>,
-}
-
-impl GapTracker {
-    fn observe(&mut self, projection: &'static str, gap: Gap) {
-        let count = self.seen.entry((projection, gap)).or_default();
-        *count += 1;
-        if *count == GAP_CONFIRMATIONS {
-            tracing::warn!(
-                partition = gap.partition,
-                from = gap.stored,
-                to = gap.first_seen,
-                "the log has no records in this range; crossing it"
-            );
-        }
-    }
-
-    fn accepted(&self, projection: &str) -> Vec<Gap> {
-        self.seen
-            .iter()
-            .filter(|((name, _), count)| *name == projection && **count >= GAP_CONFIRMATIONS)
-            .map(|((_, gap), _)| *gap)
-            .collect()
-    }
-
-    /// Forgets a projection's gaps in partitions that have moved on.
-    fn applied(&mut self, projection: &str, report: &BatchReport) {
-        self.seen.retain(|(name, gap), _| {
-            *name != projection
-                || report
-                    .positions
-                    .get(&gap.partition)
-                    .is_none_or(|position| *position == gap.stored)
-        });
-    }
 }
 
 /// Logs partition assignments and revocations, flags new assignments for
@@ -633,6 +738,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn each_projection_set_has_a_group_of_its_own() {
+        let group = |projections: &str| {
+            let mut args = run_args(&[]);
+            args.projections = projections.split(',').map(str::to_owned).collect();
+            args.group_id()
+        };
+        assert_eq!(
+            run_args(&[]).group_id(),
+            "scores-projector.account_summary+grade"
+        );
+        assert_eq!(
+            group("grade,account_summary"),
+            group("account_summary, grade")
+        );
+        assert_eq!(group("grade,grade"), "scores-projector.grade");
+        assert_ne!(group("grade"), group("account_summary"));
+        assert_ne!(group("grade"), group("grade,account_summary"));
+    }
+
     #[tokio::test]
     async fn the_consumer_is_created_under_either_group_protocol() {
         for options in [
@@ -698,37 +823,5 @@ mod tests {
         assert_eq!(readiness.stage(), Stage::Resuming);
         assert!(context.resume_pending.load(Ordering::SeqCst));
         assert_eq!(context.rebalances.load(Ordering::SeqCst), 3);
-    }
-
-    #[test]
-    fn a_confirmed_gap_is_accepted_until_its_partition_moves_on() {
-        let gap = Gap {
-            partition: 1,
-            stored: 10,
-            first_seen: 12,
-        };
-        let mut gaps = GapTracker::default();
-        for _ in 1..GAP_CONFIRMATIONS {
-            gaps.observe("grade", gap);
-        }
-        assert!(gaps.accepted("grade").is_empty(), "not confirmed yet");
-        gaps.observe("grade", gap);
-        assert_eq!(gaps.accepted("grade"), vec![gap]);
-        assert!(
-            gaps.accepted("account_summary").is_empty(),
-            "per projection"
-        );
-        let unmoved = BatchReport {
-            positions: HashMap::from([(1, 10)]),
-            ..BatchReport::default()
-        };
-        gaps.applied("grade", &unmoved);
-        assert_eq!(gaps.accepted("grade"), vec![gap], "still at the gap");
-        let crossed = BatchReport {
-            positions: HashMap::from([(1, 13)]),
-            ..BatchReport::default()
-        };
-        gaps.applied("grade", &crossed);
-        assert!(gaps.accepted("grade").is_empty(), "moved on: forgotten");
     }
 }

@@ -8,6 +8,7 @@ use chrono::NaiveDateTime;
 use score_shared::config::KafkaArgs;
 use sqlx::{MySql, MySqlPool, QueryBuilder};
 
+use crate::identity::{self, Found, RecordDigest, StoredPosition};
 use crate::projection::{self, TableSet};
 use crate::store;
 
@@ -31,6 +32,35 @@ pub struct PartitionStatus {
     pub last_event_at: Option<NaiveDateTime>,
     /// Unresolved dead letters.
     pub dead_letters: i64,
+    /// Whether the stored position stands on this log.
+    pub log: LogStanding,
+}
+
+/// Whether a stored position stands on the log (see [`crate::identity`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum LogStanding {
+    /// The record under the position is the one it was stored on (or there
+    /// is nothing to check: offset 0, or stored before the check).
+    Stands,
+    /// It is not: the tables were built from another log; rebuild.
+    Mismatch(String),
+    /// Not checked (the broker did not answer, or only the end of the log
+    /// was looked at and the position is within it).
+    Unchecked,
+}
+
+impl LogStanding {
+    fn from_check(found: Option<&Found>) -> Self {
+        match found {
+            Some(found) => Self::Mismatch(found.to_string()),
+            None => Self::Stands,
+        }
+    }
+
+    pub fn is_mismatch(&self) -> bool {
+        matches!(self, Self::Mismatch(_))
+    }
 }
 
 /// The status of every projection in every partition of the topic. The
@@ -55,7 +85,56 @@ pub async fn status(pool: &MySqlPool, kafka: &KafkaArgs) -> anyhow::Result<Vec<P
             BTreeMap::new()
         }
     };
-    status_with(pool, &kafka.topic, &watermarks).await
+    let mut rows = status_with(pool, &kafka.topic, &watermarks).await?;
+    if !watermarks.is_empty() {
+        check_positions(pool, kafka, &mut rows).await?;
+    }
+    Ok(rows)
+}
+
+/// Reads the record each stored position stands on and sets each row's
+/// [`LogStanding`] from it. A broker that does not answer leaves the rows
+/// as they are.
+async fn check_positions(
+    pool: &MySqlPool,
+    kafka: &KafkaArgs,
+    rows: &mut [PartitionStatus],
+) -> anyhow::Result<()> {
+    let mut connection = pool.acquire().await?;
+    for projection in projection::all() {
+        let tables = TableSet::live(projection);
+        let positions: BTreeMap<i32, StoredPosition> =
+            store::positions(&mut connection, &tables.position, &kafka.topic)
+                .await?
+                .into_iter()
+                .map(|p| {
+                    let position = StoredPosition {
+                        next_offset: p.next_offset,
+                        last_record: p.last_record.map(RecordDigest::stored),
+                    };
+                    (p.kafka_partition, position)
+                })
+                .collect();
+        let checked = match identity::check(kafka, &positions).await {
+            Ok(checked) => checked,
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "could not read the records under the positions"
+                );
+                continue;
+            }
+        };
+        for row in rows
+            .iter_mut()
+            .filter(|r| r.projection == projection.name())
+        {
+            if let Some(found) = checked.get(&row.partition) {
+                row.log = LogStanding::from_check(found.as_ref());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// [`status`] with the watermarks already read (`(low, high)` by
@@ -98,6 +177,12 @@ pub async fn status_with(
             let stored = positions.get(&partition);
             let position = stored.map_or(0, |p| p.next_offset);
             let high_watermark = watermarks.get(&partition).map(|(_, high)| *high);
+            let log = match high_watermark {
+                Some(end) if position > end => {
+                    LogStanding::Mismatch(Found::Missing { log_end: Some(end) }.to_string())
+                }
+                _ => LogStanding::Unchecked,
+            };
             rows.push(PartitionStatus {
                 projection: projection.name(),
                 partition,
@@ -106,6 +191,7 @@ pub async fn status_with(
                 lag: high_watermark.map(|high| high - position),
                 last_event_at: stored.and_then(|p| p.last_event_at),
                 dead_letters: dead_letters.get(&partition).copied().unwrap_or(0),
+                log,
             });
         }
     }
@@ -117,7 +203,7 @@ pub fn render(rows: &[PartitionStatus]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<16} {:>9} {:>12} {:>14} {:>10} {:<26} {:>12}",
+        "{:<16} {:>9} {:>12} {:>14} {:>10} {:<26} {:>12}  LOG",
         "PROJECTION",
         "PARTITION",
         "POSITION",
@@ -130,7 +216,7 @@ pub fn render(rows: &[PartitionStatus]) -> String {
     for row in rows {
         let _ = writeln!(
             out,
-            "{:<16} {:>9} {:>12} {:>14} {:>10} {:<26} {:>12}",
+            "{:<16} {:>9} {:>12} {:>14} {:>10} {:<26} {:>12}  {}",
             row.projection,
             row.partition,
             row.position,
@@ -145,15 +231,29 @@ pub fn render(rows: &[PartitionStatus]) -> String {
                 |t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
             ),
             row.dead_letters,
+            match &row.log {
+                LogStanding::Stands => "ok",
+                LogStanding::Mismatch(_) => "MISMATCH (!)",
+                LogStanding::Unchecked => "?",
+            },
         );
     }
-    if rows.iter().any(|row| row.lag.is_some_and(|lag| lag < 0)) {
-        out.push_str(
-            "(!) position beyond the end of the log: the log was reset or replaced; \
-             rebuild the projection (projector rebuild <projection>)\n",
-        );
+    for row in rows {
+        if let LogStanding::Mismatch(detail) = &row.log {
+            let _ = writeln!(
+                out,
+                "(!) {} partition {}: the position does not stand on this log ({detail}); \
+                 the tables were built from another log. Rebuild: projector rebuild {}",
+                row.projection, row.partition, row.projection
+            );
+        }
     }
     out
+}
+
+/// Whether any row's position does not stand on the log.
+pub fn any_mismatch(rows: &[PartitionStatus]) -> bool {
+    rows.iter().any(|row| row.log.is_mismatch())
 }
 
 #[cfg(test)]
@@ -170,11 +270,12 @@ mod tests {
             lag: None,
             last_event_at: None,
             dead_letters: 2,
+            log: LogStanding::Unchecked,
         }]);
         let line = table.lines().nth(1).unwrap();
         assert!(line.starts_with("grade"), "{line}");
         assert!(line.contains(" ? "), "{line}");
-        assert!(line.trim_end().ends_with('2'), "{line}");
+        assert!(line.trim_end().ends_with("2  ?"), "{line}");
     }
 
     #[test]
@@ -187,8 +288,14 @@ mod tests {
             lag: Some(-5),
             last_event_at: None,
             dead_letters: 0,
+            log: LogStanding::Mismatch("the log's partition ends at offset 2, before it".into()),
         }]);
         assert!(table.contains("-5 (!)"), "{table}");
-        assert!(table.contains("rebuild the projection"), "{table}");
+        assert!(table.contains("MISMATCH (!)"), "{table}");
+        assert!(
+            table.contains("grade partition 0: the position does not stand on this log"),
+            "{table}"
+        );
+        assert!(table.contains("projector rebuild grade"), "{table}");
     }
 }

@@ -9,16 +9,18 @@ use chrono::NaiveDateTime;
 use sqlx::{MySql, MySqlConnection, QueryBuilder, Row};
 
 use crate::batch::{DeadLetterReason, LogRecord};
+use crate::identity::{RecordDigest, StoredPosition};
 
 /// Locks the position rows of `partitions` in `table` (creating them at 0
-/// the first time) and returns the stored positions. Partitions are locked
+/// the first time) and returns the stored positions, each with the digest
+/// of the record it stands on. Partitions are locked
 /// in ascending order so that concurrent instances cannot deadlock.
 pub async fn lock_positions(
     connection: &mut MySqlConnection,
     table: &str,
     topic: &str,
     partitions: &[i32],
-) -> sqlx::Result<HashMap<i32, i64>> {
+) -> sqlx::Result<HashMap<i32, StoredPosition>> {
     let mut partitions = partitions.to_vec();
     partitions.sort_unstable();
     partitions.dedup();
@@ -33,7 +35,8 @@ pub async fn lock_positions(
     ensure.push(" ON DUPLICATE KEY UPDATE next_offset = next_offset");
     ensure.build().execute(&mut *connection).await?;
 
-    let mut select = QueryBuilder::<MySql>::new("SELECT kafka_partition, next_offset FROM ");
+    let mut select =
+        QueryBuilder::<MySql>::new("SELECT kafka_partition, next_offset, last_record FROM ");
     select.push(table).push(" WHERE topic = ").push_bind(topic);
     select.push(" AND kafka_partition IN (");
     let mut list = select.separated(", ");
@@ -43,25 +46,50 @@ pub async fn lock_positions(
     select.push(") ORDER BY kafka_partition FOR UPDATE");
     let rows = select.build().fetch_all(&mut *connection).await?;
     rows.iter()
-        .map(|row| Ok((row.try_get::<i32, _>(0)?, row.try_get::<i64, _>(1)?)))
+        .map(|row| {
+            let position = StoredPosition {
+                next_offset: row.try_get(1)?,
+                last_record: row
+                    .try_get::<Option<String>, _>(2)?
+                    .map(RecordDigest::stored),
+            };
+            Ok((row.try_get::<i32, _>(0)?, position))
+        })
         .collect()
 }
 
-/// Stores the next offset to apply in `partition`, and the time of the last
-/// event applied when there was one.
+/// Where a partition's position moves to.
+pub struct Advance<'a> {
+    pub partition: i32,
+    pub next_offset: i64,
+    /// The digest of the record at `next_offset - 1`.
+    pub last_record: &'a RecordDigest,
+    /// When the last event applied occurred, when it was one.
+    pub last_event_at: Option<NaiveDateTime>,
+}
+
+/// Stores the next offset to apply in a partition, the record it stands on,
+/// and the time of the last event applied when there was one.
 pub async fn advance_position(
     connection: &mut MySqlConnection,
     table: &str,
     topic: &str,
-    partition: i32,
-    next_offset: i64,
-    last_event_at: Option<NaiveDateTime>,
+    advance: Advance<'_>,
 ) -> sqlx::Result<()> {
+    let Advance {
+        partition,
+        next_offset,
+        last_record,
+        last_event_at,
+    } = advance;
     let mut update = QueryBuilder::<MySql>::new("UPDATE ");
     update
         .push(table)
         .push(" SET next_offset = ")
         .push_bind(next_offset);
+    update
+        .push(", last_record = ")
+        .push_bind(last_record.as_str());
     update
         .push(", last_event_at = COALESCE(")
         .push_bind(last_event_at)
@@ -77,6 +105,10 @@ pub async fn advance_position(
 pub struct Position {
     pub kafka_partition: i32,
     pub next_offset: i64,
+    /// The digest of the record at `next_offset - 1` (see
+    /// [`crate::identity`]); `None` at 0 and for positions stored before
+    /// the check.
+    pub last_record: Option<String>,
     pub last_event_at: Option<NaiveDateTime>,
 }
 
@@ -86,8 +118,9 @@ pub async fn positions(
     table: &str,
     topic: &str,
 ) -> sqlx::Result<Vec<Position>> {
-    let mut select =
-        QueryBuilder::<MySql>::new("SELECT kafka_partition, next_offset, last_event_at FROM ");
+    let mut select = QueryBuilder::<MySql>::new(
+        "SELECT kafka_partition, next_offset, last_record, last_event_at FROM ",
+    );
     select.push(table).push(" WHERE topic = ").push_bind(topic);
     select.push(" ORDER BY kafka_partition");
     select.build_query_as().fetch_all(&mut *connection).await

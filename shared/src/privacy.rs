@@ -1,6 +1,10 @@
 //! Phone numbers are personal data: they never appear in full in a log line
 //! or an error message.
 
+use std::sync::LazyLock;
+
+use regex::Regex;
+
 /// Masks the middle of an account number, keeping enough of both ends to
 /// correlate log lines: `13800138000` → `138****8000`, `12345` → `1***5`.
 pub fn masked(account: &str) -> String {
@@ -19,9 +23,55 @@ pub fn masked(account: &str) -> String {
     out
 }
 
+/// Quoted values ('…' or "…", with SQL's doubled quotes) and runs of
+/// seven or more digits.
+static VALUES: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"'(?:[^']|'')*'|"(?:[^"]|"")*"|\d{7,}"#).expect("a valid pattern")
+});
+
+/// An error text from outside (MySQL's messages quote the values they
+/// refused: `Duplicate entry '13800138000' for key …`, `Incorrect string
+/// value: '\xF0…' for column …`) made fit for a log line: every quoted
+/// value becomes `'…'` and every run of seven or more digits `#…#`.
+/// Backquoted identifiers (tables, columns) are kept.
+pub fn scrubbed(text: &str) -> String {
+    VALUES
+        .replace_all(text, |found: &regex::Captures<'_>| {
+            match found[0].chars().next() {
+                Some('\'') => "'…'",
+                Some('"') => "\"…\"",
+                _ => "#…#",
+            }
+        })
+        .into_owned()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::masked;
+    use super::{masked, scrubbed};
+
+    #[test]
+    fn database_errors_lose_their_values_but_keep_what_failed() {
+        assert_eq!(
+            scrubbed("Duplicate entry '13800138000' for key 'grade_event_id'"),
+            "Duplicate entry '…' for key '…'"
+        );
+        assert_eq!(
+            scrubbed(
+                r"Incorrect string value: '\xF0\x9F' for column `scores`.`grade`.`txt1` at row 1"
+            ),
+            "Incorrect string value: '…' for column `scores`.`grade`.`txt1` at row 1"
+        );
+        assert_eq!(scrubbed(r#"near "it''s 13800138000""#), "near \"…\"");
+        assert_eq!(
+            scrubbed("account 13800138000 unknown"),
+            "account #…# unknown"
+        );
+        assert_eq!(
+            scrubbed("Connection refused (os error 111)"),
+            "Connection refused (os error 111)"
+        );
+    }
 
     #[test]
     fn a_mobile_number_keeps_only_its_first_three_and_last_four_digits() {

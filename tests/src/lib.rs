@@ -78,7 +78,16 @@ impl TestTopic {
     ///
     /// When the broker cannot be reached: the tests need it.
     pub async fn create(partitions: i32) -> Self {
-        let kafka = kafka_args(&unique_name("score-events-test-"), partitions);
+        Self::create_on(&kafka_args(&unique_name("score-events-test-"), partitions)).await
+    }
+
+    /// Creates the topic `kafka` names, on the brokers it names.
+    ///
+    /// # Panics
+    ///
+    /// When the broker cannot be reached.
+    pub async fn create_on(kafka: &KafkaArgs) -> Self {
+        let kafka = kafka.clone();
         let created = tokio::time::timeout(
             Duration::from_secs(20),
             score_shared::kafka::ensure_topic(&kafka),
@@ -617,6 +626,7 @@ pub fn rebuild_args(
     RebuildArgs {
         projection: projection.to_owned(),
         keep_old,
+        drop_kept: false,
         batch_size: 200,
         database: database.args(),
         kafka: kafka.clone(),
