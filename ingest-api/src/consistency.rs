@@ -229,7 +229,8 @@ async fn read_while_waited_for(
                 });
             }
             Err(error) => {
-                tracing::warn!(error = %error, "reading the projection's positions failed")
+                let error = score_shared::privacy::scrubbed(&error.to_string());
+                tracing::warn!(error, "reading the projection's positions failed")
             }
         }
         tokio::time::sleep(POLL_INTERVAL).await;

@@ -74,6 +74,9 @@ impl PublishError {
 }
 
 /// The `outcome` label of `kafka_produce_total` for a successful send.
+/// librdkafka's bound on the messages its queue holds.
+const QUEUE_LIMIT: &str = "queue.buffering.max.messages";
+
 const PERSISTED: &str = "persisted";
 
 /// How much longer than the publish timeout a request waits for its
@@ -102,7 +105,45 @@ impl Publisher {
     ///
     /// When librdkafka refuses the settings.
     pub fn new(kafka: &KafkaArgs, timeout: Duration) -> anyhow::Result<Self> {
-        let producer = score_shared::kafka::producer_config(kafka, timeout)
+        Self::from_config(
+            score_shared::kafka::producer_config(kafka, timeout),
+            kafka,
+            timeout,
+        )
+    }
+
+    /// A publisher whose librdkafka queue holds at most `max_queued`
+    /// messages (librdkafka's default is 100,000): the ingest API never has
+    /// more sends in flight than the submissions it admitted, so the queue
+    /// is bounded by the same budget, and a send beyond it is refused at
+    /// once (a 503) rather than held. `SCORES_KAFKA_OPTIONS` may still set
+    /// `queue.buffering.max.messages` itself.
+    ///
+    /// # Errors
+    ///
+    /// Invalid Kafka settings.
+    pub fn with_queue_limit(
+        kafka: &KafkaArgs,
+        timeout: Duration,
+        max_queued: usize,
+    ) -> anyhow::Result<Self> {
+        let mut config = score_shared::kafka::producer_config(kafka, timeout);
+        let chosen = kafka
+            .kafka_options
+            .iter()
+            .any(|option| option.key == QUEUE_LIMIT);
+        if !chosen {
+            config.set(QUEUE_LIMIT, max_queued.max(1).to_string());
+        }
+        Self::from_config(config, kafka, timeout)
+    }
+
+    fn from_config(
+        config: rdkafka::ClientConfig,
+        kafka: &KafkaArgs,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let producer = config
             .create_with_context(DeliveryReporter)
             .context("creating the Kafka producer")?;
         Ok(Self {
@@ -589,5 +630,32 @@ mod tests {
         );
         assert!(started.elapsed() < Duration::from_millis(100));
         let _ = first.await;
+    }
+
+    #[tokio::test]
+    async fn the_local_queue_is_bounded_by_the_write_budget() {
+        let cluster = mock_cluster();
+        let kafka = KafkaArgs {
+            kafka_brokers: cluster.bootstrap_servers(),
+            topic: TOPIC.to_owned(),
+            topic_partitions: 3,
+            topic_replication: 1,
+            kafka_options: vec!["message.timeout.ms=500".parse().expect("key=value")],
+        };
+        let publisher = Publisher::with_queue_limit(&kafka, TIMEOUT, 2).expect("a producer");
+        cluster.broker_down(BROKER).expect("broker down");
+        let queued = [event(), event()];
+        let first = publisher.publish(&queued[0]);
+        let second = publisher.publish(&queued[1]);
+        tokio::pin!(first, second);
+        assert!(futures::poll!(&mut first).is_pending());
+        assert!(futures::poll!(&mut second).is_pending());
+
+        assert_eq!(
+            publisher.publish(&event()).await,
+            Err(PublishError::NotPersisted(RDKafkaErrorCode::QueueFull)),
+            "a third send finds the queue of two full"
+        );
+        let _ = (first.await, second.await);
     }
 }

@@ -86,7 +86,11 @@ impl Application {
             .context("invalid validation settings")?;
         // Before anything records a metric.
         score_shared::telemetry::metrics();
-        let publisher = Publisher::new(&config.kafka, config.publish_timeout())?;
+        let publisher = Publisher::with_queue_limit(
+            &config.kafka,
+            config.publish_timeout(),
+            config.max_in_flight_writes,
+        )?;
         // Connects on first use: MySQL being down never stops the start.
         let read_model = config
             .query_database_url

@@ -94,7 +94,11 @@ async fn run(
     let results = read_model
         .account_results(&query)
         .await
-        .inspect_err(|error| tracing::warn!(error = %error, "results query failed"))?;
+        .inspect_err(|error| {
+            // MySQL's messages may quote values: the account number asked for.
+            let error = score_shared::privacy::scrubbed(&error.to_string());
+            tracing::warn!(error, "results query failed");
+        })?;
     metrics::counter!("results_queries_total", "consistency" => results.freshness.as_str())
         .increment(1);
     Ok((query, results))
