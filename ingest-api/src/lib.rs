@@ -35,6 +35,7 @@ pub mod error;
 pub mod handlers;
 pub mod idempotency;
 pub mod limits;
+pub mod memory;
 pub mod observe;
 pub mod publisher;
 pub mod readiness;

@@ -6,7 +6,8 @@
 //! anything else is done for it (a full budget is a canned 503); a
 //! connection is closed when it sends no complete request head within the
 //! header read timeout, idle kept-alive ones included; and each connection's
-//! buffer is capped. Only HTTP/1.1 is served: nginx speaks it to the API,
+//! buffer is capped. Once a burst of connections has receded, malloc gives
+//! its free pages back ([`memory`]). Only HTTP/1.1 is served: nginx speaks it to the API,
 //! and HTTP/2's idle connections would have no timeout.
 
 use std::convert::Infallible;
@@ -25,6 +26,7 @@ use crate::config::Config;
 use crate::handlers::AppState;
 use crate::handlers::pages::Pages;
 use crate::limits::{self, Limits, PeerAddr};
+use crate::memory::{self, Connections};
 use crate::observe;
 use crate::publisher::Publisher;
 use crate::readiness::{self, Readiness, ReadinessProbe};
@@ -198,6 +200,8 @@ impl Application {
             .header_read_timeout(self.header_read_timeout)
             .max_buf_size(CONNECTION_BUFFER_BYTES);
         let connection_slots = Arc::new(Semaphore::new(self.max_connections));
+        let open_connections = Arc::new(Connections::default());
+        let release_memory = tokio::spawn(memory::release_after_bursts(open_connections.clone()));
         let lingering_refusals = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
         let graceful = GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -218,7 +222,7 @@ impl Application {
                 refuse(stream, &lingering_refusals);
                 continue;
             };
-            let open = OpenConnection::new(slot);
+            let open = OpenConnection::new(slot, open_connections.clone());
             let service = service.clone();
             let limits = limits.clone();
             let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -241,6 +245,7 @@ impl Application {
         graceful.shutdown().await;
         forget_idle.abort();
         refresh_readiness.abort();
+        release_memory.abort();
         tracing::info!("flushing the producer");
         publisher.flush(self.shutdown_flush).await;
         let _ = stop_metrics.send(());
@@ -292,18 +297,24 @@ where
 /// in `http_connections_open` until dropped.
 struct OpenConnection {
     _slot: OwnedSemaphorePermit,
+    connections: Arc<Connections>,
 }
 
 impl OpenConnection {
-    fn new(slot: OwnedSemaphorePermit) -> Self {
+    fn new(slot: OwnedSemaphorePermit, connections: Arc<Connections>) -> Self {
         metrics::gauge!("http_connections_open").increment(1.0);
-        Self { _slot: slot }
+        connections.opened();
+        Self {
+            _slot: slot,
+            connections,
+        }
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         metrics::gauge!("http_connections_open").decrement(1.0);
+        self.connections.closed();
     }
 }
 
