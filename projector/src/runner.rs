@@ -33,7 +33,7 @@ use crate::apply::{self, Backoff, BatchJob, BatchReport, Halt, Locking, Mode};
 use crate::batch::{Decoder, LogRecord};
 use crate::config::RunArgs;
 use crate::gaps::GapTracker;
-use crate::identity::{self, Found, LogMismatch, Predecessors, RecordDigest, StoredPosition};
+use crate::identity::{self, Found, LogMismatch, Predecessors, StoredPosition};
 use crate::projection::{self, Projection, TableSet};
 use crate::readiness::{Readiness, Stage};
 use crate::status;
@@ -222,19 +222,7 @@ impl Projector {
         tables: &TableSet,
     ) -> sqlx::Result<BTreeMap<i32, StoredPosition>> {
         let mut connection = self.pool.acquire().await?;
-        Ok(
-            store::positions(&mut connection, &tables.position, &self.args.kafka.topic)
-                .await?
-                .into_iter()
-                .map(|p| {
-                    let position = StoredPosition {
-                        next_offset: p.next_offset,
-                        last_record: p.last_record.map(RecordDigest::stored),
-                    };
-                    (p.kafka_partition, position)
-                })
-                .collect(),
-        )
+        store::stored_positions(&mut connection, &tables.position, &self.args.kafka.topic).await
     }
 
     /// Turns until `stop`, or until a position is found not to stand on the

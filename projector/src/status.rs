@@ -8,7 +8,7 @@ use chrono::NaiveDateTime;
 use score_shared::config::KafkaArgs;
 use sqlx::{MySql, MySqlPool, QueryBuilder};
 
-use crate::identity::{self, Found, RecordDigest, StoredPosition};
+use crate::identity::{self, Found};
 use crate::projection::{self, TableSet};
 use crate::store;
 
@@ -103,18 +103,8 @@ async fn check_positions(
     let mut connection = pool.acquire().await?;
     for projection in projection::all() {
         let tables = TableSet::live(projection);
-        let positions: BTreeMap<i32, StoredPosition> =
-            store::positions(&mut connection, &tables.position, &kafka.topic)
-                .await?
-                .into_iter()
-                .map(|p| {
-                    let position = StoredPosition {
-                        next_offset: p.next_offset,
-                        last_record: p.last_record.map(RecordDigest::stored),
-                    };
-                    (p.kafka_partition, position)
-                })
-                .collect();
+        let positions =
+            store::stored_positions(&mut connection, &tables.position, &kafka.topic).await?;
         let checked = match identity::check(kafka, &positions).await {
             Ok(checked) => checked,
             Err(error) => {

@@ -126,6 +126,26 @@ pub async fn positions(
     select.build_query_as().fetch_all(&mut *connection).await
 }
 
+/// Every stored position of `topic` in `table`, by partition, as the log
+/// check reads them (see [`crate::identity`]).
+pub async fn stored_positions(
+    connection: &mut MySqlConnection,
+    table: &str,
+    topic: &str,
+) -> sqlx::Result<std::collections::BTreeMap<i32, StoredPosition>> {
+    Ok(positions(connection, table, topic)
+        .await?
+        .into_iter()
+        .map(|p| {
+            let position = StoredPosition {
+                next_offset: p.next_offset,
+                last_record: p.last_record.map(RecordDigest::stored),
+            };
+            (p.kafka_partition, position)
+        })
+        .collect())
+}
+
 /// A record the projection could not apply, and why.
 pub struct DeadLetterRow<'a> {
     pub record: &'a LogRecord,
