@@ -1,8 +1,9 @@
 //! The scoring web page in a real browser (headless Chromium through
 //! chromedriver), against the real pipeline: a person fills the form,
-//! submits, sees the toast, and finds the new rating on the results page;
-//! an invalid phone number is pointed out in the form and nothing is sent to
-//! the log.
+//! submits, sees the toast, and finds the new rating on the results page
+//! (the page kept the submission's results token), again later, but not
+//! another number's; an invalid phone number is pointed out in the form and
+//! nothing is sent to the log.
 
 use std::time::Duration;
 
@@ -213,6 +214,58 @@ async fn a_person_rates_sees_the_toast_and_finds_the_rating_on_the_results_page(
         "the number is shown masked"
     );
     save_screenshot(&browser, "results-page.png").await;
+
+    // The token is kept for the number, never put in a URL.
+    let kept = browser
+        .execute(
+            "return window.localStorage.getItem(arguments[0]);",
+            vec![json!(format!("resultsToken:{phone}"))],
+        )
+        .await
+        .expect("running a script");
+    assert!(
+        kept.as_str().is_some_and(|token| !token.is_empty()),
+        "the results token is kept: {kept}"
+    );
+    assert!(
+        !current.as_str().contains(kept.as_str().unwrap()),
+        "the token is not in the URL: {current}"
+    );
+
+    // Later, without the consistency token: the kept token still reads.
+    browser
+        .goto(&api.url(&format!("/results?phoneNum={phone}")))
+        .await
+        .expect("opening the results page again");
+    await_text(&browser, "submissions", "2").await;
+
+    // Another number: no token for it here, and the server refuses without
+    // saying whether it has ratings.
+    let other = "13900139000";
+    let other_rating = reqwest::Client::new()
+        .post(api.url("/v1/scores"))
+        .json(
+            &json!({"acc_nbr": other, "grade1": 1, "grade2": 1, "grade3": 1, "txt1": "別人的評語"}),
+        )
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(other_rating.status(), 202);
+    browser
+        .goto(&api.url(&format!("/results?phoneNum={other}")))
+        .await
+        .expect("opening another number's results");
+    await_text(&browser, "notice", "請在評分後查看結果").await;
+    let summary = browser.find(Locator::Id("summary")).await.expect("summary");
+    assert!(
+        !summary.is_displayed().await.expect("visibility"),
+        "no results are shown for another number"
+    );
+    let page = browser.source().await.expect("the page's source");
+    assert!(
+        !page.contains("別人的評語"),
+        "another number's comment shown"
+    );
 
     browser.close().await.expect("closing the browser");
     projector.stop().await;

@@ -113,3 +113,60 @@ fn a_three_node_cluster_keeps_writing_with_one_node_down_and_never_elects_an_unc
         Some("1")
     );
 }
+
+/// The lines of the compose file's service `name`, up to the next service.
+fn compose_service<'a>(compose: &'a str, name: &str) -> Vec<&'a str> {
+    let start = format!("  {name}:");
+    compose
+        .lines()
+        .skip_while(|line| *line != start)
+        .skip(1)
+        .take_while(|line| line.is_empty() || line.starts_with("    "))
+        .collect()
+}
+
+#[test]
+fn every_ingest_api_gets_the_results_token_keys_as_a_secret_never_in_plain_configuration() {
+    let compose = repository_file("deploy/docker-compose.yml");
+    assert!(
+        compose.contains("\nsecrets:\n"),
+        "a top-level secrets section"
+    );
+    assert!(
+        compose.contains("  results_token_keys:\n    file: ${RESULTS_TOKEN_KEYS_FILE:?"),
+        "the secret comes from the file RESULTS_TOKEN_KEYS_FILE names"
+    );
+    for service in ["ingest-api-1", "ingest-api-2"] {
+        let lines = compose_service(&compose, service);
+        assert!(!lines.is_empty(), "{service} is in the compose file");
+        assert!(
+            lines
+                .iter()
+                .any(|line| line.trim() == "secrets: [results_token_keys]"),
+            "{service} is given the secret: {lines:?}"
+        );
+    }
+    assert!(
+        compose.contains("SCORES_RESULTS_TOKEN_KEYS_FILE: /run/secrets/results_token_keys"),
+        "the ingest APIs read the keys from the secret"
+    );
+    assert!(
+        !compose.contains("SCORES_RESULTS_TOKEN_KEYS:"),
+        "no keys in the compose environment"
+    );
+
+    let unit = repository_file("deploy/systemd/ingest-api.service");
+    assert!(
+        unit.contains("LoadCredential=results-token-keys:/etc/score-pipeline/results-token-keys\n"),
+        "the unit loads the keys as a credential"
+    );
+    assert!(
+        unit.contains("Environment=SCORES_RESULTS_TOKEN_KEYS_FILE=%d/results-token-keys\n"),
+        "and points the API at it"
+    );
+    let example = repository_file("deploy/systemd/ingest-api.env.example");
+    assert!(
+        example.contains("#SCORES_RESULTS_TOKEN_KEYS="),
+        "the env example shows the alternative, commented out (not both)"
+    );
+}

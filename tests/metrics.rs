@@ -147,6 +147,7 @@ async fn both_services_expose_metrics_that_move_with_traffic_and_the_dashboard_q
     // Traffic: 20 accepted submissions, one invalid, one read with a token.
     let client = reqwest::Client::new();
     let mut token = String::new();
+    let mut results_token = String::new();
     for i in 0..20 {
         let response = client
             .post(format!("{base}/score"))
@@ -164,6 +165,10 @@ async fn both_services_expose_metrics_that_move_with_traffic_and_the_dashboard_q
             .to_str()
             .expect("ASCII")
             .to_owned();
+        results_token = response.headers()["x-results-token"]
+            .to_str()
+            .expect("ASCII")
+            .to_owned();
     }
     let invalid = client
         .post(format!("{base}/score"))
@@ -175,12 +180,22 @@ async fn both_services_expose_metrics_that_move_with_traffic_and_the_dashboard_q
     assert_eq!(invalid.status(), 400);
     let read = client
         .get(format!(
-            "{base}/graderesult?phoneNum=13700000019&after={token}"
+            "{base}/graderesult?phoneNum=13700000019&after={token}&token={results_token}"
         ))
         .send()
         .await
         .expect("the API answers");
     assert_eq!(read.status(), 200);
+    // The same token for another number: refused, and counted.
+    let refused = client
+        .get(format!(
+            "{base}/v1/accounts/13700000018/scores?after={token}"
+        ))
+        .bearer_auth(&results_token)
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(refused.status(), 401);
     database.await_grade_rows(20, Duration::from_secs(60)).await;
 
     let after = Scrape::of(&api_metrics).await;
@@ -200,6 +215,12 @@ async fn both_services_expose_metrics_that_move_with_traffic_and_the_dashboard_q
         after.sum("http_requests_total", &[r#"route="/graderesult""#]),
         1.0,
         "the query is counted under its route template, never its path"
+    );
+    assert_eq!(
+        after.value(
+            r#"results_reads_refused_total{route="/v1/accounts/{acc_nbr}/scores",status="401"}"#
+        ),
+        1.0
     );
     assert!(
         !after

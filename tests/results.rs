@@ -21,14 +21,14 @@ fn client() -> Client {
 }
 
 /// Posts the mini-program's form to `/score`, exactly as `wx.request`
-/// sends it, and returns the answer's consistency token.
+/// sends it, and returns the answer's consistency and results tokens.
 async fn submit_legacy(
     client: &Client,
     api: &RunningApi,
     account: &str,
     grades: [&str; 3],
     texts: [&str; 3],
-) -> String {
+) -> (String, String) {
     let response = client
         .post(api.url("/score"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -38,15 +38,20 @@ async fn submit_legacy(
         .await
         .expect("the API answers");
     assert_eq!(response.status(), 200);
-    response.headers()["x-consistency-token"]
-        .to_str()
-        .expect("ASCII")
-        .to_owned()
+    let header = |name: &str| response.headers()[name].to_str().expect("ASCII").to_owned();
+    (header("x-consistency-token"), header("x-results-token"))
 }
 
-/// Posts `body` to `/v1/scores` and returns the answer's event id and
-/// consistency token.
-async fn submit_v1(client: &Client, api: &RunningApi, body: &Value) -> (String, String) {
+/// What a `/v1/scores` answer gives back.
+struct V1Accepted {
+    event_id: String,
+    consistency_token: String,
+    results_token: String,
+}
+
+/// Posts `body` to `/v1/scores` and returns the answer's event id,
+/// consistency token and results token (header and body agree).
+async fn submit_v1(client: &Client, api: &RunningApi, body: &Value) -> V1Accepted {
     let response = client
         .post(api.url("/v1/scores"))
         .json(body)
@@ -58,16 +63,28 @@ async fn submit_v1(client: &Client, api: &RunningApi, body: &Value) -> (String, 
         .to_str()
         .expect("ASCII")
         .to_owned();
+    let results_token = response.headers()["x-results-token"]
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
     let answer: Value = response.json().await.expect("JSON");
     assert_eq!(answer["consistency_token"], header.as_str());
-    (
-        answer["event_id"].as_str().expect("an event id").to_owned(),
-        header,
-    )
+    assert_eq!(answer["results_token"], results_token.as_str());
+    V1Accepted {
+        event_id: answer["event_id"].as_str().expect("an event id").to_owned(),
+        consistency_token: header,
+        results_token,
+    }
 }
 
-async fn get_json(client: &Client, url: String) -> (u16, String, Value) {
-    let response = client.get(url).send().await.expect("the API answers");
+/// GETs `url` with `results_token` as `Authorization: Bearer` (none when
+/// empty: the URL carries it): the status, `X-Consistency` and the JSON body.
+async fn get_json(client: &Client, url: String, results_token: &str) -> (u16, String, Value) {
+    let mut request = client.get(url);
+    if !results_token.is_empty() {
+        request = request.bearer_auth(results_token);
+    }
+    let response = request.send().await.expect("the API answers");
     let status = response.status().as_u16();
     let consistency = response
         .headers()
@@ -91,10 +108,15 @@ async fn every_submission_is_in_the_results_read_right_after_with_its_token() {
     let account = "13900000001";
 
     // The mini-program's own calls: the form, then /graderesult.
-    let token = submit_legacy(&client, &api, account, ["5", "4", "3"], ["很好 👍", "", ""]).await;
+    let (token, results_token) =
+        submit_legacy(&client, &api, account, ["5", "4", "3"], ["很好 👍", "", ""]).await;
+    // As a mini-program page's URL carries it: the `token` parameter.
     let (status, consistency, results) = get_json(
         &client,
-        api.url(&format!("/graderesult?phoneNum={account}&after={token}")),
+        api.url(&format!(
+            "/graderesult?phoneNum={account}&after={token}&token={results_token}"
+        )),
+        "",
     )
     .await;
     assert_eq!((status, consistency.as_str()), (200, "current"));
@@ -108,16 +130,18 @@ async fn every_submission_is_in_the_results_read_right_after_with_its_token() {
     // soon as the submission is acknowledged, includes it.
     let mut expected = 1;
     for round in 1..=10 {
-        let (event_id, token) = submit_v1(
+        let accepted = submit_v1(
             &client,
             &api,
             &json!({"acc_nbr": account, "grade1": 1, "grade2": 2, "grade3": 3, "txt1": format!("round {round}")}),
         )
         .await;
+        let (event_id, token) = (accepted.event_id, accepted.consistency_token);
         expected += 1;
         let (status, consistency, page) = get_json(
             &client,
             api.url(&format!("/v1/accounts/{account}/scores?after={token}")),
+            &accepted.results_token,
         )
         .await;
         assert_eq!(
@@ -132,8 +156,13 @@ async fn every_submission_is_in_the_results_read_right_after_with_its_token() {
         );
         assert_eq!(page["scores"][0]["txt1"], format!("round {round}"));
     }
-    let (_, consistency, page) =
-        get_json(&client, api.url(&format!("/v1/accounts/{account}/scores"))).await;
+    // The legacy door's token reads the account through /v1 too.
+    let (_, consistency, page) = get_json(
+        &client,
+        api.url(&format!("/v1/accounts/{account}/scores")),
+        &results_token,
+    )
+    .await;
     assert_eq!(consistency, "unchecked");
     // One 5 and ten 1s: (5 + 10) / 11.
     let average = page["summary"]["avg_grade1"].as_f64().expect("a number");
@@ -161,16 +190,18 @@ async fn a_query_waits_for_the_projection_and_says_stale_when_it_does_not_get_th
     .await;
     let client = client();
     let account = "13900000002";
-    let (event_id, token) = submit_v1(
+    let accepted = submit_v1(
         &client,
         &impatient,
         &json!({"acc_nbr": account, "grade1": 4, "grade2": 4, "grade3": 4}),
     )
     .await;
+    let (event_id, token) = (accepted.event_id, accepted.consistency_token);
+    let results_token = accepted.results_token;
     let url = |api: &RunningApi| api.url(&format!("/v1/accounts/{account}/scores?after={token}"));
 
     // No projector runs: the answer comes after the wait, empty, and says so.
-    let (status, consistency, page) = get_json(&client, url(&impatient)).await;
+    let (status, consistency, page) = get_json(&client, url(&impatient), &results_token).await;
     assert_eq!((status, consistency.as_str()), (200, "stale"));
     assert_eq!(page["consistency"], "stale");
     assert_eq!(page["summary"]["submissions"], 0);
@@ -180,7 +211,8 @@ async fn a_query_waits_for_the_projection_and_says_stale_when_it_does_not_get_th
     let waiting = tokio::spawn({
         let client = client.clone();
         let url = url(&patient);
-        async move { get_json(&client, url).await }
+        let results_token = results_token.clone();
+        async move { get_json(&client, url, &results_token).await }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "the query waits for the projection");
@@ -205,15 +237,17 @@ async fn pages_walk_an_accounts_submissions_newest_first_without_gaps_or_repeats
     let account = "13900000003";
     let mut submitted = Vec::new();
     let mut last_token = String::new();
+    let mut results_token = String::new();
     for index in 0..5 {
-        let (event_id, token) = submit_v1(
+        let accepted = submit_v1(
             &client,
             &api,
             &json!({"acc_nbr": account, "grade1": 3, "grade2": 3, "grade3": 3, "txt1": index.to_string()}),
         )
         .await;
-        submitted.push(event_id);
-        last_token = token;
+        submitted.push(accepted.event_id);
+        last_token = accepted.consistency_token;
+        results_token = accepted.results_token;
     }
     // One account is one partition: the last token covers all five.
     let mut seen = Vec::new();
@@ -223,6 +257,7 @@ async fn pages_walk_an_accounts_submissions_newest_first_without_gaps_or_repeats
         let (status, _, page) = get_json(
             &client,
             api.url(&format!("/v1/accounts/{account}/scores?{query}")),
+            &results_token,
         )
         .await;
         assert_eq!(status, 200);
@@ -250,8 +285,14 @@ async fn an_account_without_submissions_has_empty_results() {
     let topic = TestTopic::create(1).await;
     let database = TestDatabase::create().await;
     let api = RunningApi::start_with(api_config_with_results(&topic.kafka, &database)).await;
-    let (status, consistency, page) =
-        get_json(&client(), api.url("/v1/accounts/%2B8613900000004/scores")).await;
+    // A token for the number, as a submission would have been answered.
+    let token = pipeline_tests::results_token_for("+8613900000004");
+    let (status, consistency, page) = get_json(
+        &client(),
+        api.url("/v1/accounts/%2B8613900000004/scores"),
+        &token,
+    )
+    .await;
     assert_eq!((status, consistency.as_str()), (200, "unchecked"));
     assert_eq!(page["acc_nbr"], "+8613900000004");
     assert_eq!(
@@ -284,7 +325,8 @@ async fn submissions_go_on_and_the_api_stays_ready_while_the_results_database_is
         .await
         .expect("answers");
     assert_eq!(ready.status(), 200);
-    let token = submit_legacy(&client, &api, "13900000005", ["5", "5", "5"], ["", "", ""]).await;
+    let (token, results_token) =
+        submit_legacy(&client, &api, "13900000005", ["5", "5", "5"], ["", "", ""]).await;
     assert_eq!(topic.record_count().await, 1);
 
     let mut codes = HashSet::new();
@@ -292,7 +334,12 @@ async fn submissions_go_on_and_the_api_stays_ready_while_the_results_database_is
         "/v1/accounts/13900000005/scores".to_owned(),
         format!("/graderesult?phoneNum=13900000005&after={token}"),
     ] {
-        let response = client.get(api.url(&path)).send().await.expect("answers");
+        let response = client
+            .get(api.url(&path))
+            .bearer_auth(&results_token)
+            .send()
+            .await
+            .expect("answers");
         assert_eq!(response.status(), 503, "{path}");
         assert!(response.headers().contains_key("retry-after"), "{path}");
         let body: Value = response.json().await.expect("JSON");
@@ -381,20 +428,24 @@ async fn a_key_reused_through_another_instance_is_a_dead_letter_and_its_token_re
             token.as_str().expect("a token")
         ))
     };
-    let (status, consistency, page) = get_json(&client, url(&second["consistency_token"])).await;
+    // Each instance's token reads the account at the other: they share keys.
+    let results_token = second["results_token"].as_str().expect("a results token");
+    let (status, consistency, page) =
+        get_json(&client, url(&second["consistency_token"]), results_token).await;
     assert_eq!((status, consistency.as_str()), (200, "rejected"));
     assert_eq!(page["consistency"], "rejected");
     // First write wins, in both projections.
     assert_eq!(page["summary"]["submissions"], 1);
     assert_eq!(page["summary"]["avg_grade1"], 5.0);
     assert_eq!(page["scores"][0]["txt1"], "first");
-    let (_, consistency, _) = get_json(&client, url(&first["consistency_token"])).await;
+    let (_, consistency, _) =
+        get_json(&client, url(&first["consistency_token"]), results_token).await;
     assert_eq!(consistency, "current", "the first write's token");
     let legacy = first_api.url(&format!(
         "/graderesult?phoneNum={account}&after={}",
         second["consistency_token"].as_str().unwrap()
     ));
-    let (_, consistency, body) = get_json(&client, legacy).await;
+    let (_, consistency, body) = get_json(&client, legacy, results_token).await;
     assert_eq!(
         (consistency.as_str(), &body["consistency"]),
         ("rejected", &json!("rejected"))
@@ -468,27 +519,29 @@ async fn a_submission_the_projector_dead_letters_reads_rejected_until_it_is_retr
     let account = "13900000007";
     let url = |token: &str| api.url(&format!("/v1/accounts/{account}/scores?after={token}"));
 
-    let (_, refused_token) = submit_v1(
+    let refused = submit_v1(
         &client,
         &api,
         &json!({"acc_nbr": account, "grade1": 5, "grade2": 4, "grade3": 4}),
     )
     .await;
-    let (status, consistency, page) = get_json(&client, url(&refused_token)).await;
+    let (refused_token, results_token) = (refused.consistency_token, refused.results_token);
+    let (status, consistency, page) = get_json(&client, url(&refused_token), &results_token).await;
     assert_eq!((status, consistency.as_str()), (200, "rejected"));
     assert_eq!(page["consistency"], "rejected");
     assert_eq!(page["summary"]["submissions"], 0, "no row");
 
-    let (_, valid_token) = submit_v1(
+    let valid_token = submit_v1(
         &client,
         &api,
         &json!({"acc_nbr": account, "grade1": 4, "grade2": 4, "grade3": 4}),
     )
-    .await;
-    let (_, consistency, page) = get_json(&client, url(&valid_token)).await;
+    .await
+    .consistency_token;
+    let (_, consistency, page) = get_json(&client, url(&valid_token), &results_token).await;
     assert_eq!(consistency, "current");
     assert_eq!(page["summary"]["submissions"], 1);
-    let (_, consistency, _) = get_json(&client, url(&refused_token)).await;
+    let (_, consistency, _) = get_json(&client, url(&refused_token), &results_token).await;
     assert_eq!(consistency, "rejected", "still, after later events");
 
     // The rules are aligned and the dead letter retried: it is applied, and
@@ -507,7 +560,7 @@ async fn a_submission_the_projector_dead_letters_reads_rejected_until_it_is_retr
         retried[0].outcome,
         projector::dead_letters::RetryResult::Applied
     );
-    let (_, consistency, page) = get_json(&client, url(&refused_token)).await;
+    let (_, consistency, page) = get_json(&client, url(&refused_token), &results_token).await;
     assert_eq!(consistency, "current");
     assert_eq!(page["summary"]["submissions"], 2);
 

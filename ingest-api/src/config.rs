@@ -125,6 +125,37 @@ pub struct Config {
     #[arg(long, env = "SCORES_CONSISTENCY_WAIT_MS", default_value_t = 2000)]
     pub consistency_wait_ms: u64,
 
+    /// Keys that sign results tokens, `kid:base64key` entries separated by
+    /// commas (each key at least 32 bytes: `head -c 32 /dev/urandom |
+    /// base64`). The first signs new tokens; every one listed is accepted.
+    /// To rotate, put the new key first and keep the old one second until
+    /// its tokens have expired, then drop it. Required: the API does not
+    /// start without it.
+    #[arg(long, env = "SCORES_RESULTS_TOKEN_KEYS", hide_env_values = true)]
+    pub results_token_keys: Option<Secret>,
+
+    /// A file holding the value of SCORES_RESULTS_TOKEN_KEYS instead, so
+    /// that the keys travel as a secret: a compose secret
+    /// (`/run/secrets/…`), a systemd credential (`%d/…`). Set one of the
+    /// two, not both.
+    #[arg(long, env = "SCORES_RESULTS_TOKEN_KEYS_FILE")]
+    pub results_token_keys_file: Option<std::path::PathBuf>,
+
+    /// Days a results token stays valid after its submission.
+    #[arg(long, env = "SCORES_RESULTS_TOKEN_TTL_DAYS", default_value_t = 30)]
+    pub results_token_ttl_days: u32,
+
+    /// Refused results reads (no token, or not a valid one for the account)
+    /// a client address may make per minute (0: no limit), with a burst of
+    /// at most 5; beyond it they are answered 429. Counted apart from the
+    /// client's other requests.
+    #[arg(
+        long,
+        env = "SCORES_RATE_LIMIT_REFUSED_READS_PER_CLIENT_PER_MINUTE",
+        default_value_t = 10
+    )]
+    pub rate_limit_refused_reads_per_client_per_minute: u32,
+
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
@@ -133,6 +164,38 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// A setting that holds a secret: its `Debug` form never shows it, so a
+/// logged `Config` cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// An address (`127.0.0.1`) or a range (`10.0.0.0/8`).
@@ -173,11 +236,88 @@ impl Config {
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
     }
+
+    /// The results tokens' keys and lifetime.
+    ///
+    /// # Errors
+    ///
+    /// No key configured, or a key setting that cannot be used; the message
+    /// names `SCORES_RESULTS_TOKEN_KEYS` and how to make a key.
+    pub fn results_tokens(
+        &self,
+    ) -> Result<crate::read_token::ResultsTokens, crate::read_token::KeysError> {
+        use crate::read_token::{KeysError, ResultsTokens};
+        let ttl = Duration::from_secs(u64::from(self.results_token_ttl_days) * 24 * 60 * 60);
+        let from_file = self
+            .results_token_keys_file
+            .as_ref()
+            .map(|path| {
+                std::fs::read_to_string(path).map_err(|error| KeysError::File {
+                    path: path.display().to_string(),
+                    error: error.to_string(),
+                })
+            })
+            .transpose()?;
+        match (&self.results_token_keys, from_file) {
+            (Some(_), Some(_)) => Err(KeysError::Both),
+            (Some(keys), None) => ResultsTokens::parse(Some(keys.expose()), ttl),
+            (None, from_file) => ResultsTokens::parse(from_file.as_deref(), ttl),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_results_token_key_stops_the_start_with_how_to_make_one() {
+        let mut config = <Config as clap::Parser>::parse_from(["ingest-api"]);
+        config.results_token_keys = None;
+        config.results_token_keys_file = None;
+        let message = config.results_tokens().unwrap_err().to_string();
+        assert!(message.contains("SCORES_RESULTS_TOKEN_KEYS"), "{message}");
+        assert!(message.contains("/dev/urandom"), "{message}");
+    }
+
+    #[test]
+    fn the_results_token_keys_may_come_from_a_file_but_not_from_both_places() {
+        let path = std::env::temp_dir().join(format!("results-token-keys-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            "k1:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==\n",
+        )
+        .unwrap();
+        let mut config = <Config as clap::Parser>::parse_from(["ingest-api"]);
+        config.results_token_keys = None;
+        config.results_token_keys_file = Some(path.clone());
+        assert!(config.results_tokens().is_ok(), "from the file");
+        config.results_token_keys = Some(Secret::from("k1:x".to_owned()));
+        assert_eq!(
+            config.results_tokens().unwrap_err(),
+            crate::read_token::KeysError::Both
+        );
+        std::fs::remove_file(&path).unwrap();
+        config.results_token_keys = None;
+        let missing = config.results_tokens().unwrap_err().to_string();
+        assert!(
+            missing.contains("SCORES_RESULTS_TOKEN_KEYS_FILE"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn the_results_token_keys_never_show_in_a_debug_config() {
+        let mut config = <Config as clap::Parser>::parse_from([
+            "ingest-api",
+            "--results-token-keys",
+            "k1:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==",
+        ]);
+        config.results_token_keys_file = None;
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("c2VjcmV0"), "{debug}");
+        assert!(config.results_tokens().is_ok());
+    }
 
     #[test]
     fn a_removed_setting_stops_the_start_and_names_its_replacement() {

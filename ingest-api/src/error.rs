@@ -19,6 +19,13 @@ use crate::wire::WireError;
 pub const LEGACY_SUCCESS: &str = "數據提交成功";
 /// The toast the mini-program shows on any failure.
 pub const LEGACY_FAILURE: &str = "數據提交失敗";
+/// What `/graderesult` answers, for the mini-program to show, when a read
+/// has no valid results token for the account: the same whatever the
+/// reason, and whether or not the number has ratings.
+pub const LEGACY_UNAUTHORIZED: &str = "請在評分後查看結果";
+
+/// The `WWW-Authenticate` challenge of a refused results read.
+pub const RESULTS_CHALLENGE: &str = "Bearer realm=\"scores\"";
 
 /// The legacy door's header naming an error's code where the status alone
 /// does not tell it (the body is always the failure toast).
@@ -75,6 +82,13 @@ pub enum ApiError {
          send a new key for a new rating, the same body to retry"
     )]
     IdempotencyConflict,
+    /// A results read without a valid results token for its account. One
+    /// variant, no detail: every reason is answered alike.
+    #[error(
+        "reading an account's results needs the results token its submission's answer \
+         carried (X-Results-Token), valid and for this account"
+    )]
+    Unauthorized,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -99,6 +113,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -119,6 +134,7 @@ impl ApiError {
             Self::InvalidQuery(_) => "invalid_query",
             Self::ResultsUnavailable(_) | Self::ResultsNotConfigured => "results_unavailable",
             Self::IdempotencyConflict => "idempotency_conflict",
+            Self::Unauthorized => "unauthorized",
         }
     }
 
@@ -152,17 +168,22 @@ impl ApiError {
         self.finish(reply::json(&body).into_response())
     }
 
-    /// The legacy response: the failure toast with the right status. The
-    /// field errors travel in a header so that the body stays the string the
+    /// The legacy response: the failure toast with the right status (for a
+    /// refused results read, [`LEGACY_UNAUTHORIZED`]). The field errors
+    /// travel in a header so that the body stays the string the
     /// mini-program expects.
     pub fn to_legacy_response(&self) -> Response {
-        let mut response = self.finish(reply::json(&LEGACY_FAILURE).into_response());
+        let toast = match self {
+            Self::Unauthorized => LEGACY_UNAUTHORIZED,
+            _ => LEGACY_FAILURE,
+        };
+        let mut response = self.finish(reply::json(&toast).into_response());
         let invalid: &[FieldError] = match self {
             Self::Invalid(errors) => &errors.0,
             Self::Malformed(WireError::Value(field)) => std::slice::from_ref(field),
             _ => &[],
         };
-        if matches!(self, Self::IdempotencyConflict) {
+        if matches!(self, Self::IdempotencyConflict | Self::Unauthorized) {
             // The body must stay the toast; the code travels in a header
             // so that a client can tell this failure from the others.
             response.headers_mut().insert(
@@ -197,6 +218,17 @@ impl ApiError {
         };
         if let Some(value) = retry_after.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
             response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        if matches!(self, Self::Unauthorized) {
+            let headers = response.headers_mut();
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(RESULTS_CHALLENGE),
+            );
+            headers.insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
         }
         response
     }
@@ -238,7 +270,8 @@ impl ApiError {
             | Self::InvalidQuery(_)
             | Self::ResultsUnavailable(_)
             | Self::ResultsNotConfigured
-            | Self::IdempotencyConflict => Self::BodyRead,
+            | Self::IdempotencyConflict
+            | Self::Unauthorized => Self::BodyRead,
         }
     }
 }
@@ -303,6 +336,26 @@ mod tests {
         assert_eq!(legacy.headers()[ERROR_CODE_HEADER], "idempotency_conflict");
         let toast: String = serde_json::from_slice(legacy.body()).expect("a JSON string");
         assert_eq!(toast, LEGACY_FAILURE);
+    }
+
+    #[tokio::test]
+    async fn a_refused_read_is_a_401_bearer_challenge_with_a_toast_at_the_legacy_door() {
+        let v1 = reply(|| ApiError::Unauthorized.to_v1_response()).await;
+        assert_eq!(v1.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(v1.headers()[header::WWW_AUTHENTICATE], RESULTS_CHALLENGE);
+        assert_eq!(v1.headers()[header::CACHE_CONTROL], "no-store");
+        let body: serde_json::Value = serde_json::from_slice(v1.body()).expect("JSON");
+        assert_eq!(body["error"]["code"], "unauthorized");
+
+        let legacy = reply(|| ApiError::Unauthorized.to_legacy_response()).await;
+        assert_eq!(legacy.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            legacy.headers()[header::WWW_AUTHENTICATE],
+            RESULTS_CHALLENGE
+        );
+        assert_eq!(legacy.headers()[ERROR_CODE_HEADER], "unauthorized");
+        let toast: String = serde_json::from_slice(legacy.body()).expect("a JSON string");
+        assert_eq!(toast, LEGACY_UNAUTHORIZED);
     }
 
     #[tokio::test]

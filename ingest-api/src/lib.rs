@@ -15,10 +15,16 @@
 //! 5. [`error`]: the one place errors become responses, in the format of
 //!    the door they came through.
 //!
+//! Each accepted submission's answer also carries a results token
+//! ([`read_token`]): signed by the server, bound to the account number, it
+//! is what lets its bearer read that account's results later.
+//!
 //! The read side is apart from it: [`results`] answers an account's
 //! submissions and averages from the `grade` projection in MySQL (through a
-//! read-only account), after [`consistency`] has waited, bounded, for the
-//! projection to pass the consistency token a submission's answer carried.
+//! read-only account), once [`read_token`] has accepted the request's
+//! results token for that account (before any MySQL work) and after
+//! [`consistency`] has waited, bounded, for the projection to pass the
+//! consistency token a submission's answer carried.
 //! [`handlers::pages`] serves the scoring web page and `openapi.json`.
 //!
 //! [`startup`] binds and runs it all: it caps connections and takes each
@@ -28,6 +34,7 @@
 //! the background. [`config`] lists every setting.
 //! **A 2xx is sent only after the broker acknowledged the event.**
 //! **Submissions never depend on MySQL.**
+//! **Results are read only with a valid results token for their account.**
 
 pub mod config;
 pub mod consistency;
@@ -38,6 +45,7 @@ pub mod limits;
 pub mod memory;
 pub mod observe;
 pub mod publisher;
+pub mod read_token;
 pub mod readiness;
 pub mod results;
 pub mod routes;

@@ -1,7 +1,8 @@
 //! Abuse limits: requests in flight (one budget for submissions, another
-//! for results reads), rate per client address and per account number, who
-//! the client is behind a trusted proxy, and the canned answers that refuse
-//! load for less than the work they refuse.
+//! for results reads), rate per client address and per account number,
+//! refused results reads per client address, who the client is behind a
+//! trusted proxy, and the canned answers that refuse load for less than the
+//! work they refuse.
 //!
 //! Rates keep their per-minute quota but allow only a small burst:
 //! [`BURST_SECONDS`] worth of the rate, at least one request. A client with
@@ -58,7 +59,21 @@ pub struct Limits {
     max_reads: usize,
     per_client: Option<DefaultKeyedRateLimiter<IpAddr>>,
     per_account: Option<DefaultKeyedRateLimiter<String>>,
+    refused_reads: Option<DefaultKeyedRateLimiter<IpAddr>>,
     trusted_proxies: Vec<IpNet>,
+}
+
+/// Most refused results reads a client may make at once: enough for a
+/// person whose token expired to retry a few times, far too few to probe
+/// account numbers.
+pub const REFUSED_READS_BURST: u32 = 5;
+
+/// `limit` refused reads a minute with a burst of [`REFUSED_READS_BURST`]
+/// (at most the minute's quota); `None` for 0, no limit.
+pub fn refused_reads_per_minute(limit: u32) -> Option<Quota> {
+    let rate = NonZeroU32::new(limit)?;
+    let burst = NonZeroU32::new(REFUSED_READS_BURST.min(rate.get())).unwrap_or(NonZeroU32::MIN);
+    Some(Quota::per_minute(rate).allow_burst(burst))
 }
 
 /// How many seconds' worth of its rate a client or an account may spend at
@@ -92,6 +107,10 @@ impl Limits {
             per_client: per_minute(config.rate_limit_per_client_per_minute).map(RateLimiter::keyed),
             per_account: per_minute(config.rate_limit_per_account_per_minute)
                 .map(RateLimiter::keyed),
+            refused_reads: refused_reads_per_minute(
+                config.rate_limit_refused_reads_per_client_per_minute,
+            )
+            .map(RateLimiter::keyed),
             trusted_proxies: config.trusted_proxies.clone(),
         }
     }
@@ -175,9 +194,25 @@ impl Limits {
         }
     }
 
+    /// Counts a refused results read from `client`.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::RateLimited`] once the client has been refused more than
+    /// its own limit of refused reads allows.
+    pub fn check_refused_read(&self, client: Option<IpAddr>) -> Result<(), ApiError> {
+        match (&self.refused_reads, client) {
+            (Some(limiter), Some(client)) => check(limiter, &client),
+            _ => Ok(()),
+        }
+    }
+
     /// Forgets clients and accounts not seen lately (the limiters keep a
     /// state per key).
     pub fn forget_idle(&self) {
+        if let Some(limiter) = &self.refused_reads {
+            limiter.retain_recent();
+        }
         if let Some(limiter) = &self.per_client {
             limiter.retain_recent();
         }
@@ -317,6 +352,28 @@ mod tests {
             limits.check_client(Some(ip("203.0.113.10"))).is_ok(),
             "other clients are not affected"
         );
+    }
+
+    #[test]
+    fn refused_reads_have_a_limit_of_their_own_with_a_burst_of_five() {
+        let limits = limits(&[
+            "--rate-limit-refused-reads-per-client-per-minute",
+            "10",
+            "--rate-limit-per-client-per-minute",
+            "1",
+        ]);
+        let client = Some(ip("203.0.113.9"));
+        let allowed = (0..20)
+            .take_while(|_| limits.check_refused_read(client).is_ok())
+            .count();
+        assert_eq!(allowed, 5);
+        assert!(
+            limits.check_client(client).is_ok(),
+            "the client's request rate is counted apart"
+        );
+        assert!(limits.check_refused_read(Some(ip("203.0.113.10"))).is_ok());
+        let unlimited = self::limits(&["--rate-limit-refused-reads-per-client-per-minute", "0"]);
+        assert!((0..100).all(|_| unlimited.check_refused_read(client).is_ok()));
     }
 
     #[test]

@@ -160,27 +160,31 @@ pub fn v1_scores(state: AppState) -> impl Filter<Extract = (Response,), Error = 
     warp::path!("v1" / "scores").and(submit)
 }
 
-/// `GET /v1/accounts/{acc_nbr}/scores[?after=…&limit=…&cursor=…]`: the
-/// account's submissions, newest first, and its averages.
+/// `GET /v1/accounts/{acc_nbr}/scores[?after=…&limit=…&cursor=…]` with
+/// `Authorization: Bearer <results token>`: the account's submissions,
+/// newest first, and its averages.
 pub fn account_scores(
     state: AppState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "accounts" / String / "scores")
         .and(warp::get())
         .and(admission(state.clone()))
+        .and(authorization())
         .and(raw_query())
         .and(with_state(state))
         .then(handlers::results::account_scores)
 }
 
-/// `GET /graderesult?phoneNum=…[&after=…&limit=…]`: the same for the
-/// mini-program's results page, in the original table's terms.
+/// `GET /graderesult?phoneNum=…&token=…[&after=…&limit=…]` (or the token
+/// as `Authorization: Bearer`): the same for the mini-program's results
+/// page, in the original table's terms.
 pub fn graderesult(
     state: AppState,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("graderesult")
         .and(warp::get())
         .and(admission(state.clone()))
+        .and(authorization())
         .and(raw_query())
         .and(with_state(state))
         .then(handlers::results::graderesult)
@@ -327,10 +331,19 @@ fn admission(state: AppState) -> impl Filter<Extract = (Admission,), Error = Rej
                     let forwarded = forwarded.as_ref().and_then(|value| value.to_str().ok());
                     let client = limits.client_address(peer, forwarded);
                     limits.check_client(client).map_err(warp::reject::custom)?;
-                    Ok::<_, Rejection>(Admission::new())
+                    Ok::<_, Rejection>(Admission::new(client))
                 }
             },
         )
+}
+
+/// The `Authorization` header, if any, as sent: a value that is not visible
+/// ASCII is refused later like any other invalid token, never as a 400.
+fn authorization() -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infallible> + Clone {
+    warp::header::value("authorization")
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
 }
 
 /// The `X-Forwarded-For` header, if any, without copying the other headers;

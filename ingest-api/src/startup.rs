@@ -80,8 +80,12 @@ impl Application {
     ///
     /// # Errors
     ///
-    /// Invalid settings or an address that cannot be bound.
+    /// Invalid settings (no results token key among them) or an address
+    /// that cannot be bound.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // First: without a key no submission could be answered its results
+        // token, so nothing else is started.
+        let results_tokens = config.results_tokens()?;
         let rules = config
             .validation
             .rules()
@@ -137,6 +141,7 @@ impl Application {
                 body_limit_bytes: config.body_limit_bytes,
                 body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
                 readiness,
+                results_tokens: Arc::new(results_tokens),
             },
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
             shutdown_flush: Duration::from_millis(config.shutdown_flush_ms),

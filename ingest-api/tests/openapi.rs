@@ -194,3 +194,40 @@ async fn the_served_document_is_the_one_in_the_repository() {
     let served: Value = serde_json::from_slice(response.body()).expect("JSON");
     assert_eq!(served, document());
 }
+
+#[test]
+fn who_may_read_results_is_documented_on_both_reads_and_the_token_on_both_submissions() {
+    let document = document();
+    let schemes = &document["components"]["securitySchemes"];
+    assert_eq!(schemes["resultsBearer"]["scheme"], "bearer");
+    assert_eq!(schemes["resultsTokenQuery"]["in"], "query");
+    assert_eq!(schemes["resultsTokenQuery"]["name"], "token");
+    for path in ["/v1/accounts/{acc_nbr}/scores", "/graderesult"] {
+        let operation = &document["paths"][path]["get"];
+        assert!(
+            operation["security"]
+                .as_array()
+                .is_some_and(|schemes| !schemes.is_empty()),
+            "{path} names its security scheme"
+        );
+        let refused = resolve(&document, &operation["responses"]["401"]);
+        assert!(
+            refused["content"]["application/json"].is_object(),
+            "{path}: 401 and its body"
+        );
+    }
+    for (path, status) in [("/score", "200"), ("/v1/scores", "202")] {
+        let accepted = &document["paths"][path]["post"]["responses"][status];
+        assert!(
+            accepted["headers"]["X-Results-Token"].is_object(),
+            "{path} documents X-Results-Token"
+        );
+    }
+    let accepted = &document["components"]["schemas"]["Accepted"];
+    assert!(
+        accepted["required"]
+            .as_array()
+            .expect("required")
+            .contains(&Value::from("results_token"))
+    );
+}

@@ -16,7 +16,7 @@ use score_shared::ValidationRules;
 use serde_json::Value;
 use warp::http::StatusCode;
 
-use common::{LIMIT, app, error_code, state};
+use common::{LIMIT, app, error_code, state, token_for};
 
 #[tokio::test]
 async fn an_unknown_path_is_a_404_in_the_v1_error_format() {
@@ -217,6 +217,10 @@ fn help_lists_every_setting_with_its_environment_variable() {
         "SCORES_QUERY_DATABASE_URL",
         "SCORES_QUERY_DATABASE_MAX_CONNECTIONS",
         "SCORES_CONSISTENCY_WAIT_MS",
+        "SCORES_RESULTS_TOKEN_KEYS",
+        "SCORES_RESULTS_TOKEN_KEYS_FILE",
+        "SCORES_RESULTS_TOKEN_TTL_DAYS",
+        "SCORES_RATE_LIMIT_REFUSED_READS_PER_CLIENT_PER_MINUTE",
     ] {
         assert!(
             help.contains(variable),
@@ -292,12 +296,19 @@ async fn a_results_query_names_every_invalid_parameter_in_a_400() {
 
 #[tokio::test]
 async fn a_results_query_without_a_results_database_is_a_503() {
-    for path in [
-        "/v1/accounts/13800138000/scores",
-        "/v1/accounts/%2B8613800138000/scores?limit=5",
-        "/graderesult?phoneNum=13800138000",
+    for (path, account) in [
+        ("/v1/accounts/13800138000/scores", "13800138000"),
+        (
+            "/v1/accounts/%2B8613800138000/scores?limit=5",
+            "+8613800138000",
+        ),
+        ("/graderesult?phoneNum=13800138000", "13800138000"),
     ] {
-        let response = warp::test::request().path(path).reply(&app()).await;
+        let response = warp::test::request()
+            .path(path)
+            .header("authorization", format!("Bearer {}", token_for(account)))
+            .reply(&app())
+            .await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
         assert_eq!(error_code(response.body()), "results_unavailable", "{path}");
     }
@@ -361,6 +372,10 @@ fn help_never_prints_a_secret_from_the_environment() {
             "mysql://a:s3cret-db@db.example/scores",
         )
         .env("SCORES_KAFKA_OPTIONS", "sasl.password=s3cret-kafka")
+        .env(
+            "SCORES_RESULTS_TOKEN_KEYS",
+            "k1:s3cret-results-key-s3cret-results-key",
+        )
         .output()
         .expect("running ingest-api --help");
     let help = String::from_utf8_lossy(&output.stdout);
@@ -416,4 +431,195 @@ async fn a_key_reused_for_another_body_is_a_422_at_both_doors_even_after_an_unkn
     let conflict = legacy(2).reply(&app).await;
     assert_eq!(conflict.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(conflict.headers()["x-error-code"], "idempotency_conflict");
+}
+
+/// The answer to a results read, as bytes that must not differ between
+/// refusals: status, body and the headers a client sees.
+async fn read(path: &str, authorization: Option<String>) -> (u16, Vec<u8>, String, String) {
+    let mut request = warp::test::request().path(path);
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
+    let response = request.reply(&app()).await;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|value| value.to_str().expect("ASCII").to_owned())
+            .unwrap_or_default()
+    };
+    (
+        response.status().as_u16(),
+        response.body().to_vec(),
+        header("www-authenticate"),
+        header("cache-control"),
+    )
+}
+
+#[tokio::test]
+async fn a_results_read_without_a_valid_token_for_its_account_is_refused_the_same_way_every_time() {
+    let other = token_for("13900000000");
+    let own = token_for("13800138000");
+    let tampered = {
+        let mut bytes = own.clone().into_bytes();
+        let last = bytes.len() - 5;
+        bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(bytes).unwrap()
+    };
+    let refusals: Vec<(&str, Option<String>)> = vec![
+        ("no token", None),
+        ("another account's token", Some(format!("Bearer {other}"))),
+        ("a tampered token", Some(format!("Bearer {tampered}"))),
+        ("garbage", Some("Bearer not-a-token".to_owned())),
+        ("another scheme", Some(format!("Basic {own}"))),
+    ];
+    let mut v1_answers = Vec::new();
+    let mut legacy_answers = Vec::new();
+    for (case, authorization) in &refusals {
+        let v1 = read("/v1/accounts/13800138000/scores", authorization.clone()).await;
+        assert_eq!(v1.0, 401, "{case}");
+        assert_eq!(error_code(&v1.1), "unauthorized", "{case}");
+        assert!(v1.2.starts_with("Bearer"), "{case}: {}", v1.2);
+        assert_eq!(v1.3, "no-store", "{case}");
+        v1_answers.push(v1);
+
+        let legacy = read("/graderesult?phoneNum=13800138000", authorization.clone()).await;
+        assert_eq!(legacy.0, 401, "{case}");
+        let toast: String = serde_json::from_slice(&legacy.1).expect("a JSON string");
+        assert_eq!(toast, "請在評分後查看結果", "{case}");
+        legacy_answers.push(legacy);
+    }
+    for (case, query) in [
+        (
+            "a token parameter for another account",
+            format!("&token={other}"),
+        ),
+        ("a tampered token parameter", format!("&token={tampered}")),
+    ] {
+        let legacy = read(&format!("/graderesult?phoneNum=13800138000{query}"), None).await;
+        legacy_answers.push(legacy);
+        assert_eq!(legacy_answers.last().unwrap().0, 401, "{case}");
+    }
+    assert!(
+        v1_answers.windows(2).all(|pair| pair[0] == pair[1]),
+        "every refusal is answered alike: {v1_answers:?}"
+    );
+    assert!(
+        legacy_answers.windows(2).all(|pair| pair[0] == pair[1]),
+        "every refusal is answered alike: {legacy_answers:?}"
+    );
+
+    // The account's own token gets past the check (to the missing database).
+    for (path, authorization) in [
+        (
+            "/v1/accounts/13800138000/scores".to_owned(),
+            Some(format!("Bearer {own}")),
+        ),
+        (
+            format!("/graderesult?phoneNum=13800138000&token={own}"),
+            None,
+        ),
+        (
+            "/graderesult?phoneNum=13800138000".to_owned(),
+            Some(format!("bearer {own}")),
+        ),
+    ] {
+        let (status, body, _, _) = read(&path, authorization).await;
+        assert_eq!(status, 503, "{path}");
+        assert_eq!(error_code(&body), "results_unavailable", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn refused_reads_beyond_the_clients_limit_are_a_429_and_valid_ones_still_pass() {
+    let mut state = state();
+    state.limits = Arc::new(ingest_api::limits::Limits::new(
+        &<Config as clap::Parser>::parse_from([
+            "ingest-api",
+            "--rate-limit-per-client-per-minute",
+            "0",
+            "--rate-limit-refused-reads-per-client-per-minute",
+            "10",
+        ]),
+    ));
+    let app = routes(state);
+    let prober: std::net::SocketAddr = "203.0.113.77:40000".parse().unwrap();
+    let read = |client: std::net::SocketAddr, authorization: Option<String>| {
+        let mut request = warp::test::request()
+            .path("/v1/accounts/13800138000/scores")
+            .remote_addr(client);
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        request
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(read(prober, None).reply(&app).await.status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 401, 401, 401, 429],
+        "a burst of 5 refusals"
+    );
+    let limited = read(prober, None).reply(&app).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(error_code(limited.body()), "rate_limited");
+
+    let valid = read(prober, Some(format!("Bearer {}", token_for("13800138000"))))
+        .reply(&app)
+        .await;
+    assert_eq!(
+        valid.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a valid token still gets past the check (to the missing database)"
+    );
+    let bystander: std::net::SocketAddr = "203.0.113.78:40000".parse().unwrap();
+    assert_eq!(
+        read(bystander, None).reply(&app).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "other clients keep their own count"
+    );
+}
+
+#[test]
+fn the_api_refuses_to_start_without_a_results_token_key() {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ingest-api"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SCORES_") {
+            command.env_remove(name);
+        }
+    }
+    let output = command
+        .env("SCORES_HTTP_ADDR", "127.0.0.1:0")
+        .env("SCORES_METRICS_ADDR", "127.0.0.1:0")
+        .env("SCORES_KAFKA_BROKERS", "127.0.0.1:1")
+        .output()
+        .expect("running ingest-api");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "it started: {stderr}");
+    assert!(
+        stderr.contains("SCORES_RESULTS_TOKEN_KEYS is not set"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("head -c 32 /dev/urandom | base64"),
+        "{stderr}"
+    );
+
+    let short = command
+        .env("SCORES_RESULTS_TOKEN_KEYS", "k1:dG9vLXNob3J0")
+        .output()
+        .expect("running ingest-api");
+    let stderr = String::from_utf8_lossy(&short.stderr);
+    assert!(
+        !short.status.success(),
+        "it started with a short key: {stderr}"
+    );
+    assert!(stderr.contains("at least 32 bytes"), "{stderr}");
+    assert!(
+        !stderr.contains("dG9vLXNob3J0"),
+        "the key is echoed: {stderr}"
+    );
 }

@@ -1,11 +1,22 @@
 // The results page: an account's submissions and averages. Coming from a
 // submission it passes the consistency token, so the new one is included.
+// Results are private: the read sends the results token the scoring page
+// kept for this number (localStorage "resultsToken:<number>"); without one
+// the server refuses, and the page says to rate first.
 "use strict";
 
 const params = new URLSearchParams(window.location.search);
 const phone = params.get("phoneNum") || "";
 const after = params.get("after") || "";
 let cursor = null;
+
+function resultsToken(number) {
+  try {
+    return window.localStorage.getItem(`resultsToken:${number}`);
+  } catch (error) {
+    return null;
+  }
+}
 
 const $ = (id) => document.getElementById(id);
 
@@ -49,11 +60,19 @@ async function load() {
   const query = new URLSearchParams({ limit: "20" });
   if (after && cursor === null) query.set("after", after);
   if (cursor) query.set("cursor", cursor);
+  const token = resultsToken(phone);
+  const headers = token ? { authorization: `Bearer ${token}` } : {};
   let response;
   try {
-    response = await fetch(`/v1/accounts/${encodeURIComponent(phone)}/scores?${query}`);
+    response = await fetch(`/v1/accounts/${encodeURIComponent(phone)}/scores?${query}`, { headers });
   } catch (error) {
     notice("網絡連接失敗，請稍後刷新");
+    return;
+  }
+  if (response.status === 401) {
+    // No valid token for this number on this device: the server does not
+    // say whether it has ratings, and neither does the page.
+    notice("請在評分後查看結果");
     return;
   }
   if (response.status === 400) {

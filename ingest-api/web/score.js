@@ -1,6 +1,9 @@
 // The scoring form. It posts exactly what the mini-program's wx.request
 // sends: form-urlencoded, every value JSON.stringify'd, to /score, with an
 // Idempotency-Key. The server validates; this page only shows what it says.
+// The answer's results token (X-Results-Token) is what reads this number's
+// ratings: it is kept in localStorage under "resultsToken:<number>", never
+// in a URL, for the results page now and later.
 "use strict";
 
 const FIELDS = ["acc_nbr", "grade1", "grade2", "grade3", "txt1", "txt2", "txt3"];
@@ -105,6 +108,17 @@ function idempotencyKeyFor(body) {
   return pending.key;
 }
 
+// Keeps the results token of a number; a browser that refuses storage
+// (private mode) just cannot show the results later.
+function keepResultsToken(number, token) {
+  if (!token) return;
+  try {
+    window.localStorage.setItem(`resultsToken:${number}`, token);
+  } catch (error) {
+    // Storage refused: nothing to keep it in.
+  }
+}
+
 function legacyBody(fields) {
   return Object.entries(fields)
     .filter(([, value]) => value !== undefined)
@@ -134,6 +148,7 @@ form.addEventListener("submit", async (event) => {
     if (response.ok) {
       pending = null;
       const token = response.headers.get("x-consistency-token") || "";
+      keepResultsToken(fields.acc_nbr, response.headers.get("x-results-token"));
       await showToast(toast);
       const query = new URLSearchParams({ phoneNum: fields.acc_nbr, after: token });
       window.location.assign(`/results?${query}`);

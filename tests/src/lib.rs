@@ -34,6 +34,31 @@ use sqlx::{ConnectOptions, Executor};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The results token keys every test API signs with (one key, id `test`,
+/// 32 bytes): [`results_token_for`] makes tokens it accepts.
+pub const TEST_RESULTS_TOKEN_KEYS: &str = "test:dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXk=";
+
+/// The results tokens of [`TEST_RESULTS_TOKEN_KEYS`].
+pub fn test_results_tokens() -> ingest_api::read_token::ResultsTokens {
+    ingest_api::read_token::ResultsTokens::parse(
+        Some(TEST_RESULTS_TOKEN_KEYS),
+        Duration::from_secs(30 * 24 * 60 * 60),
+    )
+    .expect("valid test keys")
+}
+
+/// A results token for `account` that a test API accepts: what a
+/// submission for it would have been answered.
+pub fn results_token_for(account: &str) -> String {
+    test_results_tokens().issue(&test_account(account))
+}
+
+/// `account` as a validated account number (default rules).
+pub fn test_account(account: &str) -> score_shared::AccountNumber {
+    score_shared::AccountNumber::parse(account, &score_shared::ValidationRules::default())
+        .expect("a valid account number")
+}
+
 /// Prefix of every database a test creates; `./deploy/local test` drops
 /// leftovers of earlier runs by it.
 pub const TEST_DATABASE_PREFIX: &str = "scores_test_";
@@ -488,6 +513,12 @@ pub fn api_config(kafka: &KafkaArgs) -> ingest_api::Config {
         query_database_url: None,
         query_database_max_connections: 4,
         consistency_wait_ms: 2000,
+        results_token_keys: Some(TEST_RESULTS_TOKEN_KEYS.to_owned().into()),
+        results_token_keys_file: None,
+        results_token_ttl_days: 30,
+        // Tests make many refused reads on purpose; the limit has tests of
+        // its own.
+        rate_limit_refused_reads_per_client_per_minute: 0,
         kafka: kafka.clone(),
         validation: ValidationArgs::default(),
         log: LogArgs {

@@ -504,6 +504,24 @@ impl Service {
             .map(|(key, value)| (key.as_ref(), value.clone()))
             .collect();
         env.push(("SCORES_HTTP_ADDR", format!("127.0.0.1:{port}")));
+        // The API does not start without a results token key: the tests'
+        // own unless the test gives one, and no limit of refused reads
+        // unless the test sets one.
+        for (name, value) in [
+            (
+                "SCORES_RESULTS_TOKEN_KEYS",
+                crate::TEST_RESULTS_TOKEN_KEYS.to_owned(),
+            ),
+            (
+                "SCORES_RATE_LIMIT_REFUSED_READS_PER_CLIENT_PER_MINUTE",
+                "0".to_owned(),
+            ),
+        ] {
+            let given = |key: &str| key == name || key == format!("{name}_FILE");
+            if !env.iter().any(|(key, _)| given(key)) {
+                env.push((name, value));
+            }
+        }
         let service = Self::spawn("ingest-api", &[], &env);
         wait_for_port(port, Duration::from_secs(30), "ingest-api");
         (service, format!("http://127.0.0.1:{port}"))

@@ -7,6 +7,7 @@
 pub mod pages;
 pub mod results;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use crate::idempotency::{Claim, RecentKeys};
 use crate::limits::{Budget, Limits};
 use crate::observe::RequestId;
 use crate::publisher::{Publisher, Receipt};
+use crate::read_token::{RESULTS_TOKEN_HEADER, ResultsTokens};
 use crate::readiness::Readiness;
 use crate::results::ReadModel;
 use crate::routes::MediaType;
@@ -43,6 +45,8 @@ pub struct AppState {
     pub recent_keys: Arc<RecentKeys>,
     /// What `/readyz` answers, refreshed in the background.
     pub readiness: Readiness,
+    /// Issues each submission's results token and checks those reads bring.
+    pub results_tokens: Arc<ResultsTokens>,
 }
 
 /// The response header carrying a submission's consistency token.
@@ -51,18 +55,26 @@ pub const CONSISTENCY_TOKEN_HEADER: &str = "x-consistency-token";
 /// A request let in by its client's rate limit. Its place in flight was
 /// taken before routing, by the server (`startup`), and is held until the
 /// response is made.
-pub struct Admission(());
+pub struct Admission {
+    client: Option<IpAddr>,
+}
 
 impl Admission {
-    /// The mark of a request within its client's rate.
-    pub fn new() -> Self {
-        Self(())
+    /// The mark of a request from `client` (its address, when known)
+    /// within its client's rate.
+    pub fn new(client: Option<IpAddr>) -> Self {
+        Self { client }
+    }
+
+    /// The client's address, as the rate limits know it.
+    pub fn client(&self) -> Option<IpAddr> {
+        self.client
     }
 }
 
 impl Default for Admission {
     fn default() -> Self {
-        Self::new()
+        Self::new(None)
     }
 }
 
@@ -90,14 +102,14 @@ pub async fn legacy_score(
         Err(error) => Err(error.into()),
     };
     match outcome {
-        Ok((_, receipt)) => {
-            let token = ConsistencyToken::from(receipt).encode();
-            reply::with_header(
+        Ok(accepted) => {
+            let token = ConsistencyToken::from(accepted.receipt).encode();
+            let reply = reply::with_header(
                 reply::json(&LEGACY_SUCCESS),
                 CONSISTENCY_TOKEN_HEADER,
                 token,
-            )
-            .into_response()
+            );
+            reply::with_header(reply, RESULTS_TOKEN_HEADER, accepted.results_token).into_response()
         }
         Err(error) => error.to_legacy_response(),
     }
@@ -123,20 +135,31 @@ pub async fn v1_score(
         Err(error) => Err(error.into()),
     };
     match outcome {
-        Ok((event, receipt)) => {
+        Ok(accepted) => {
+            let receipt = accepted.receipt;
             let token = ConsistencyToken::from(receipt).encode();
             let body = serde_json::json!({
-                "event_id": event.event_id,
+                "event_id": accepted.event.event_id,
                 "status": "accepted",
                 "partition": receipt.partition,
                 "offset": receipt.offset,
                 "consistency_token": token,
+                "results_token": accepted.results_token,
             });
             let reply = reply::with_status(reply::json(&body), StatusCode::ACCEPTED);
-            reply::with_header(reply, CONSISTENCY_TOKEN_HEADER, token).into_response()
+            let reply = reply::with_header(reply, CONSISTENCY_TOKEN_HEADER, token);
+            reply::with_header(reply, RESULTS_TOKEN_HEADER, accepted.results_token).into_response()
         }
         Err(error) => error.to_v1_response(),
     }
+}
+
+/// A submission the log acknowledged.
+struct Accepted {
+    event: ScoreSubmitted,
+    receipt: Receipt,
+    /// Lets its bearer read the account's results.
+    results_token: String,
 }
 
 /// What identifies a submission beside its content.
@@ -155,7 +178,7 @@ async fn submit(
     channel: Channel,
     raw: &RawSubmission,
     keys: Keys<'_>,
-) -> Result<(ScoreSubmitted, Receipt), ApiError> {
+) -> Result<Accepted, ApiError> {
     let submission = Submission::parse(raw, &state.rules).inspect_err(|errors| {
         let fields: Vec<_> = errors.0.iter().map(|e| e.field).collect();
         tracing::info!(?fields, "submission rejected");
@@ -192,7 +215,12 @@ async fn submit(
                 offset = receipt.offset,
                 "event appended"
             );
-            Ok((event, receipt))
+            let results_token = state.results_tokens.issue(&submission.account);
+            Ok(Accepted {
+                event,
+                receipt,
+                results_token,
+            })
         }
         Err(error) => {
             tracing::warn!(error = %error, outcome = error.outcome(), "event not known to be written");

@@ -1,10 +1,18 @@
 //! The results queries: `GET /v1/accounts/{acc_nbr}/scores` and the
 //! mini-program's `GET /graderesult?phoneNum=…`.
+//!
+//! Results are private: each read must bring the results token a
+//! submission for that account was answered with ([`crate::read_token`]).
+//! It is checked once the query is known valid and before any MySQL work,
+//! and every refusal is answered alike (401, the same body), whatever the
+//! reason and whether or not the number has ratings. Refusals count against
+//! a per-client limit of their own (429 beyond it) and the metric
+//! `results_reads_refused_total`.
 
 use percent_encoding::percent_decode_str;
 use score_shared::{AccountNumber, FieldError};
 use serde::Serialize;
-use warp::http::header;
+use warp::http::{HeaderValue, header};
 use warp::reply::{self, Reply, Response};
 
 use super::{Admission, AppState};
@@ -18,10 +26,12 @@ use crate::results::{
 /// the query's consistency token.
 pub const CONSISTENCY_HEADER: &str = "x-consistency";
 
-/// `GET /v1/accounts/{acc_nbr}/scores`.
+/// `GET /v1/accounts/{acc_nbr}/scores`, the token as
+/// `Authorization: Bearer`.
 pub async fn account_scores(
     account_segment: String,
-    _admission: Admission,
+    admission: Admission,
+    authorization: Option<HeaderValue>,
     query_string: Option<String>,
     state: AppState,
 ) -> Response {
@@ -36,7 +46,18 @@ pub async fn account_scores(
         query_string.as_deref(),
         true,
     );
-    match run(&state, parsed).await {
+    let token = bearer(authorization.as_ref());
+    let authorized = parsed.and_then(|query| {
+        authorize(
+            &state,
+            &admission,
+            token,
+            &query,
+            "/v1/accounts/{acc_nbr}/scores",
+        )?;
+        Ok(query)
+    });
+    match run(&state, authorized).await {
         Ok((query, results)) => {
             let body = V1Results {
                 acc_nbr: query.account.as_str(),
@@ -51,14 +72,24 @@ pub async fn account_scores(
     }
 }
 
-/// `GET /graderesult?phoneNum=…[&after=…][&limit=…]`.
+/// `GET /graderesult?phoneNum=…&token=…[&after=…][&limit=…]`, the token as
+/// the `token` parameter (what a mini-program page's URL carries) or as
+/// `Authorization: Bearer`. A refusal answers the JSON string the
+/// mini-program shows; other errors the `/v1` error body, as before.
 pub async fn graderesult(
-    _admission: Admission,
+    admission: Admission,
+    authorization: Option<HeaderValue>,
     query_string: Option<String>,
     state: AppState,
 ) -> Response {
     let parsed = parse_query(&state, "phoneNum", None, query_string.as_deref(), false);
-    match run(&state, parsed).await {
+    let authorized = parsed.and_then(|query| {
+        let token = query_token(query_string.as_deref())
+            .or_else(|| bearer(authorization.as_ref()).map(str::to_owned));
+        authorize(&state, &admission, token.as_deref(), &query, "/graderesult")?;
+        Ok(query)
+    });
+    match run(&state, authorized).await {
         Ok((query, results)) => {
             let body = LegacyResults {
                 phone_num: query.account.as_str(),
@@ -78,8 +109,57 @@ pub async fn graderesult(
             };
             finish(reply::json(&body).into_response(), results.freshness)
         }
+        Err(error @ ApiError::Unauthorized) => error.to_legacy_response(),
         Err(error) => error.to_v1_response(),
     }
+}
+
+/// The token of `Authorization: Bearer <token>` (the scheme in any case).
+fn bearer(authorization: Option<&HeaderValue>) -> Option<&str> {
+    let value = authorization?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The `token` parameter of a query string (already checked to hold each
+/// parameter once).
+fn query_token(query_string: Option<&str>) -> Option<String> {
+    let pairs = query_pairs(query_string).ok()?;
+    single(&pairs, "token").map(str::to_owned)
+}
+
+/// Lets the read of `query`'s account through when `token` is a valid
+/// results token for it. A refusal is counted against the client's limit of
+/// refused reads and in `results_reads_refused_total`, and logged with its
+/// reason (never the account number).
+///
+/// # Errors
+///
+/// [`ApiError::Unauthorized`], or [`ApiError::RateLimited`] once the client
+/// has been refused too often: the same whatever the reason.
+fn authorize(
+    state: &AppState,
+    admission: &Admission,
+    token: Option<&str>,
+    query: &ResultsQuery,
+    route: &'static str,
+) -> Result<(), ApiError> {
+    let Err(refusal) = state.results_tokens.verify(token, &query.account) else {
+        return Ok(());
+    };
+    let answer = match state.limits.check_refused_read(admission.client()) {
+        Ok(()) => ApiError::Unauthorized,
+        Err(limited) => limited,
+    };
+    let status = if matches!(answer, ApiError::Unauthorized) {
+        "401"
+    } else {
+        "429"
+    };
+    metrics::counter!("results_reads_refused_total", "route" => route, "status" => status)
+        .increment(1);
+    tracing::info!(reason = refusal.as_str(), "results read refused");
+    Err(answer)
 }
 
 async fn run(

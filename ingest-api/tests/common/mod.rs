@@ -1,6 +1,6 @@
 //! The application state the route tests share: a producer pointed at a
-//! closed port (no request here gets an acknowledgment) and no results
-//! database.
+//! closed port (no request here gets an acknowledgment), no results
+//! database, and a results token key of its own ([`TEST_KEYS`]).
 
 // Each test file uses a part of it.
 #![allow(dead_code)]
@@ -14,6 +14,7 @@ use ingest_api::handlers::AppState;
 use ingest_api::handlers::pages::Pages;
 use ingest_api::limits::Limits;
 use ingest_api::publisher::Publisher;
+use ingest_api::read_token::ResultsTokens;
 use ingest_api::readiness::Readiness;
 use ingest_api::routes::routes;
 use score_shared::ValidationRules;
@@ -22,6 +23,21 @@ use serde_json::Value;
 use warp::Filter;
 
 pub const LIMIT: u64 = 1024;
+
+/// The results token key of these tests (32 bytes).
+pub const TEST_KEYS: &str = "route-tests:cm91dGUtdGVzdHMta2V5LXJvdXRlLXRlc3RzLWtleS0xMjM0NQ==";
+
+/// The results tokens `state()` issues and accepts.
+pub fn results_tokens() -> ResultsTokens {
+    ResultsTokens::parse(Some(TEST_KEYS), Duration::from_secs(3600)).expect("valid test keys")
+}
+
+/// A valid results token for `account`.
+pub fn token_for(account: &str) -> String {
+    let account = score_shared::AccountNumber::parse(account, &ValidationRules::default())
+        .expect("a valid account number");
+    results_tokens().issue(&account)
+}
 
 pub fn state() -> AppState {
     let kafka = KafkaArgs {
@@ -42,6 +58,7 @@ pub fn state() -> AppState {
         pages: Arc::new(Pages::new(&ValidationRules::default())),
         recent_keys: Arc::default(),
         readiness: Readiness::fixed(false),
+        results_tokens: Arc::new(results_tokens()),
     }
 }
 
