@@ -98,7 +98,9 @@ pub fn producer_config(args: &KafkaArgs, publish_timeout: Duration) -> ClientCon
             "message.timeout.ms",
             message_timeout(publish_timeout).as_millis().to_string(),
         )
-        // A request to a dead broker must not outlive the message timeout.
+        // A produce request to a dead or stalled broker is given up within
+        // the publish timeout (librdkafka's default, 30 s, would outlive
+        // it); the message timeout, up to a second shorter, decides first.
         .set(
             "request.timeout.ms",
             publish_timeout.as_millis().clamp(1, 30_000).to_string(),
