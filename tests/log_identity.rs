@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use pipeline_tests::processes::{Broker, Service};
+use pipeline_tests::processes::{Broker, Service, free_port};
 use pipeline_tests::{TestDatabase, TestTopic, eventually, kafka_args_on, unique_group};
 use score_shared::config::KafkaArgs;
 use serde_json::json;
@@ -123,10 +123,33 @@ async fn tables_built_from_one_log_refuse_another_until_rebuilt_from_it() {
     }
 
     // The way out: rebuild each projection from the log now under them.
-    for projection in ["grade", "account_summary"] {
-        let (status, output) = finish(&["rebuild", projection], &other_env);
-        assert!(status.success(), "rebuild {projection}\n{output}");
-    }
+    // With grade rebuilt, a projector running grade alone flags what is
+    // still wrong with account_summary in its metrics.
+    let (status, output) = finish(&["rebuild", "grade"], &other_env);
+    assert!(status.success(), "rebuild grade\n{output}");
+    let metrics_port = free_port();
+    let mut grade_only = other_env.clone();
+    grade_only.push(("SCORES_PROJECTIONS", "grade".to_owned()));
+    grade_only.push(("SCORES_METRICS_ADDR", format!("127.0.0.1:{metrics_port}")));
+    let grade_projector = Service::projector(&grade_only);
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let flagged = eventually(LIMIT, || async {
+        let text = match reqwest::get(&metrics_url).await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => return false,
+        };
+        text.contains(r#"projector_log_mismatch{projection="account_summary",partition="0"} 1"#)
+            && text.contains(r#"projector_log_mismatch{projection="grade",partition="0"} 0"#)
+    })
+    .await;
+    assert!(
+        flagged,
+        "a running projector flags the mismatch of another projection\n{}",
+        grade_projector.log_tail()
+    );
+    drop(grade_projector);
+    let (status, output) = finish(&["rebuild", "account_summary"], &other_env);
+    assert!(status.success(), "rebuild account_summary\n{output}");
     assert_eq!(event_ids(&database).await, other_ids);
     let (status, output) = finish(&["status"], &other_env);
     assert!(status.success(), "{output}");

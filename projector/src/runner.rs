@@ -49,6 +49,10 @@ const CONSUMER_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// How often the loop looks at the log's end and every projection's
 /// status, for the lag and freshness metrics.
 const LOOK_EVERY: Duration = Duration::from_secs(5);
+/// Every how many looks the records under every projection's positions are
+/// read too, so that a log mismatch anywhere (also in projections other
+/// instances run) shows in `projector_log_mismatch` within half a minute.
+const CHECK_THE_LOG_EVERY_LOOKS: u32 = 6;
 
 /// A configured, not yet running, projector.
 pub struct Projector {
@@ -231,9 +235,12 @@ impl Projector {
         let mut gaps = GapTracker::default();
         let mut read = Predecessors::default();
         let mut next_look = Instant::now() + LOOK_EVERY;
+        let mut looks: u32 = 0;
         loop {
             if Instant::now() >= next_look {
-                self.look_at_the_log().await;
+                self.look_at_the_log(looks.is_multiple_of(CHECK_THE_LOG_EVERY_LOOKS))
+                    .await;
+                looks = looks.wrapping_add(1);
                 next_look = Instant::now() + LOOK_EVERY;
             }
             self.resume_new_assignment().await?;
@@ -537,10 +544,12 @@ impl Projector {
     }
 
     /// Reads the log's end and every projection's status once and sets the
-    /// lag and freshness metrics from them. A look that cannot be taken
-    /// (MySQL away) is skipped; with the broker away only the metrics without
-    /// lag are set.
-    async fn look_at_the_log(&self) {
+    /// lag and freshness metrics from them; when `check_the_log`, also reads
+    /// the record under every stored position and sets
+    /// `projector_log_mismatch`. A look that cannot be taken (MySQL away)
+    /// is skipped; with the broker away only the metrics without lag are
+    /// set.
+    async fn look_at_the_log(&self, check_the_log: bool) {
         let metadata = self.metadata.clone();
         let marks =
             tokio::task::spawn_blocking(move || metadata.watermarks(Duration::from_secs(2))).await;
@@ -548,10 +557,18 @@ impl Projector {
             Ok(Ok(marks)) => marks,
             _ => BTreeMap::new(),
         };
-        let rows = status::status_with(&self.pool, &self.args.kafka.topic, &marks).await;
-        if let Ok(rows) = rows {
-            observe::record_status(&rows);
+        let Ok(mut rows) = status::status_with(&self.pool, &self.args.kafka.topic, &marks).await
+        else {
+            return;
+        };
+        if check_the_log && !marks.is_empty() {
+            let checked = status::check_positions(&self.pool, &self.args.kafka, &mut rows).await;
+            if let Err(error) = checked {
+                let error = score_shared::privacy::scrubbed(&format!("{error:#}"));
+                tracing::warn!(error, "could not check the positions against the log");
+            }
         }
+        observe::record_status(&rows);
     }
 
     /// Whether every projection's stored position in `partitions` is

@@ -95,7 +95,11 @@ pub async fn status(pool: &MySqlPool, kafka: &KafkaArgs) -> anyhow::Result<Vec<P
 /// Reads the record each stored position stands on and sets each row's
 /// [`LogStanding`] from it. A broker that does not answer leaves the rows
 /// as they are.
-async fn check_positions(
+///
+/// # Errors
+///
+/// When MySQL cannot be read.
+pub async fn check_positions(
     pool: &MySqlPool,
     kafka: &KafkaArgs,
     rows: &mut [PartitionStatus],
