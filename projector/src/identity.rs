@@ -103,6 +103,19 @@ pub struct LogMismatch {
     pub found: Found,
 }
 
+impl LogMismatch {
+    /// The record at `offset`, under `projection`'s position in
+    /// `partition`, never came, however often the reader was sent there.
+    pub fn never_seen(projection: &'static str, partition: i32, offset: i64) -> Self {
+        Self {
+            projection,
+            partition,
+            next_offset: offset + 1,
+            found: Found::Missing { log_end: None },
+        }
+    }
+}
+
 /// What the log holds where a position expected its record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Found {
@@ -159,6 +172,12 @@ pub async fn check(
         .collect())
 }
 
+/// A position beyond the end of its partition of the log never stands on
+/// it, digest or not.
+pub fn beyond_the_end(next_offset: i64, end: i64) -> Option<Found> {
+    (next_offset > end).then_some(Found::Missing { log_end: Some(end) })
+}
+
 /// Whether `position` stands on a log whose partition ends at `end` and
 /// holds `read` where the position's record should be.
 fn judge(
@@ -166,9 +185,8 @@ fn judge(
     end: Option<i64>,
     read: Option<&Option<LogRecord>>,
 ) -> Option<Found> {
-    let end = end.unwrap_or(0);
-    if position.next_offset > end {
-        return Some(Found::Missing { log_end: Some(end) });
+    if let Some(beyond) = beyond_the_end(position.next_offset, end.unwrap_or(0)) {
+        return Some(beyond);
     }
     let stored = position.last_record.as_ref()?;
     match read? {
@@ -190,14 +208,23 @@ pub struct Predecessors(HashMap<i32, (i64, RecordDigest)>);
 impl Predecessors {
     /// Remembers the last record of each partition in `records`.
     pub fn remember(&mut self, records: &[LogRecord]) {
+        // Only the newest record of each partition is hashed: this runs for
+        // every batch.
+        let mut newest: HashMap<i32, &LogRecord> = HashMap::new();
         for record in records {
+            let entry = newest.entry(record.partition).or_insert(record);
+            if record.offset >= entry.offset {
+                *entry = record;
+            }
+        }
+        for (partition, record) in newest {
             let newer = self
                 .0
-                .get(&record.partition)
+                .get(&partition)
                 .is_none_or(|(offset, _)| record.offset >= *offset);
             if newer {
                 self.0
-                    .insert(record.partition, (record.offset, RecordDigest::of(record)));
+                    .insert(partition, (record.offset, RecordDigest::of(record)));
             }
         }
     }

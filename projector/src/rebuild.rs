@@ -35,7 +35,7 @@ use crate::batch::{Decoder, LogRecord};
 use crate::config::RebuildArgs;
 use crate::db;
 use crate::gaps::GapTracker;
-use crate::identity::{self, Found, LogMismatch, Predecessors};
+use crate::identity::{self, LogMismatch, Predecessors};
 use crate::log_reader::{LogReader, Start};
 use crate::projection::{self, Projection, TableSet};
 use crate::store;
@@ -408,13 +408,9 @@ impl<'a> Rebuild<'a> {
             }
             for &(partition, offset) in &report.unseen {
                 if self.gaps.unseen(self.projection.name(), partition, offset) {
-                    return Err(LogMismatch {
-                        projection: self.projection.name(),
-                        partition,
-                        next_offset: offset + 1,
-                        found: Found::Missing { log_end: None },
-                    }
-                    .into());
+                    return Err(
+                        LogMismatch::never_seen(self.projection.name(), partition, offset).into(),
+                    );
                 }
                 self.reader
                     .seek(partition, offset)

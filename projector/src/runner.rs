@@ -33,7 +33,7 @@ use crate::apply::{self, Backoff, BatchJob, BatchReport, Halt, Locking, Mode};
 use crate::batch::{Decoder, LogRecord};
 use crate::config::RunArgs;
 use crate::gaps::GapTracker;
-use crate::identity::{self, Found, LogMismatch, Predecessors, StoredPosition};
+use crate::identity::{self, LogMismatch, Predecessors, StoredPosition};
 use crate::projection::{self, Projection, TableSet};
 use crate::readiness::{Readiness, Stage};
 use crate::status;
@@ -369,14 +369,13 @@ impl Projector {
         for gap in &report.gaps {
             gaps.observe(projection.name(), *gap);
         }
-        for (partition, offset) in &report.unseen {
-            if gaps.unseen(projection.name(), *partition, *offset) {
-                return Err(LogMismatch {
-                    projection: projection.name(),
-                    partition: *partition,
-                    next_offset: offset + 1,
-                    found: Found::Missing { log_end: None },
-                });
+        for &(partition, offset) in &report.unseen {
+            if gaps.unseen(projection.name(), partition, offset) {
+                return Err(LogMismatch::never_seen(
+                    projection.name(),
+                    partition,
+                    offset,
+                ));
             }
         }
         tracing::debug!(
@@ -491,8 +490,8 @@ impl Projector {
                 return Ok(None);
             }
         };
-        let lowest = match self.lowest_positions(&assigned).await {
-            Ok(lowest) => lowest,
+        let stored = match self.every_stored_position().await {
+            Ok(stored) => stored,
             Err(error) => {
                 // Batches still check positions; this is retried next turn.
                 let error = score_shared::privacy::scrubbed(&error.to_string());
@@ -500,9 +499,10 @@ impl Projector {
                 return Ok(None);
             }
         };
-        if !self.within_the_log(&assigned).await? {
+        if !self.within_the_log(&stored, &assigned).await? {
             return Ok(None);
         }
+        let lowest = lowest_positions(&stored, &assigned);
         let mut all_accepted = true;
         for (&partition, &offset) in &lowest {
             let offset = identity::seek_target(offset);
@@ -516,31 +516,15 @@ impl Projector {
         Ok(all_accepted.then_some(lowest))
     }
 
-    /// The lowest stored position of the projections in each of
-    /// `partitions`; 0 where a projection has none yet. No partitions need
-    /// no MySQL.
-    async fn lowest_positions(&self, partitions: &[i32]) -> sqlx::Result<HashMap<i32, i64>> {
-        if partitions.is_empty() {
-            return Ok(HashMap::new());
+    /// Every projection's stored positions, read once for a resume.
+    async fn every_stored_position(
+        &self,
+    ) -> sqlx::Result<Vec<(&'static str, BTreeMap<i32, StoredPosition>)>> {
+        let mut stored = Vec::with_capacity(self.projections.len());
+        for (projection, tables) in &self.projections {
+            stored.push((projection.name(), self.stored_positions(tables).await?));
         }
-        let mut connection = self.pool.acquire().await?;
-        let mut lowest: HashMap<i32, i64> = HashMap::new();
-        for (_, tables) in &self.projections {
-            let stored: HashMap<i32, i64> =
-                store::positions(&mut connection, &tables.position, &self.args.kafka.topic)
-                    .await?
-                    .into_iter()
-                    .map(|p| (p.kafka_partition, p.next_offset))
-                    .collect();
-            for partition in partitions {
-                keep_lowest(
-                    &mut lowest,
-                    *partition,
-                    stored.get(partition).copied().unwrap_or(0),
-                );
-            }
-        }
-        Ok(lowest)
+        Ok(stored)
     }
 
     /// Reads the log's end and every projection's status once and sets the
@@ -579,7 +563,11 @@ impl Projector {
     ///
     /// [`LogMismatch`] for a position beyond the end: the log was reset or
     /// replaced under the tables.
-    async fn within_the_log(&self, partitions: &[i32]) -> Result<bool, LogMismatch> {
+    async fn within_the_log(
+        &self,
+        stored: &[(&'static str, BTreeMap<i32, StoredPosition>)],
+        partitions: &[i32],
+    ) -> Result<bool, LogMismatch> {
         if partitions.is_empty() {
             return Ok(true);
         }
@@ -590,24 +578,19 @@ impl Projector {
             tracing::warn!("could not read the end of the log to resume; retrying");
             return Ok(false);
         };
-        for (projection, tables) in &self.projections {
-            let Ok(positions) = self.stored_positions(tables).await else {
-                return Ok(false);
-            };
+        for (projection, positions) in stored {
             for partition in partitions {
                 let (Some(position), Some((_, end))) =
                     (positions.get(partition), marks.get(partition))
                 else {
                     continue;
                 };
-                if position.next_offset > *end {
+                if let Some(found) = identity::beyond_the_end(position.next_offset, *end) {
                     return Err(LogMismatch {
-                        projection: projection.name(),
+                        projection,
                         partition: *partition,
                         next_offset: position.next_offset,
-                        found: Found::Missing {
-                            log_end: Some(*end),
-                        },
+                        found,
                     });
                 }
             }
@@ -651,6 +634,22 @@ impl Projector {
             tracing::debug!(error = %error, "advisory offset commit failed");
         }
     }
+}
+
+/// The lowest stored position of the projections in each of `partitions`;
+/// 0 where a projection has none yet.
+fn lowest_positions(
+    stored: &[(&'static str, BTreeMap<i32, StoredPosition>)],
+    partitions: &[i32],
+) -> HashMap<i32, i64> {
+    let mut lowest: HashMap<i32, i64> = HashMap::new();
+    for (_, positions) in stored {
+        for partition in partitions {
+            let offset = positions.get(partition).map_or(0, |p| p.next_offset);
+            keep_lowest(&mut lowest, *partition, offset);
+        }
+    }
+    lowest
 }
 
 fn keep_lowest(map: &mut HashMap<i32, i64>, partition: i32, offset: i64) {

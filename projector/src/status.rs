@@ -171,11 +171,10 @@ pub async fn status_with(
             let stored = positions.get(&partition);
             let position = stored.map_or(0, |p| p.next_offset);
             let high_watermark = watermarks.get(&partition).map(|(_, high)| *high);
-            let log = match high_watermark {
-                Some(end) if position > end => {
-                    LogStanding::Mismatch(Found::Missing { log_end: Some(end) }.to_string())
-                }
-                _ => LogStanding::Unchecked,
+            let beyond = high_watermark.and_then(|end| identity::beyond_the_end(position, end));
+            let log = match beyond {
+                Some(found) => LogStanding::Mismatch(found.to_string()),
+                None => LogStanding::Unchecked,
             };
             rows.push(PartitionStatus {
                 projection: projection.name(),
