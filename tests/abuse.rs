@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use pipeline_tests::{RunningApi, TestTopic, api_config, eventually};
+use pipeline_tests::{RunningApi, TestTopic, api_config, eventually, metric_sample, scrape};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -221,19 +221,9 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// The value of `series` in a Prometheus scrape, 0 when absent.
+/// The value of `series` in the scrape of `metrics`, 0 when absent.
 async fn scraped(metrics: std::net::SocketAddr, series: &str) -> f64 {
-    let text = reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .expect("the metrics address answers")
-        .text()
-        .await
-        .expect("a body");
-    text.lines()
-        .filter_map(|line| line.rsplit_once(' '))
-        .find(|(name, _)| *name == series)
-        .map(|(_, value)| value.parse().expect("a number"))
-        .unwrap_or(0.0)
+    metric_sample(&scrape(metrics).await, series)
 }
 
 #[tokio::test]
@@ -355,17 +345,17 @@ async fn reads_that_exhaust_their_budget_never_cost_a_submission_its_place() {
     let reads_shed = Arc::new(AtomicUsize::new(0));
     let readers: Vec<_> = (0..4)
         .map(|_| {
-            let (stop, reads_shed, url) = (
+            // A valid token: the reads get past the check to MySQL.
+            let (stop, reads_shed, url, token) = (
                 stop.clone(),
                 reads_shed.clone(),
                 api.url("/v1/accounts/13800138000/scores"),
+                pipeline_tests::results_token_for("13800138000"),
             );
             tokio::spawn(async move {
                 let client = reqwest::Client::new();
                 while !stop.load(Ordering::Relaxed) {
-                    // A valid token: the read gets past the check to MySQL.
-                    let token = pipeline_tests::results_token_for("13800138000");
-                    let Ok(response) = client.get(&url).bearer_auth(token).send().await else {
+                    let Ok(response) = client.get(&url).bearer_auth(&token).send().await else {
                         continue;
                     };
                     let status = response.status();

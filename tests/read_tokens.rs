@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ingest_api::read_token::ResultsTokens;
 use pipeline_tests::processes::{Service, free_port, wait_for_port};
 use pipeline_tests::{
-    RunningApi, RunningProjector, TestDatabase, TestTopic, api_config_with_results,
-    legacy_form_body, results_token_for, test_account, test_results_tokens, unique_group,
+    RunningApi, RunningProjector, TestDatabase, TestTopic, legacy_form_body, metric_sample,
+    patient_results_config, results_token_for, scrape, test_account, test_results_tokens,
+    unique_group,
 };
 use reqwest::Client;
 use serde_json::{Value, json};
@@ -134,11 +135,7 @@ fn unix_now() -> u64 {
 async fn only_the_token_of_an_accounts_submission_reads_it_and_every_other_read_gets_one_answer() {
     let topic = TestTopic::create(3).await;
     let database = TestDatabase::create().await;
-    let api = RunningApi::start_with(ingest_api::Config {
-        consistency_wait_ms: 60_000,
-        ..api_config_with_results(&topic.kafka, &database)
-    })
-    .await;
+    let api = RunningApi::start_with(patient_results_config(&topic.kafka, &database)).await;
     let projector = RunningProjector::start(&topic.kafka, &database, &unique_group());
     let client = client();
     let rated = "13600000001";
@@ -199,7 +196,7 @@ async fn only_the_token_of_an_accounts_submission_reads_it_and_every_other_read_
     let mut legacy_refusals = Vec::new();
     for account in [rated, unrated] {
         let number = test_account(account);
-        let own = results_token_for(account);
+        let own = tokens.issue(&number);
         let cases: Vec<(&str, Option<String>)> = vec![
             ("no token", None),
             ("another account's token", Some(others_token.clone())),
@@ -299,8 +296,7 @@ async fn a_rotated_key_keeps_reading_until_it_is_retired_then_its_tokens_are_ref
     let old_keys = pipeline_tests::TEST_RESULTS_TOKEN_KEYS.to_owned();
     let with_keys = |keys: String| ingest_api::Config {
         results_token_keys: Some(keys.into()),
-        consistency_wait_ms: 60_000,
-        ..api_config_with_results(&topic.kafka, &database)
+        ..patient_results_config(&topic.kafka, &database)
     };
 
     let before = RunningApi::start_with(with_keys(old_keys.clone())).await;
@@ -341,15 +337,6 @@ async fn a_rotated_key_keeps_reading_until_it_is_retired_then_its_tokens_are_ref
     retired.stop().await;
     projector.stop().await;
     database.drop_database().await;
-}
-
-/// The value of `series` in a Prometheus text exposition, 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter_map(|line| line.rsplit_once(' '))
-        .find(|(name, _)| *name == series)
-        .map(|(_, value)| value.parse().expect("a number"))
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -426,14 +413,9 @@ async fn refused_reads_beyond_the_clients_limit_are_a_429_and_counted_while_vali
         .expect("the API answers");
     assert_eq!(minted.status(), 200);
 
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .expect("the metrics answer")
-        .text()
-        .await
-        .expect("a body");
+    let metrics = scrape(([127, 0, 0, 1], metrics_port).into()).await;
     assert_eq!(
-        sample(
+        metric_sample(
             &metrics,
             r#"results_reads_refused_total{route="/graderesult",status="401"}"#
         ),
@@ -441,7 +423,7 @@ async fn refused_reads_beyond_the_clients_limit_are_a_429_and_counted_while_vali
         "{metrics}"
     );
     assert_eq!(
-        sample(
+        metric_sample(
             &metrics,
             r#"results_reads_refused_total{route="/graderesult",status="429"}"#
         ),

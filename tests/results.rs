@@ -8,7 +8,7 @@ use std::time::Duration;
 use pipeline_tests::processes::free_port;
 use pipeline_tests::{
     RunningApi, RunningProjector, TestDatabase, TestTopic, api_config, api_config_with_results,
-    legacy_form_body, unique_group,
+    legacy_form_body, patient_results_config, unique_group,
 };
 use reqwest::Client;
 use serde_json::{Value, json};
@@ -183,11 +183,7 @@ async fn a_query_waits_for_the_projection_and_says_stale_when_it_does_not_get_th
         ..api_config_with_results(&topic.kafka, &database)
     })
     .await;
-    let patient = RunningApi::start_with(ingest_api::Config {
-        consistency_wait_ms: 60_000,
-        ..api_config_with_results(&topic.kafka, &database)
-    })
-    .await;
+    let patient = RunningApi::start_with(patient_results_config(&topic.kafka, &database)).await;
     let client = client();
     let account = "13900000002";
     let accepted = submit_v1(
@@ -350,14 +346,9 @@ async fn submissions_go_on_and_the_api_stays_ready_while_the_results_database_is
 }
 
 /// An API that reads results, waiting long enough for any projection to
-/// catch up: these tests are about what a token says once passed, not
-/// about how long passing takes.
+/// catch up ([`patient_results_config`]).
 async fn patient_api(topic: &TestTopic, database: &TestDatabase) -> RunningApi {
-    RunningApi::start_with(ingest_api::Config {
-        consistency_wait_ms: 60_000,
-        ..api_config_with_results(&topic.kafka, database)
-    })
-    .await
+    RunningApi::start_with(patient_results_config(&topic.kafka, database)).await
 }
 
 /// Posts `body` to `/v1/scores` under `idempotency_key`; the answer.

@@ -474,15 +474,6 @@ fn overload_client(connections: usize) -> anyhow::Result<reqwest::Client> {
         .context("building the HTTP client")
 }
 
-/// The resident memory of `service` now (`VmRSS`), in KiB.
-fn current_rss_kib(service: &Service) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", service.pid()?)).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// Finds the ingest API's saturation rate with closed loops on a fresh
 /// process, then overloads a fresh process for each shape: two and four
 /// times that rate open loop (bounded in flight), and
@@ -565,7 +556,7 @@ async fn overload_once(
 ) -> anyhow::Result<OverloadRun> {
     let (mut api, url) = Service::ingest_api(env);
     tokio::time::sleep(IDLE_AFTER_START).await;
-    let idle_rss_kib = current_rss_kib(&api);
+    let idle_rss_kib = api.rss_kib();
     let client = overload_client(settings.overload_connections)?;
     let send = legacy_sender(client.clone(), format!("{url}/score"));
     let seen = match shape {
@@ -588,7 +579,7 @@ async fn overload_once(
     // Every connection closed, as when the clients have gone.
     drop(client);
     tokio::time::sleep(SETTLE).await;
-    let after_rss_kib = current_rss_kib(&api);
+    let after_rss_kib = api.rss_kib();
     let api_exited = api
         .wait(Duration::ZERO)
         .map(|status| format!("exited with {status}\n{}", api.log_tail()));

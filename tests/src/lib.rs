@@ -536,6 +536,44 @@ pub fn api_config_with_results(kafka: &KafkaArgs, database: &TestDatabase) -> in
     }
 }
 
+/// [`api_config_with_results`] with a consistency wait long enough for any
+/// projection to catch up: for tests about what a token says once passed,
+/// not about how long passing takes.
+pub fn patient_results_config(kafka: &KafkaArgs, database: &TestDatabase) -> ingest_api::Config {
+    ingest_api::Config {
+        consistency_wait_ms: 60_000,
+        ..api_config_with_results(kafka, database)
+    }
+}
+
+/// The text a metrics address serves at `/metrics`.
+///
+/// # Panics
+///
+/// When it does not answer.
+pub async fn scrape(metrics: SocketAddr) -> String {
+    reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .expect("the metrics address answers")
+        .text()
+        .await
+        .expect("a body")
+}
+
+/// The value of `series` (`name{label="…",…}` exactly as exposed) in a
+/// Prometheus text exposition, 0 when absent.
+///
+/// # Panics
+///
+/// When its value is not a number.
+pub fn metric_sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| line.rsplit_once(' '))
+        .find(|(name, _)| *name == series)
+        .map(|(_, value)| value.parse().expect("a number"))
+        .unwrap_or(0.0)
+}
+
 /// A projector running in this process.
 pub struct RunningProjector {
     stop: Option<oneshot::Sender<()>>,

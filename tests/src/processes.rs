@@ -581,10 +581,21 @@ impl Service {
     /// The most resident memory the process has used so far, in KiB (Linux
     /// `VmHWM`); `None` once it has exited or off Linux.
     pub fn peak_rss_kib(&self) -> Option<u64> {
+        self.proc_status_kib("VmHWM:")
+    }
+
+    /// The resident memory of the process now, in KiB (Linux `VmRSS`);
+    /// `None` once it has exited or off Linux.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.proc_status_kib("VmRSS:")
+    }
+
+    /// A size line (`field`, with its colon) of `/proc/<pid>/status`, in KiB.
+    fn proc_status_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
