@@ -74,9 +74,6 @@ impl PublishError {
 }
 
 /// The `outcome` label of `kafka_produce_total` for a successful send.
-/// librdkafka's bound on the messages its queue holds.
-const QUEUE_LIMIT: &str = "queue.buffering.max.messages";
-
 const PERSISTED: &str = "persisted";
 
 /// How much longer than the publish timeout a request waits for its
@@ -116,8 +113,8 @@ impl Publisher {
     /// messages (librdkafka's default is 100,000): the ingest API never has
     /// more sends in flight than the submissions it admitted, so the queue
     /// is bounded by the same budget, and a send beyond it is refused at
-    /// once (a 503) rather than held. `SCORES_KAFKA_OPTIONS` may still set
-    /// `queue.buffering.max.messages` itself.
+    /// once (a 503) rather than held
+    /// ([`score_shared::kafka::bounded_producer_config`]).
     ///
     /// # Errors
     ///
@@ -127,15 +124,11 @@ impl Publisher {
         timeout: Duration,
         max_queued: usize,
     ) -> anyhow::Result<Self> {
-        let mut config = score_shared::kafka::producer_config(kafka, timeout);
-        let chosen = kafka
-            .kafka_options
-            .iter()
-            .any(|option| option.key == QUEUE_LIMIT);
-        if !chosen {
-            config.set(QUEUE_LIMIT, max_queued.max(1).to_string());
-        }
-        Self::from_config(config, kafka, timeout)
+        Self::from_config(
+            score_shared::kafka::bounded_producer_config(kafka, timeout, max_queued),
+            kafka,
+            timeout,
+        )
     }
 
     fn from_config(

@@ -66,10 +66,11 @@ const TOKEN_MAX_CHARS: usize = 80;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// One key: its id, which tokens carry, and its secret bytes.
+/// One key: its id, which tokens carry, and the HMAC keyed with its secret
+/// (keyed once, when the keys are read; cloned for each token).
 struct SigningKey {
     kid: String,
-    secret: Vec<u8>,
+    keyed: HmacSha256,
 }
 
 /// The keys and lifetime of results tokens: issues them and checks them.
@@ -200,7 +201,7 @@ impl ResultsTokens {
     pub fn issue_expiring_at(&self, account: &AccountNumber, expires_at: u64) -> String {
         let key = &self.keys[0];
         let mut token = header(&key.kid, expires_at);
-        let tag = mac(&key.secret, &token, account).finalize().into_bytes();
+        let tag = mac(&key.keyed, &token, account).finalize().into_bytes();
         token.extend_from_slice(&tag);
         URL_SAFE_NO_PAD.encode(token)
     }
@@ -242,7 +243,7 @@ impl ResultsTokens {
             .ok_or(Refusal::UnknownKey)?;
         // Constant time: the comparison takes as long wherever the tags
         // differ.
-        mac(&key.secret, parts.signed, account)
+        mac(&key.keyed, parts.signed, account)
             .verify_slice(parts.tag)
             .map_err(|_| Refusal::BadSignature)?;
         if parts.expires_at <= now {
@@ -297,10 +298,8 @@ fn header(kid: &str, expires_at: u64) -> Vec<u8> {
 
 /// The MAC state over the domain, `signed` and the account, ready to
 /// finalize or verify.
-fn mac(secret: &[u8], signed: &[u8], account: &AccountNumber) -> HmacSha256 {
-    // HMAC takes keys of any length; ours are at least 32 bytes.
-    let mut mac =
-        <HmacSha256 as KeyInit>::new_from_slice(secret).expect("HMAC accepts a key of any length");
+fn mac(keyed: &HmacSha256, signed: &[u8], account: &AccountNumber) -> HmacSha256 {
+    let mut mac = keyed.clone();
     mac.update(MAC_DOMAIN);
     mac.update(signed);
     mac.update(account.as_str().as_bytes());
@@ -332,9 +331,12 @@ fn parse_entry(position: usize, entry: &str) -> Result<SigningKey, KeysError> {
             bytes: secret.len(),
         });
     }
+    // HMAC takes keys of any length; ours are at least 32 bytes.
+    let keyed =
+        <HmacSha256 as KeyInit>::new_from_slice(&secret).expect("HMAC accepts a key of any length");
     Ok(SigningKey {
         kid: kid.to_owned(),
-        secret,
+        keyed,
     })
 }
 

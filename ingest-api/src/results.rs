@@ -4,6 +4,8 @@
 //! The write path never touches this: when MySQL is down, submissions are
 //! still accepted and only these queries answer 503.
 
+use std::sync::Arc;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -33,7 +35,7 @@ pub struct ReadModel {
     pool: MySqlPool,
     positions: PositionWatch,
     /// The topic the projection reads, which names its dead letters.
-    topic: String,
+    topic: Arc<str>,
 }
 
 /// The query failed: MySQL could not answer.
@@ -173,7 +175,7 @@ impl ReadModel {
         Ok(Self {
             pool,
             positions,
-            topic: topic.to_owned(),
+            topic: topic.into(),
         })
     }
 

@@ -89,6 +89,27 @@ fn with_overrides(mut config: ClientConfig, args: &KafkaArgs) -> ClientConfig {
 /// is retried (`enable.idempotence`), and a send gives up after
 /// `publish_timeout`, so no caller waits without bound.
 pub fn producer_config(args: &KafkaArgs, publish_timeout: Duration) -> ClientConfig {
+    with_overrides(producer_defaults(args, publish_timeout), args)
+}
+
+/// [`producer_config`] whose local queue holds at most `max_queued`
+/// messages (librdkafka's default is 100,000), unless
+/// `SCORES_KAFKA_OPTIONS` sets `queue.buffering.max.messages` itself.
+pub fn bounded_producer_config(
+    args: &KafkaArgs,
+    publish_timeout: Duration,
+    max_queued: usize,
+) -> ClientConfig {
+    let mut config = producer_defaults(args, publish_timeout);
+    config.set(
+        "queue.buffering.max.messages",
+        max_queued.max(1).to_string(),
+    );
+    with_overrides(config, args)
+}
+
+/// The producer's settings before the operator's overrides.
+fn producer_defaults(args: &KafkaArgs, publish_timeout: Duration) -> ClientConfig {
     let mut config = client_config(args);
     config
         .set("enable.idempotence", "true")
@@ -105,7 +126,7 @@ pub fn producer_config(args: &KafkaArgs, publish_timeout: Duration) -> ClientCon
             "request.timeout.ms",
             publish_timeout.as_millis().clamp(1, 30_000).to_string(),
         );
-    with_overrides(config, args)
+    config
 }
 
 /// librdkafka's own deadline for a send: the publish timeout less up to a
