@@ -251,6 +251,12 @@ fn decode_payload(payload: Option<&[u8]>, rules: &ValidationRules, accepted: &[u
                 Decoded::DeadLetter(DeadLetterReason::new("invalid", errors.to_string()))
             }
         },
+        Ok(Event::SealedScore(_) | Event::AccountForgotten(_)) => {
+            Decoded::DeadLetter(DeadLetterReason::new(
+                "unknown_event",
+                "sealed events are not read by this projector yet",
+            ))
+        }
         Err(error @ (DecodeError::Unknown { .. } | DecodeError::NotEnabled { .. })) => {
             Decoded::DeadLetter(DeadLetterReason::new("unknown_event", error.to_string()))
         }

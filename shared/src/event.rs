@@ -24,6 +24,16 @@
 //!   gives an idempotency key one meaning (see [`crate::digest`]). An event
 //!   without it (written before, or by another tool) has the digest of its
 //!   content, computed by [`ScoreSubmitted::submission_digest`].
+//! - 3: [`SealedScore`], what the ingest API writes now. The phone number,
+//!   the comments and the digest are sealed under a data key of the account
+//!   (see [`crate::personal`]); the account is named by its
+//!   [`AccountRef`], which is also the record key. The grades, time,
+//!   channel, scene and request id stay in clear. Opened with its key, it
+//!   reads as the version 2 event it was sealed from; once its key is
+//!   forgotten, as [`SealedScore::forgotten`].
+//!
+//! `AccountForgotten` (version 1): an account was forgotten
+//! ([`AccountForgotten`]); it names the account by its reference only.
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
@@ -31,14 +41,21 @@ use uuid::Uuid;
 
 use crate::digest::{SubmissionContent, SubmissionDigest};
 use crate::domain::ValidationRules;
+use crate::personal::{AccountRef, DataKey, OpenError};
 use crate::submission::{FieldError, RawSubmission, Submission, ValidationErrors};
 
 /// The `type` of a [`ScoreSubmitted`] event.
 pub const SCORE_SUBMITTED: &str = "ScoreSubmitted";
-/// The version of [`ScoreSubmitted`] this code writes.
+/// The version of a plain [`ScoreSubmitted`] ([`ScoreSubmitted::encode`]).
 pub const SCORE_SUBMITTED_VERSION: u32 = 2;
-/// Every version of [`ScoreSubmitted`] this code can read.
-pub const SCORE_SUBMITTED_VERSIONS: [u32; 2] = [1, 2];
+/// The version of a [`SealedScore`], what the ingest API writes.
+pub const SEALED_SCORE_VERSION: u32 = 3;
+/// Every version of `ScoreSubmitted` this code can read.
+pub const SCORE_SUBMITTED_VERSIONS: [u32; 3] = [1, 2, 3];
+/// The `type` of an [`AccountForgotten`] event.
+pub const ACCOUNT_FORGOTTEN: &str = "AccountForgotten";
+/// The version of [`AccountForgotten`] this code writes and reads.
+pub const ACCOUNT_FORGOTTEN_VERSION: u32 = 1;
 
 /// Namespace of the deterministic event ids derived from an idempotency key.
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6f1d_52a8_7c1e_4b0e_9a57_3c1f_0d2e_8b41);
@@ -190,22 +207,9 @@ impl ScoreSubmitted {
         Err(ValidationErrors(errors))
     }
 
-    /// Serializes the event with its envelope.
+    /// Serializes the event with its envelope (version 2, in clear).
     pub fn encode(&self) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Envelope<'a> {
-            #[serde(rename = "type")]
-            event_type: &'static str,
-            version: u32,
-            #[serde(flatten)]
-            payload: &'a ScoreSubmitted,
-        }
-        serde_json::to_vec(&Envelope {
-            event_type: SCORE_SUBMITTED,
-            version: SCORE_SUBMITTED_VERSION,
-            payload: self,
-        })
-        .expect("an event always serializes")
+        encode_with_envelope(SCORE_SUBMITTED, SCORE_SUBMITTED_VERSION, self)
     }
 }
 
@@ -241,7 +245,238 @@ pub fn legacy_import_event_id(source: &str, row_identity: &str) -> Uuid {
 /// Every event this code can read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
+    /// Versions 1 and 2: everything in clear.
     ScoreSubmitted(ScoreSubmitted),
+    /// Version 3: the personal fields sealed.
+    SealedScore(SealedScore),
+    AccountForgotten(AccountForgotten),
+}
+
+/// The personal fields of a [`SealedScore`], sealed together.
+#[derive(Serialize, Deserialize)]
+struct PersonalFields {
+    acc_nbr: String,
+    txt1: String,
+    txt2: String,
+    txt3: String,
+    submission_digest: SubmissionDigest,
+}
+
+/// A `ScoreSubmitted` event of version 3: what is personal sealed under a
+/// data key of the account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedScore {
+    pub event_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    pub channel: Channel,
+    pub grade1: i32,
+    pub grade2: i32,
+    pub grade3: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scene: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The account; also the event's record key.
+    pub account_ref: AccountRef,
+    /// The data key the personal fields are sealed under.
+    pub kid: Uuid,
+    /// Nonce and ciphertext of the personal fields, base64.
+    #[serde(with = "base64_bytes")]
+    pub sealed: Vec<u8>,
+}
+
+/// Why a [`SealedScore`] could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum UnsealError {
+    #[error("event sealed under data key {sealed_under} of account {account_ref}, not key {given}")]
+    WrongKey {
+        sealed_under: Uuid,
+        account_ref: AccountRef,
+        given: Uuid,
+    },
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("the sealed personal fields are malformed: {0}")]
+    Malformed(serde_json::Error),
+}
+
+impl ScoreSubmitted {
+    /// The event with its personal fields sealed under `key`, which must be
+    /// a key of this event's account (its reference is taken from the key).
+    pub fn seal(&self, key: &DataKey) -> SealedScore {
+        let personal = PersonalFields {
+            acc_nbr: self.acc_nbr.clone(),
+            txt1: self.txt1.clone(),
+            txt2: self.txt2.clone(),
+            txt3: self.txt3.clone(),
+            submission_digest: self.submission_digest(),
+        };
+        let plaintext = serde_json::to_vec(&personal).expect("strings serialize");
+        let context = seal_context(self.event_id, &key.account_ref, key.kid);
+        SealedScore {
+            event_id: self.event_id,
+            occurred_at: self.occurred_at,
+            channel: self.channel,
+            grade1: self.grade1,
+            grade2: self.grade2,
+            grade3: self.grade3,
+            scene: self.scene.clone(),
+            request_id: self.request_id.clone(),
+            account_ref: key.account_ref,
+            kid: key.kid,
+            sealed: key.seal(&context, &plaintext),
+        }
+    }
+}
+
+/// What a sealed value is bound to: it opens only in the event, for the
+/// account and under the key it was sealed for.
+fn seal_context(event_id: Uuid, account_ref: &AccountRef, kid: Uuid) -> Vec<u8> {
+    let mut context = Vec::with_capacity(16 + 32 + 16);
+    context.extend_from_slice(event_id.as_bytes());
+    context.extend_from_slice(account_ref.as_bytes());
+    context.extend_from_slice(kid.as_bytes());
+    context
+}
+
+impl SealedScore {
+    /// The event's record key in the log: its account reference.
+    pub fn record_key(&self) -> String {
+        self.account_ref.to_string()
+    }
+
+    /// The event as it was before sealing.
+    ///
+    /// # Errors
+    ///
+    /// [`UnsealError`] when `key` is not the event's key or the sealed bytes
+    /// do not open under it.
+    pub fn open(&self, key: &DataKey) -> Result<ScoreSubmitted, UnsealError> {
+        if key.kid != self.kid || key.account_ref != self.account_ref {
+            return Err(UnsealError::WrongKey {
+                sealed_under: self.kid,
+                account_ref: self.account_ref,
+                given: key.kid,
+            });
+        }
+        let context = seal_context(self.event_id, &self.account_ref, self.kid);
+        let plaintext = key.open(&context, &self.sealed)?;
+        let personal: PersonalFields =
+            serde_json::from_slice(&plaintext).map_err(UnsealError::Malformed)?;
+        Ok(ScoreSubmitted {
+            event_id: self.event_id,
+            occurred_at: self.occurred_at,
+            channel: self.channel,
+            acc_nbr: personal.acc_nbr,
+            grade1: self.grade1,
+            grade2: self.grade2,
+            grade3: self.grade3,
+            txt1: personal.txt1,
+            txt2: personal.txt2,
+            txt3: personal.txt3,
+            scene: self.scene.clone(),
+            request_id: self.request_id.clone(),
+            submission_digest: Some(personal.submission_digest),
+        })
+    }
+
+    /// What is left of the event once its key is forgotten: grades, time,
+    /// channel and scene, under the account's placeholder, with empty
+    /// comments and no digest.
+    pub fn forgotten(&self) -> ScoreSubmitted {
+        ScoreSubmitted {
+            event_id: self.event_id,
+            occurred_at: self.occurred_at,
+            channel: self.channel,
+            acc_nbr: self.account_ref.placeholder(),
+            grade1: self.grade1,
+            grade2: self.grade2,
+            grade3: self.grade3,
+            txt1: String::new(),
+            txt2: String::new(),
+            txt3: String::new(),
+            scene: self.scene.clone(),
+            request_id: self.request_id.clone(),
+            submission_digest: None,
+        }
+    }
+
+    /// Serializes the event with its envelope (version 3).
+    pub fn encode(&self) -> Vec<u8> {
+        encode_with_envelope(SCORE_SUBMITTED, SEALED_SCORE_VERSION, self)
+    }
+}
+
+/// An account was forgotten: its data keys were tombstoned at
+/// `occurred_at`, and every projection removes it from its tables.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountForgotten {
+    pub event_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    /// The account; also the event's record key, so the event follows the
+    /// account's events on their partition.
+    pub account_ref: AccountRef,
+    /// Why, as the operator gave it (a ticket number, not the person's
+    /// details).
+    pub reason: String,
+}
+
+impl AccountForgotten {
+    /// The erasure of `account_ref`, now.
+    pub fn new(account_ref: AccountRef, reason: impl Into<String>) -> Self {
+        Self {
+            event_id: new_event_id(),
+            occurred_at: Utc::now().trunc_subsecs(6),
+            account_ref,
+            reason: reason.into(),
+        }
+    }
+
+    /// The event's record key in the log: its account reference.
+    pub fn record_key(&self) -> String {
+        self.account_ref.to_string()
+    }
+
+    /// Serializes the event with its envelope.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_with_envelope(ACCOUNT_FORGOTTEN, ACCOUNT_FORGOTTEN_VERSION, self)
+    }
+}
+
+fn encode_with_envelope(
+    event_type: &'static str,
+    version: u32,
+    payload: &impl Serialize,
+) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Envelope<'a, T> {
+        #[serde(rename = "type")]
+        event_type: &'static str,
+        version: u32,
+        #[serde(flatten)]
+        payload: &'a T,
+    }
+    serde_json::to_vec(&Envelope {
+        event_type,
+        version,
+        payload,
+    })
+    .expect("an event always serializes")
+}
+
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Why bytes read from the log are not an event this code understands.
@@ -293,6 +528,17 @@ pub fn decode_accepting(bytes: &[u8], accepted: &[u32]) -> Result<Event, DecodeE
         version: u64,
     }
     let header: Header = serde_json::from_slice(bytes).map_err(DecodeError::NoEnvelope)?;
+    if header.event_type == ACCOUNT_FORGOTTEN
+        && header.version == u64::from(ACCOUNT_FORGOTTEN_VERSION)
+    {
+        return serde_json::from_slice(bytes)
+            .map(Event::AccountForgotten)
+            .map_err(|source| DecodeError::Payload {
+                event_type: ACCOUNT_FORGOTTEN,
+                version: header.version,
+                source,
+            });
+    }
     let version = match (header.event_type.as_str(), u32::try_from(header.version)) {
         (SCORE_SUBMITTED, Ok(version)) if SCORE_SUBMITTED_VERSIONS.contains(&version) => version,
         _ => {
@@ -314,6 +560,11 @@ pub fn decode_accepting(bytes: &[u8], accepted: &[u32]) -> Result<Event, DecodeE
         version: u64::from(version),
         source,
     };
+    if version == SEALED_SCORE_VERSION {
+        return serde_json::from_slice(bytes)
+            .map(Event::SealedScore)
+            .map_err(payload_error);
+    }
     let mut event: ScoreSubmitted = serde_json::from_slice(bytes).map_err(payload_error)?;
     if version == 1 {
         // Version 1 has no scene; a field of that name is an unknown field.
@@ -346,10 +597,93 @@ mod tests {
     #[test]
     fn a_request_id_travels_with_the_event_and_is_left_out_when_absent() {
         let with = event().with_request_id("0193-req");
-        let Event::ScoreSubmitted(decoded) = decode(&with.encode()).unwrap();
+        let Event::ScoreSubmitted(decoded) = decode(&with.encode()).unwrap() else {
+            panic!("a plain event")
+        };
         assert_eq!(decoded.request_id.as_deref(), Some("0193-req"));
         let without: serde_json::Value = serde_json::from_slice(&event().encode()).unwrap();
         assert!(without.get("request_id").is_none());
+    }
+
+    fn key_for(event: &ScoreSubmitted) -> DataKey {
+        let pepper: crate::personal::Pepper = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+            .parse()
+            .unwrap();
+        DataKey::generate(AccountRef::of(&pepper, &event.acc_nbr))
+    }
+
+    #[test]
+    fn a_sealed_event_opens_to_the_event_it_was_sealed_from_and_shows_nothing_personal() {
+        let original = event();
+        let key = key_for(&original);
+        let sealed = original.seal(&key);
+        let bytes = sealed.encode();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        for personal in [
+            "13800138000",
+            "服務很好",
+            "DROP TABLE",
+            &original.content_digest().to_string(),
+        ] {
+            assert!(!text.contains(personal), "{personal} in {text}");
+        }
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["version"], 3);
+        assert_eq!(value["grade1"], 5);
+        assert_eq!(value["account_ref"], key.account_ref.to_string());
+        let Event::SealedScore(decoded) = decode(&bytes).unwrap() else {
+            panic!("a sealed event")
+        };
+        assert_eq!(decoded, sealed);
+        assert_eq!(decoded.record_key(), key.account_ref.to_string());
+        assert_eq!(decoded.open(&key).unwrap(), original);
+    }
+
+    #[test]
+    fn a_sealed_event_does_not_open_under_another_key_or_moved_to_another_event() {
+        let original = event();
+        let key = key_for(&original);
+        let sealed = original.seal(&key);
+        let other = key_for(&original);
+        assert!(matches!(
+            sealed.open(&other),
+            Err(UnsealError::WrongKey { .. })
+        ));
+        let mut moved = sealed.clone();
+        moved.event_id = new_event_id();
+        assert!(matches!(moved.open(&key), Err(UnsealError::Open(_))));
+    }
+
+    #[test]
+    fn a_forgotten_event_keeps_grades_time_and_channel_under_a_placeholder() {
+        let original = event();
+        let key = key_for(&original);
+        let forgotten = original.seal(&key).forgotten();
+        assert_eq!(forgotten.acc_nbr, key.account_ref.placeholder());
+        assert_eq!(
+            [forgotten.grade1, forgotten.grade2, forgotten.grade3],
+            [5, 4, 3]
+        );
+        assert_eq!(forgotten.occurred_at, original.occurred_at);
+        assert_eq!(forgotten.channel, original.channel);
+        assert_eq!(forgotten.scene, original.scene);
+        assert!(
+            forgotten.txt1.is_empty() && forgotten.txt2.is_empty() && forgotten.txt3.is_empty()
+        );
+        assert_eq!(forgotten.submission_digest, None);
+    }
+
+    #[test]
+    fn an_erasure_names_the_account_by_reference_only() {
+        let key = key_for(&event());
+        let erasure = AccountForgotten::new(key.account_ref, "ticket 42");
+        let bytes = erasure.encode();
+        assert!(!String::from_utf8_lossy(&bytes).contains("13800138000"));
+        let Event::AccountForgotten(decoded) = decode(&bytes).unwrap() else {
+            panic!("an erasure")
+        };
+        assert_eq!(decoded, erasure);
+        assert_eq!(decoded.record_key(), key.account_ref.to_string());
     }
 
     #[test]
@@ -363,7 +697,9 @@ mod tests {
     #[test]
     fn an_encoded_event_decodes_to_itself() {
         let original = event();
-        let Event::ScoreSubmitted(decoded) = decode(&original.encode()).unwrap();
+        let Event::ScoreSubmitted(decoded) = decode(&original.encode()).unwrap() else {
+            panic!("a plain event")
+        };
         assert_eq!(decoded, original);
     }
 
@@ -400,7 +736,9 @@ mod tests {
         let v1 = r#"{"type":"ScoreSubmitted","version":1,"event_id":"0192f0c4-1a2b-7c3d-8e4f-000000000001",
             "occurred_at":"2026-11-25T08:00:00.123456Z","channel":"legacy_form","acc_nbr":"13800138000",
             "grade1":5,"grade2":4,"grade3":3,"txt1":"好","txt2":"","txt3":"","scene":"ignored in v1"}"#;
-        let Event::ScoreSubmitted(event) = decode(v1.as_bytes()).unwrap();
+        let Event::ScoreSubmitted(event) = decode(v1.as_bytes()).unwrap() else {
+            panic!("a plain event")
+        };
         assert_eq!(event.scene, None);
         assert_eq!(event.txt1, "好");
     }
@@ -434,7 +772,10 @@ mod tests {
     fn an_unknown_channel_still_decodes() {
         let mut value: serde_json::Value = serde_json::from_slice(&event().encode()).unwrap();
         value["channel"] = json!("carrier_pigeon");
-        let Event::ScoreSubmitted(decoded) = decode(&serde_json::to_vec(&value).unwrap()).unwrap();
+        let Event::ScoreSubmitted(decoded) = decode(&serde_json::to_vec(&value).unwrap()).unwrap()
+        else {
+            panic!("a plain event")
+        };
         assert_eq!(decoded.channel, Channel::Other);
     }
 
@@ -464,7 +805,9 @@ mod tests {
             event.content_digest().to_string(),
             "written as hexadecimal text"
         );
-        let Event::ScoreSubmitted(decoded) = decode(&event.encode()).unwrap();
+        let Event::ScoreSubmitted(decoded) = decode(&event.encode()).unwrap() else {
+            panic!("a plain event")
+        };
         assert_eq!(decoded.submission_digest, event.submission_digest);
     }
 
@@ -473,7 +816,10 @@ mod tests {
         let mut value: serde_json::Value = serde_json::from_slice(&event().encode()).unwrap();
         let carried = value.as_object_mut().unwrap().remove("submission_digest");
         assert!(carried.is_some());
-        let Event::ScoreSubmitted(decoded) = decode(&serde_json::to_vec(&value).unwrap()).unwrap();
+        let Event::ScoreSubmitted(decoded) = decode(&serde_json::to_vec(&value).unwrap()).unwrap()
+        else {
+            panic!("a plain event")
+        };
         assert_eq!(decoded.submission_digest, None);
         assert_eq!(decoded.submission_digest(), event().content_digest());
         assert!(decoded.validate(&ValidationRules::default()).is_ok());

@@ -203,18 +203,66 @@ pub async fn ensure_topic(args: &KafkaArgs) -> anyhow::Result<()> {
     .set("retention.bytes", "-1")
     .set("min.insync.replicas", &min_insync_replicas)
     .set("unclean.leader.election.enable", "false");
+    create_topic(&admin, &topic, &args.kafka_brokers).await
+}
+
+/// How long a forgotten key's tombstone stays readable in the key topic
+/// (`delete.retention.ms`): a reader down longer than this misses the
+/// tombstone, and then also the key (it was compacted away before), so it
+/// forgets the key all the same.
+pub const KEYS_TOMBSTONE_RETENTION_MS: &str = "86400000";
+/// The longest a key record may wait before the cleaner may compact it
+/// away (`max.compaction.lag.ms`): once forgotten, a key is gone from the
+/// broker's disks within about a day (plus the cleaner's own backoff).
+pub const KEYS_MAX_COMPACTION_LAG_MS: &str = "86400000";
+
+/// Creates the compacted key topic if it does not exist (see
+/// [`crate::personal`]): as many partitions and replicas as the event
+/// topic, compaction instead of deletion (a key lives until forgotten),
+/// tombstones kept [`KEYS_TOMBSTONE_RETENTION_MS`], and a compaction lag
+/// of at most [`KEYS_MAX_COMPACTION_LAG_MS`], so that a forgotten key
+/// leaves the log on a schedule, not whenever a segment happens to fill.
+///
+/// # Errors
+///
+/// When the broker cannot be reached or refuses to create the topic.
+pub async fn ensure_keys_topic(args: &KafkaArgs, keys_topic: &str) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = admin_config(args)
+        .create()
+        .context("creating the Kafka admin client")?;
+    let min_insync_replicas = (args.topic_replication - 1).max(1).to_string();
+    let topic = NewTopic::new(
+        keys_topic,
+        args.topic_partitions,
+        TopicReplication::Fixed(args.topic_replication),
+    )
+    .set("cleanup.policy", "compact")
+    .set("retention.ms", "-1")
+    .set("retention.bytes", "-1")
+    .set("delete.retention.ms", KEYS_TOMBSTONE_RETENTION_MS)
+    .set("max.compaction.lag.ms", KEYS_MAX_COMPACTION_LAG_MS)
+    .set("min.insync.replicas", &min_insync_replicas)
+    .set("unclean.leader.election.enable", "false");
+    create_topic(&admin, &topic, &args.kafka_brokers).await
+}
+
+async fn create_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &NewTopic<'_>,
+    brokers: &str,
+) -> anyhow::Result<()> {
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
-        .create_topics([&topic], &options)
+        .create_topics([topic], &options)
         .await
-        .with_context(|| format!("creating topic {} on {}", args.topic, args.kafka_brokers))?;
+        .with_context(|| format!("creating topic {} on {brokers}", topic.name))?;
     for result in results {
         match result {
             Ok(_) => {
-                tracing::info!(topic = %args.topic, partitions = args.topic_partitions, "created topic")
+                tracing::info!(topic = %topic.name, partitions = topic.num_partitions, "created topic")
             }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                tracing::debug!(topic = %args.topic, "topic exists")
+                tracing::debug!(topic = %topic.name, "topic exists")
             }
             Err((name, code)) => anyhow::bail!("creating topic {name} failed: {code}"),
         }

@@ -15,7 +15,9 @@
 //! 4. [`kafka`]: client settings with safe defaults and topic provisioning.
 //! 5. [`config`] and [`telemetry`]: the `SCORES_*` settings both binaries read
 //!    and the one tracing setup they share.
-//! 6. [`privacy`]: masking of phone numbers before they reach a log line;
+//! 6. [`personal`]: account references, data keys and sealing, so that a
+//!    person can be forgotten in an immutable log; [`privacy`]: masking of
+//!    phone numbers before they reach a log line;
 //!    [`shutdown`]: the stop signal (Ctrl-C or SIGTERM).
 //!
 //! No other crate defines the event schema or a validation rule.
@@ -25,6 +27,7 @@ pub mod digest;
 pub mod domain;
 pub mod event;
 pub mod kafka;
+pub mod personal;
 pub mod privacy;
 pub mod shutdown;
 pub mod submission;
@@ -32,6 +35,7 @@ pub mod telemetry;
 
 pub use digest::{SubmissionContent, SubmissionDigest};
 pub use domain::{AccountNumber, CommentText, Grade, Scene, ValidationRules};
-pub use event::{Channel, DecodeError, Event, ScoreSubmitted};
+pub use event::{AccountForgotten, Channel, DecodeError, Event, ScoreSubmitted, SealedScore};
+pub use personal::{AccountRef, DataKey, Pepper};
 pub use privacy::masked;
 pub use submission::{FIELD_NAMES, FieldError, RawSubmission, Submission, ValidationErrors};

@@ -1,0 +1,486 @@
+//! Personal data, kept so that one person can be forgotten in an immutable
+//! log (crypto-shredding; the reasoning is in ARCHITECTURE.md).
+//!
+//! - An account is named in the log only by its [`AccountRef`], an
+//!   HMAC-SHA256 of the phone number under a secret [`Pepper`]: the record
+//!   key of its events, so that one account's events stay on one partition
+//!   without the number in clear.
+//! - The phone number, the comments and the submission digest of an event
+//!   are sealed (AES-256-GCM) under a [`DataKey`] of that account, a random
+//!   key with an id (`kid`) of its own.
+//! - Data keys live in a compacted topic, one record per key, keyed
+//!   `<account ref>/<kid>` ([`DataKey::record_key`]). Forgetting an account
+//!   writes a tombstone for each of its keys; once the broker's cleaner has
+//!   run, nothing can open its events again.
+//!
+//! A key is written, and acknowledged, before any event sealed under it, so
+//! a reader that has read the key topic to its end after reading an event
+//! and still has no key for it knows the key was forgotten.
+
+use std::fmt;
+use std::str::FromStr;
+
+use aes_gcm::aead::{Aead, Generate, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::{DateTime, SubsecRound, Utc};
+use hmac::Mac;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+type HmacSha256 = hmac::Hmac<sha2_011::Sha256>;
+
+/// The shortest pepper accepted, in bytes.
+pub const MIN_PEPPER_BYTES: usize = 32;
+/// The `type` of a data key record in the key topic.
+pub const DATA_KEY: &str = "DataKey";
+/// The version of a data key record this code writes and reads.
+pub const DATA_KEY_VERSION: u32 = 1;
+/// The length of an AES-GCM nonce, written before the ciphertext.
+const NONCE_BYTES: usize = 12;
+
+/// The secret that turns phone numbers into [`AccountRef`]s. Every process
+/// that writes or reads the log must have the same one; losing it means
+/// account references can no longer be computed from a phone number (the
+/// events stay readable, a person can no longer be found to be forgotten).
+#[derive(Clone)]
+pub struct Pepper(Vec<u8>);
+
+/// Why a pepper was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PepperError {
+    #[error("the account pepper must be base64 (for example `head -c 32 /dev/urandom | base64`)")]
+    NotBase64,
+    #[error("the account pepper must be at least {MIN_PEPPER_BYTES} bytes, not {0}")]
+    TooShort(usize),
+}
+
+impl FromStr for Pepper {
+    type Err = PepperError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bytes = BASE64
+            .decode(text.trim())
+            .map_err(|_| PepperError::NotBase64)?;
+        if bytes.len() < MIN_PEPPER_BYTES {
+            return Err(PepperError::TooShort(bytes.len()));
+        }
+        Ok(Self(bytes))
+    }
+}
+
+impl fmt::Debug for Pepper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pepper(…)")
+    }
+}
+
+/// Where a person's data keys are and what names their account.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PersonalDataArgs {
+    /// Secret (base64, at least 32 bytes) under which phone numbers become
+    /// account references, the record keys of the log. The same on every
+    /// ingest API and projector. Generated into `var/account-pepper.env` by
+    /// `deploy/local`.
+    #[arg(long, env = "SCORES_ACCOUNT_PEPPER", hide_env_values = true)]
+    pub account_pepper: Pepper,
+
+    /// The compacted topic holding each account's data keys.
+    #[arg(long, env = "SCORES_KEYS_TOPIC", default_value = "score-keys")]
+    pub keys_topic: String,
+}
+
+/// An account as the log names it: HMAC-SHA256 of the phone number under
+/// the [`Pepper`]. Not reversible without the pepper; with it, only by
+/// trying numbers. Written as 64 lowercase hexadecimal digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountRef([u8; 32]);
+
+/// Text that is not an account reference.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("an account reference is 64 lowercase hexadecimal digits")]
+pub struct InvalidAccountRef;
+
+impl AccountRef {
+    /// The reference of the account `acc_nbr`.
+    pub fn of(pepper: &Pepper, acc_nbr: &str) -> Self {
+        let mut mac = HmacSha256::new_from_slice(&pepper.0).expect("HMAC takes keys of any length");
+        mac.update(acc_nbr.as_bytes());
+        Self(mac.finalize().into_bytes().into())
+    }
+
+    /// The bytes of the reference.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// What stands in for the account in a table once it is forgotten:
+    /// `forgotten-` and 20 hexadecimal digits of a hash of the reference.
+    /// The same for all of one account's rows (so per-account counts hold)
+    /// and different between accounts, and it leads back to no number.
+    pub fn placeholder(&self) -> String {
+        use sha2_011::Digest as _;
+        let mut hasher = sha2_011::Sha256::new();
+        hasher.update(b"score-pipeline forgotten account\n");
+        hasher.update(self.0);
+        let digest = hasher.finalize();
+        format!("forgotten-{}", &hex::encode(digest)[..20])
+    }
+}
+
+impl fmt::Display for AccountRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for AccountRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AccountRef({self})")
+    }
+}
+
+impl FromStr for AccountRef {
+    type Err = InvalidAccountRef;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.len() != 64 || text.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(InvalidAccountRef);
+        }
+        let mut bytes = [0; 32];
+        hex::decode_to_slice(text, &mut bytes).map_err(|_| InvalidAccountRef)?;
+        Ok(Self(bytes))
+    }
+}
+
+impl Serialize for AccountRef {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for AccountRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A random AES-256 key sealing some of one account's events.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DataKey {
+    pub kid: Uuid,
+    pub account_ref: AccountRef,
+    pub created_at: DateTime<Utc>,
+    key: [u8; 32],
+}
+
+/// Why sealed bytes could not be opened.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error("the sealed value is shorter than its nonce")]
+    Truncated,
+    #[error(
+        "the sealed value does not open under data key {kid} (altered, or sealed for another event)"
+    )]
+    Rejected { kid: Uuid },
+}
+
+impl DataKey {
+    /// A new random key for `account_ref`.
+    pub fn generate(account_ref: AccountRef) -> Self {
+        Self {
+            kid: Uuid::now_v7(),
+            account_ref,
+            created_at: Utc::now().trunc_subsecs(6),
+            key: Key::<Aes256Gcm>::generate().into(),
+        }
+    }
+
+    /// The record key of this data key in the key topic. All of an
+    /// account's keys share its prefix.
+    pub fn record_key(&self) -> String {
+        key_record_key(&self.account_ref, self.kid)
+    }
+
+    /// Seals `plaintext` under a fresh random nonce; `context` (not secret,
+    /// not stored) must be given again to open it, so a sealed value cannot
+    /// be moved to another event.
+    pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let nonce = Nonce::generate();
+        let sealed = self
+            .cipher()
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad: context,
+                },
+            )
+            .expect("AES-GCM seals any plaintext shorter than 64 GiB");
+        let mut out = Vec::with_capacity(NONCE_BYTES + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// Opens what [`Self::seal`] sealed with the same `context`.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError`] when the bytes are too short, altered, sealed under
+    /// another key or with another context.
+    pub fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+        if sealed.len() < NONCE_BYTES {
+            return Err(OpenError::Truncated);
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_BYTES);
+        let nonce = Nonce::try_from(nonce).map_err(|_| OpenError::Truncated)?;
+        self.cipher()
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: ciphertext,
+                    aad: context,
+                },
+            )
+            .map_err(|_| OpenError::Rejected { kid: self.kid })
+    }
+
+    fn cipher(&self) -> Aes256Gcm {
+        Aes256Gcm::new(&self.key.into())
+    }
+
+    /// The key as its record in the key topic.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&KeyRecordBody {
+            record_type: DATA_KEY.to_owned(),
+            version: DATA_KEY_VERSION,
+            account_ref: self.account_ref,
+            kid: self.kid,
+            created_at: self.created_at,
+            key: BASE64.encode(self.key),
+        })
+        .expect("a data key always serializes")
+    }
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataKey")
+            .field("kid", &self.kid)
+            .field("account_ref", &self.account_ref)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The record key of data key `kid` of `account_ref` in the key topic.
+pub fn key_record_key(account_ref: &AccountRef, kid: Uuid) -> String {
+    format!("{account_ref}/{kid}")
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyRecordBody {
+    #[serde(rename = "type")]
+    record_type: String,
+    version: u32,
+    account_ref: AccountRef,
+    kid: Uuid,
+    created_at: DateTime<Utc>,
+    key: String,
+}
+
+/// One record of the key topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyRecord {
+    /// A data key.
+    Key(DataKey),
+    /// A tombstone: the key `kid` of `account_ref` is forgotten.
+    Forgotten { account_ref: AccountRef, kid: Uuid },
+}
+
+/// Why a record of the key topic could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyRecordError {
+    #[error("a key record's key must be `<account ref>/<kid>`")]
+    BadRecordKey,
+    #[error("a key record is not a {DATA_KEY} v{DATA_KEY_VERSION} JSON object: {0}")]
+    BadBody(String),
+    #[error("a key record's body does not match its record key")]
+    Mismatch,
+}
+
+impl KeyRecord {
+    /// Reads one record of the key topic: its record key and its payload
+    /// (`None` for a tombstone).
+    ///
+    /// # Errors
+    ///
+    /// [`KeyRecordError`] when the record was not written by this code.
+    pub fn decode(record_key: &[u8], payload: Option<&[u8]>) -> Result<Self, KeyRecordError> {
+        let (account_ref, kid) = std::str::from_utf8(record_key)
+            .ok()
+            .and_then(|key| key.split_once('/'))
+            .and_then(|(account_ref, kid)| Some((account_ref.parse().ok()?, kid.parse().ok()?)))
+            .ok_or(KeyRecordError::BadRecordKey)?;
+        let Some(payload) = payload else {
+            return Ok(Self::Forgotten { account_ref, kid });
+        };
+        let body: KeyRecordBody = serde_json::from_slice(payload)
+            .map_err(|error| KeyRecordError::BadBody(error.to_string()))?;
+        if body.record_type != DATA_KEY || body.version != DATA_KEY_VERSION {
+            return Err(KeyRecordError::BadBody(format!(
+                "type {:?} version {}",
+                body.record_type, body.version
+            )));
+        }
+        let key: [u8; 32] = BASE64
+            .decode(&body.key)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| KeyRecordError::BadBody("the key is not 32 bytes of base64".into()))?;
+        if body.account_ref != account_ref || body.kid != kid {
+            return Err(KeyRecordError::Mismatch);
+        }
+        Ok(Self::Key(DataKey {
+            kid,
+            account_ref,
+            created_at: body.created_at,
+            key,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn pepper() -> Pepper {
+        BASE64.encode([7u8; 32]).parse().unwrap()
+    }
+
+    #[test]
+    fn a_pepper_must_be_base64_of_at_least_32_bytes() {
+        assert_eq!(
+            "not base64!".parse::<Pepper>().unwrap_err(),
+            PepperError::NotBase64
+        );
+        assert_eq!(
+            BASE64.encode([1u8; 31]).parse::<Pepper>().unwrap_err(),
+            PepperError::TooShort(31)
+        );
+        assert!(format!("{:?}", pepper()).contains('…'));
+    }
+
+    #[test]
+    fn an_account_ref_depends_on_the_number_and_the_pepper_and_hides_both() {
+        let one = AccountRef::of(&pepper(), "13800138000");
+        assert_eq!(one, AccountRef::of(&pepper(), "13800138000"));
+        assert_ne!(one, AccountRef::of(&pepper(), "13800138001"));
+        let other_pepper: Pepper = BASE64.encode([8u8; 32]).parse().unwrap();
+        assert_ne!(one, AccountRef::of(&other_pepper, "13800138000"));
+        let text = one.to_string();
+        assert_eq!(text.len(), 64);
+        assert!(!text.contains("13800138000"));
+        assert_eq!(text.parse::<AccountRef>().unwrap(), one);
+        assert!(text.to_uppercase().parse::<AccountRef>().is_err());
+        assert!(text[..63].parse::<AccountRef>().is_err());
+    }
+
+    #[test]
+    fn placeholders_are_per_account_and_name_no_number() {
+        let one = AccountRef::of(&pepper(), "13800138000");
+        let two = AccountRef::of(&pepper(), "13800138001");
+        assert_eq!(one.placeholder(), one.placeholder());
+        assert_ne!(one.placeholder(), two.placeholder());
+        assert!(one.placeholder().starts_with("forgotten-"));
+        assert_eq!(one.placeholder().len(), "forgotten-".len() + 20);
+        assert!(
+            !one.to_string()
+                .contains(&one.placeholder()["forgotten-".len()..])
+        );
+    }
+
+    #[test]
+    fn sealed_bytes_open_only_with_their_key_and_context() {
+        let account = AccountRef::of(&pepper(), "13800138000");
+        let key = DataKey::generate(account);
+        let sealed = key.seal(b"event 1", "服務很好".as_bytes());
+        assert!(!String::from_utf8_lossy(&sealed).contains("服務很好"));
+        assert_eq!(
+            key.open(b"event 1", &sealed).unwrap(),
+            "服務很好".as_bytes()
+        );
+        assert!(matches!(
+            key.open(b"event 2", &sealed),
+            Err(OpenError::Rejected { .. })
+        ));
+        let other = DataKey::generate(account);
+        assert!(other.open(b"event 1", &sealed).is_err());
+        let mut altered = sealed.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        assert!(key.open(b"event 1", &altered).is_err());
+        assert_eq!(
+            key.open(b"event 1", &sealed[..5]),
+            Err(OpenError::Truncated)
+        );
+        assert_ne!(
+            key.seal(b"event 1", b"x"),
+            key.seal(b"event 1", b"x"),
+            "a fresh nonce each time"
+        );
+    }
+
+    #[test]
+    fn a_key_record_round_trips_and_its_tombstone_names_the_key() {
+        let key = DataKey::generate(AccountRef::of(&pepper(), "13800138000"));
+        let record_key = key.record_key();
+        let read = KeyRecord::decode(record_key.as_bytes(), Some(&key.encode())).unwrap();
+        assert_eq!(read, KeyRecord::Key(key.clone()));
+        let KeyRecord::Key(read) = read else {
+            unreachable!()
+        };
+        let sealed = key.seal(b"c", b"secret");
+        assert_eq!(read.open(b"c", &sealed).unwrap(), b"secret");
+        assert_eq!(
+            KeyRecord::decode(record_key.as_bytes(), None).unwrap(),
+            KeyRecord::Forgotten {
+                account_ref: key.account_ref,
+                kid: key.kid
+            }
+        );
+        assert!(format!("{key:?}").contains("DataKey") && !format!("{key:?}").contains("key:"));
+    }
+
+    #[test]
+    fn a_key_record_that_does_not_match_its_record_key_is_refused() {
+        let key = DataKey::generate(AccountRef::of(&pepper(), "13800138000"));
+        let other = DataKey::generate(AccountRef::of(&pepper(), "13800138001"));
+        assert!(matches!(
+            KeyRecord::decode(other.record_key().as_bytes(), Some(&key.encode())),
+            Err(KeyRecordError::Mismatch)
+        ));
+        assert!(matches!(
+            KeyRecord::decode(b"no-slash", None),
+            Err(KeyRecordError::BadRecordKey)
+        ));
+        assert!(matches!(
+            KeyRecord::decode(key.record_key().as_bytes(), Some(b"{}")),
+            Err(KeyRecordError::BadBody(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn anything_sealed_opens_to_itself(plaintext in proptest::collection::vec(any::<u8>(), 0..512),
+                                           context in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let key = DataKey::generate(AccountRef::of(&pepper(), "13800138000"));
+            let sealed = key.seal(&context, &plaintext);
+            prop_assert_eq!(key.open(&context, &sealed).unwrap(), plaintext);
+        }
+    }
+}
