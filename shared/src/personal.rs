@@ -79,16 +79,82 @@ impl fmt::Debug for Pepper {
 /// Where a person's data keys are and what names their account.
 #[derive(clap::Args, Clone, Debug)]
 pub struct PersonalDataArgs {
-    /// Secret (base64, at least 32 bytes) under which phone numbers become
-    /// account references, the record keys of the log. The same on every
-    /// ingest API and projector. Generated into `var/account-pepper.env` by
-    /// `deploy/local`.
+    /// Secret (base64, at least 32 bytes: `head -c 32 /dev/urandom |
+    /// base64`) under which phone numbers become account references, the
+    /// record keys of the log. The same on every ingest API and projector,
+    /// and never changed (see README, "Personal data"). Generated into
+    /// `var/account-pepper.env` by `deploy/local`.
     #[arg(long, env = "SCORES_ACCOUNT_PEPPER", hide_env_values = true)]
-    pub account_pepper: Pepper,
+    pub account_pepper: Option<Pepper>,
+
+    /// A file holding the account pepper (a secret mounted by systemd or
+    /// compose); used when `SCORES_ACCOUNT_PEPPER` is not set.
+    #[arg(long, env = "SCORES_ACCOUNT_PEPPER_FILE")]
+    pub account_pepper_file: Option<std::path::PathBuf>,
 
     /// The compacted topic holding each account's data keys.
-    #[arg(long, env = "SCORES_KEYS_TOPIC", default_value = "score-keys")]
+    #[arg(long, env = "SCORES_KEYS_TOPIC", default_value = DEFAULT_KEYS_TOPIC)]
     pub keys_topic: String,
+}
+
+/// The default key topic.
+pub const DEFAULT_KEYS_TOPIC: &str = "score-keys";
+
+impl Default for PersonalDataArgs {
+    /// No pepper; the default key topic.
+    fn default() -> Self {
+        Self {
+            account_pepper: None,
+            account_pepper_file: None,
+            keys_topic: DEFAULT_KEYS_TOPIC.to_owned(),
+        }
+    }
+}
+
+/// Why no pepper could be had from the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum PepperSettingError {
+    #[error(
+        "no account pepper: set SCORES_ACCOUNT_PEPPER (base64, at least {MIN_PEPPER_BYTES} bytes: \
+         `head -c 32 /dev/urandom | base64`) or SCORES_ACCOUNT_PEPPER_FILE"
+    )]
+    Missing,
+    #[error("reading the account pepper from {path}: {source}")]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the account pepper in {path}: {source}")]
+    Invalid {
+        path: std::path::PathBuf,
+        source: PepperError,
+    },
+}
+
+impl PersonalDataArgs {
+    /// The pepper: the variable's, else the file's.
+    ///
+    /// # Errors
+    ///
+    /// [`PepperSettingError`] when neither is set, or the file cannot be
+    /// read or holds no valid pepper.
+    pub fn pepper(&self) -> Result<Pepper, PepperSettingError> {
+        if let Some(pepper) = &self.account_pepper {
+            return Ok(pepper.clone());
+        }
+        let path = self
+            .account_pepper_file
+            .as_ref()
+            .ok_or(PepperSettingError::Missing)?;
+        let text = std::fs::read_to_string(path).map_err(|source| PepperSettingError::File {
+            path: path.clone(),
+            source,
+        })?;
+        text.parse().map_err(|source| PepperSettingError::Invalid {
+            path: path.clone(),
+            source,
+        })
+    }
 }
 
 /// An account as the log names it: HMAC-SHA256 of the phone number under
@@ -374,6 +440,35 @@ mod tests {
             PepperError::TooShort(31)
         );
         assert!(format!("{:?}", pepper()).contains('…'));
+    }
+
+    #[test]
+    fn the_pepper_comes_from_the_variable_else_the_file_else_a_clear_error() {
+        let mut args = PersonalDataArgs::default();
+        let error = args.pepper().unwrap_err().to_string();
+        assert!(error.contains("SCORES_ACCOUNT_PEPPER"), "{error}");
+        let dir = std::env::temp_dir().join(format!("pepper-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pepper");
+        std::fs::write(&file, format!("{}\n", BASE64.encode([9u8; 32]))).unwrap();
+        args.account_pepper_file = Some(file.clone());
+        let from_file = args.pepper().unwrap();
+        assert_eq!(
+            AccountRef::of(&from_file, "1"),
+            AccountRef::of(&BASE64.encode([9u8; 32]).parse().unwrap(), "1")
+        );
+        args.account_pepper = Some(pepper());
+        assert_eq!(
+            AccountRef::of(&args.pepper().unwrap(), "1"),
+            AccountRef::of(&pepper(), "1")
+        );
+        std::fs::write(&file, "short").unwrap();
+        args.account_pepper = None;
+        assert!(matches!(
+            args.pepper(),
+            Err(PepperSettingError::Invalid { .. })
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -38,6 +38,25 @@ use tokio::task::JoinHandle;
 /// 32 bytes): [`results_token_for`] makes tokens it accepts.
 pub const TEST_RESULTS_TOKEN_KEYS: &str = "test:dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXk=";
 
+/// The account pepper every test process gets (base64 of 32 bytes).
+pub const TEST_ACCOUNT_PEPPER: &str = "dGVzdC1wZXBwZXItdGVzdC1wZXBwZXItdGVzdC1wZXA=";
+
+/// Personal data settings for a test: [`TEST_ACCOUNT_PEPPER`] and the key
+/// topic `keys_topic`.
+pub fn test_personal_data(keys_topic: &str) -> score_shared::personal::PersonalDataArgs {
+    score_shared::personal::PersonalDataArgs {
+        account_pepper: Some(TEST_ACCOUNT_PEPPER.parse().expect("a valid pepper")),
+        account_pepper_file: None,
+        keys_topic: keys_topic.to_owned(),
+    }
+}
+
+/// The key topic that goes with the event topic `topic` in tests: each
+/// test's log has keys of its own.
+pub fn keys_topic_of(topic: &str) -> String {
+    format!("{topic}-keys")
+}
+
 /// The results tokens of [`TEST_RESULTS_TOKEN_KEYS`].
 pub fn test_results_tokens() -> ingest_api::read_token::ResultsTokens {
     ingest_api::read_token::ResultsTokens::parse(
