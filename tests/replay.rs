@@ -264,7 +264,7 @@ async fn a_projection_added_later_builds_itself_from_the_whole_log() {
         database.args(),
         &group,
         only_grade,
-        DecoderArgs::default(),
+        pipeline_tests::test_decoder_args(&topic.kafka),
     );
     let acknowledged = submit_many(&api, "13600", 150).await;
     database.await_grade_rows(150, LIMIT).await;
@@ -349,7 +349,7 @@ async fn v1_and_v2_events_project_an_unknown_version_waits_in_dead_letters_until
     // A projector rolled out before its writers: it accepts version 1 only.
     let v1_only = DecoderArgs {
         event_versions: vec![1],
-        ..DecoderArgs::default()
+        ..pipeline_tests::test_decoder_args(&topic.kafka)
     };
     let names = projector::projection::names()
         .into_iter()
@@ -393,7 +393,7 @@ async fn v1_and_v2_events_project_an_unknown_version_waits_in_dead_letters_until
     );
 
     // The fix: version 2 enabled. Retrying applies it once; 99 still fails.
-    let fixed = DecoderArgs::default().decoder().unwrap();
+    let fixed = pipeline_tests::test_decoder(&topic.kafka).await;
     for projection in ["grade", "account_summary"] {
         let outcomes = dead_letters::retry(&database.projector_pool, projection, None, &fixed)
             .await
@@ -570,7 +570,7 @@ async fn retrying_every_dead_letter_goes_on_past_one_mysql_still_refuses() {
     // Both wait as dead letters under a projector that takes version 1 only.
     let v1_only = DecoderArgs {
         event_versions: vec![1],
-        ..DecoderArgs::default()
+        ..pipeline_tests::test_decoder_args(&topic.kafka)
     };
     let projector = RunningProjector::start_configured(
         &topic.kafka,
@@ -595,7 +595,7 @@ async fn retrying_every_dead_letter_goes_on_past_one_mysql_still_refuses() {
         .execute(&database.admin_pool)
         .await
         .unwrap();
-    let fixed = DecoderArgs::default().decoder().unwrap();
+    let fixed = pipeline_tests::test_decoder(&topic.kafka).await;
     let outcomes = dead_letters::retry(&database.projector_pool, "grade", None, &fixed)
         .await
         .expect("one refused row does not end the retry");

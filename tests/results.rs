@@ -494,7 +494,7 @@ async fn a_submission_the_projector_dead_letters_reads_rejected_until_it_is_retr
             grade_max: 4,
             ..score_shared::config::ValidationArgs::default()
         },
-        ..projector::config::DecoderArgs::default()
+        ..pipeline_tests::test_decoder_args(&topic.kafka)
     };
     let projector = RunningProjector::start_configured(
         &topic.kafka,
@@ -542,7 +542,7 @@ async fn a_submission_the_projector_dead_letters_reads_rejected_until_it_is_retr
         &database.projector_pool,
         "grade",
         None,
-        &projector::batch::Decoder::default(),
+        &pipeline_tests::test_decoder(&topic.kafka).await,
     )
     .await
     .expect("the retry runs");

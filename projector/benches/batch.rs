@@ -1,5 +1,7 @@
 //! Building one projector batch without MySQL: split 500 records by
-//! partition against the stored positions, then decode and validate each.
+//! partition against the stored positions, then decode each (sealed events
+//! opened with their account's key, as the ingest API writes them) and
+//! validate it.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -7,13 +9,23 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use projector::batch::{self, Decoded, Decoder, LogRecord, PlanContext};
 use projector::identity::{Predecessors, StoredPosition};
+use projector::keys::Keys;
 use score_shared::event::new_event_id;
-use score_shared::{Channel, RawSubmission, ScoreSubmitted, Submission, ValidationRules};
+use score_shared::{
+    AccountRef, Channel, DataKey, Pepper, RawSubmission, ScoreSubmitted, Submission,
+    ValidationRules,
+};
 
 const BATCH: usize = 500;
 const PARTITIONS: i32 = 3;
 
-fn records() -> Vec<LogRecord> {
+fn pepper() -> Pepper {
+    "EBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBA="
+        .parse()
+        .expect("a valid pepper")
+}
+
+fn records(keys: &Keys) -> Vec<LogRecord> {
     (0..BATCH)
         .map(|i| {
             let raw = RawSubmission {
@@ -24,19 +36,23 @@ fn records() -> Vec<LogRecord> {
             };
             let submission = Submission::parse(&raw, &ValidationRules::default()).expect("valid");
             let event = ScoreSubmitted::new(new_event_id(), Channel::LegacyForm, &submission);
+            let key = DataKey::generate(AccountRef::of(&pepper(), &event.acc_nbr));
+            keys.insert(key.clone());
+            let sealed = event.seal(&key);
             let partition = i32::try_from(i).expect("small") % PARTITIONS;
             LogRecord {
                 partition,
                 offset: i64::try_from(i).expect("small") / i64::from(PARTITIONS),
-                key: Some(event.acc_nbr.clone().into_bytes()),
-                payload: Some(event.encode()),
+                key: Some(sealed.record_key().into_bytes()),
+                payload: Some(sealed.encode()),
             }
         })
         .collect()
 }
 
 fn build_batch(c: &mut Criterion) {
-    let records = records();
+    let keys = Keys::new(pepper());
+    let records = records(&keys);
     let stored: HashMap<i32, StoredPosition> = (0..PARTITIONS)
         .map(|p| (p, StoredPosition::default()))
         .collect();
@@ -45,7 +61,7 @@ fn build_batch(c: &mut Criterion) {
         accepted_gaps: &[],
         predecessors: &read,
     };
-    let decoder = Decoder::default();
+    let decoder = Decoder::new(keys);
     let mut group = c.benchmark_group("projector");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function("plan_and_decode_500", |b| {

@@ -16,7 +16,7 @@ use sqlx::{Connection, MySql, MySqlConnection, MySqlPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{
-    self, DeadLetterReason, Decoded, Decoder, Gap, LogRecord, PlanContext, Standing,
+    self, DeadLetterReason, Decoded, Decoder, Gap, LogRecord, PlanContext, Rating, Standing,
 };
 use crate::identity::{LogMismatch, Predecessors, RecordDigest};
 use crate::projection::{self, Projected, Projection, TableSet};
@@ -269,18 +269,51 @@ async fn apply_in_transaction(
         }
     }
 
-    let mut decoded_rows = Vec::new();
+    // Ratings are applied in runs; an erasure applies where it stands in
+    // the log, after the ratings before it (dead letters included, so that
+    // it scrubs them too).
+    let mut run: Vec<(Rating, &LogRecord)> = Vec::new();
     let mut dead_letters = Vec::new();
     let mut last_event_at: HashMap<i32, NaiveDateTime> = HashMap::new();
-    for record in plans.iter().flat_map(|plan| plan.records.iter().copied()) {
+    let mut projected = 0;
+    let mut dead_lettered = 0;
+    // Collected first: an iterator held across the awaits below would keep
+    // the future from being `Send` for every lifetime (rust-lang/rust#64552).
+    let to_apply: Vec<&LogRecord> = plans
+        .iter()
+        .flat_map(|plan| plan.records.iter().copied())
+        .collect();
+    for record in to_apply {
         let decoded = match job.mode {
             Mode::Project => job.decoder.decode(record),
             Mode::DeadLetter(reason) => Decoded::DeadLetter(reason.clone()),
         };
         match decoded {
-            Decoded::Row(event) => {
-                last_event_at.insert(record.partition, event.occurred_at.naive_utc());
-                decoded_rows.push((event, record));
+            Decoded::Row(rating) => {
+                last_event_at.insert(record.partition, rating.event.occurred_at.naive_utc());
+                run.push((rating, record));
+            }
+            Decoded::Forget(erasure) => {
+                last_event_at.insert(record.partition, erasure.occurred_at.naive_utc());
+                projected += apply_run(&mut tx, job, &mut run, &mut dead_letters).await?;
+                dead_lettered += dead_letters.len();
+                store::insert_dead_letters(
+                    &mut tx,
+                    &job.tables.dead_letter,
+                    job.topic,
+                    &dead_letters,
+                )
+                .await?;
+                dead_letters.clear();
+                job.projection.forget(&mut tx, job.tables, &erasure).await?;
+                store::scrub_dead_letters(&mut tx, &job.tables.dead_letter, &erasure.account_ref)
+                    .await?;
+                tracing::info!(
+                    projection = job.projection.name(),
+                    partition = record.partition,
+                    offset = record.offset,
+                    "account forgotten"
+                );
             }
             Decoded::DeadLetter(reason) => {
                 tracing::warn!(
@@ -293,25 +326,13 @@ async fn apply_in_transaction(
             }
         }
     }
-    let events: Vec<Projected<'_>> = decoded_rows
-        .iter()
-        .map(|(event, record)| Projected {
-            event,
-            partition: record.partition,
-            offset: record.offset,
-        })
-        .collect();
-    let mut conflicts = 0;
-    if !events.is_empty() {
-        let applied = job.projection.apply(&mut tx, job.tables, &events).await?;
-        conflicts = applied.conflicts.len();
-        dead_letters.extend(conflict_dead_letters(&decoded_rows, applied));
-    }
+    projected += apply_run(&mut tx, job, &mut run, &mut dead_letters).await?;
+    dead_lettered += dead_letters.len();
     store::insert_dead_letters(&mut tx, &job.tables.dead_letter, job.topic, &dead_letters).await?;
 
     let mut report = BatchReport {
-        projected: events.len() - conflicts,
-        dead_lettered: dead_letters.len(),
+        projected,
+        dead_lettered,
         ..BatchReport::default()
     };
     for plan in &plans {
@@ -335,12 +356,44 @@ async fn apply_in_transaction(
     Ok(report)
 }
 
+/// Applies the ratings of `run` (emptying it) and adds the dead letters of
+/// those refused as idempotency conflicts to `dead_letters`. Returns how
+/// many were applied.
+async fn apply_run<'r>(
+    connection: &mut MySqlConnection,
+    job: &BatchJob<'_>,
+    run: &mut Vec<(Rating, &'r LogRecord)>,
+    dead_letters: &mut Vec<DeadLetterRow<'r>>,
+) -> Result<usize, ApplyError> {
+    if run.is_empty() {
+        return Ok(0);
+    }
+    let events: Vec<Projected<'_>> = run
+        .iter()
+        .map(|(rating, record)| Projected {
+            event: &rating.event,
+            account_ref: &rating.account_ref,
+            forgotten: rating.forgotten,
+            partition: record.partition,
+            offset: record.offset,
+        })
+        .collect();
+    let applied = job
+        .projection
+        .apply(connection, job.tables, &events)
+        .await?;
+    let written = events.len() - applied.conflicts.len();
+    dead_letters.extend(conflict_dead_letters(run, applied));
+    run.clear();
+    Ok(written)
+}
+
 /// The dead letters of the events a projection refused because their id
 /// was already applied with other content (see [`projection::Applied`]):
 /// first write wins, and the later record is kept with the reason.
 /// (Issue 13, item 3: the one hook the engine needs for it.)
 fn conflict_dead_letters<'r>(
-    decoded_rows: &[(score_shared::ScoreSubmitted, &'r LogRecord)],
+    decoded_rows: &[(Rating, &'r LogRecord)],
     applied: projection::Applied,
 ) -> Vec<DeadLetterRow<'r>> {
     applied

@@ -3,9 +3,12 @@
 //! Nothing here touches MySQL or Kafka, so it is unit tested directly.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use score_shared::event::{self, DecodeError, Event};
-use score_shared::{ScoreSubmitted, ValidationRules};
+use score_shared::{AccountForgotten, AccountRef, ScoreSubmitted, SealedScore, ValidationRules};
+
+use crate::keys::Keys;
 
 use crate::identity::{Found, Predecessors, RecordDigest, StoredPosition};
 
@@ -184,8 +187,23 @@ fn standing(
 /// What one record becomes in the projection.
 #[derive(Debug)]
 pub enum Decoded {
-    Row(ScoreSubmitted),
+    Row(Rating),
+    /// An account to remove from the projection's tables.
+    Forget(AccountForgotten),
     DeadLetter(DeadLetterReason),
+}
+
+/// A rating as the projections write it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rating {
+    /// The event in clear; for a forgotten one, what
+    /// [`SealedScore::forgotten`] leaves of it.
+    pub event: ScoreSubmitted,
+    /// The account's reference (carried by a sealed event, computed for one
+    /// in clear), by which an erasure finds its rows.
+    pub account_ref: AccountRef,
+    /// Whether the event's key was forgotten.
+    pub forgotten: bool,
 }
 
 /// Why a record goes to `dead_letter`. `kind` is safe to log; `detail` may
@@ -212,61 +230,193 @@ impl DeadLetterReason {
 }
 
 /// Decodes and validates records with the same rules the ingest API uses,
-/// accepting the configured event versions.
+/// accepting the configured event versions, opening sealed events with the
+/// keys read so far (the caller makes the [`crate::keys::KeyRing`] ready
+/// for the records first).
 #[derive(Clone, Debug)]
 pub struct Decoder {
     pub rules: ValidationRules,
     pub accepted_versions: Vec<u32>,
+    pub keys: Arc<Keys>,
 }
 
 impl Decoder {
-    /// What `record` becomes.
-    pub fn decode(&self, record: &LogRecord) -> Decoded {
-        decode_payload(
-            record.payload.as_deref(),
-            &self.rules,
-            &self.accepted_versions,
-        )
-    }
-}
-
-impl Default for Decoder {
-    fn default() -> Self {
+    /// A decoder of every version with the default rules.
+    pub fn new(keys: Arc<Keys>) -> Self {
         Self {
             rules: ValidationRules::default(),
             accepted_versions: event::SCORE_SUBMITTED_VERSIONS.to_vec(),
+            keys,
         }
     }
-}
 
-/// Decodes and validates one payload.
-fn decode_payload(payload: Option<&[u8]>, rules: &ValidationRules, accepted: &[u32]) -> Decoded {
-    let Some(payload) = payload else {
-        return Decoded::DeadLetter(DeadLetterReason::new("no_payload", "record has no payload"));
-    };
-    match event::decode_accepting(payload, accepted) {
-        Ok(Event::ScoreSubmitted(event)) => match event.validate(rules) {
-            Ok(_) => Decoded::Row(event),
+    /// What `record` becomes.
+    pub fn decode(&self, record: &LogRecord) -> Decoded {
+        let Some(payload) = record.payload.as_deref() else {
+            return Decoded::DeadLetter(DeadLetterReason::new(
+                "no_payload",
+                "record has no payload",
+            ));
+        };
+        match event::decode_accepting(payload, &self.accepted_versions) {
+            Ok(Event::ScoreSubmitted(event)) => {
+                let account_ref = AccountRef::of(self.keys.pepper(), &event.acc_nbr);
+                self.validated(event, account_ref)
+            }
+            Ok(Event::SealedScore(sealed)) => self.open(&sealed),
+            Ok(Event::AccountForgotten(erasure)) => Decoded::Forget(erasure),
+            Err(error @ (DecodeError::Unknown { .. } | DecodeError::NotEnabled { .. })) => {
+                Decoded::DeadLetter(DeadLetterReason::new("unknown_event", error.to_string()))
+            }
+            Err(error) => {
+                Decoded::DeadLetter(DeadLetterReason::new("undecodable", error.to_string()))
+            }
+        }
+    }
+
+    /// A sealed event opened with its key, or, with its key forgotten, what
+    /// is left of it.
+    fn open(&self, sealed: &SealedScore) -> Decoded {
+        let Some(key) = self.keys.get(sealed.kid) else {
+            return Decoded::Row(Rating {
+                event: sealed.forgotten(),
+                account_ref: sealed.account_ref,
+                forgotten: true,
+            });
+        };
+        let event = match sealed.open(&key) {
+            Ok(event) => event,
+            Err(error) => {
+                return Decoded::DeadLetter(DeadLetterReason::new("unopenable", error.to_string()));
+            }
+        };
+        if AccountRef::of(self.keys.pepper(), &event.acc_nbr) != sealed.account_ref {
+            return Decoded::DeadLetter(DeadLetterReason::new(
+                "account_ref_mismatch",
+                format!(
+                    "the sealed account is not account {} under this projector's pepper \
+                     (is SCORES_ACCOUNT_PEPPER the ingest API's?)",
+                    sealed.account_ref
+                ),
+            ));
+        }
+        self.validated(event, sealed.account_ref)
+    }
+
+    fn validated(&self, event: ScoreSubmitted, account_ref: AccountRef) -> Decoded {
+        match event.validate(&self.rules) {
+            Ok(_) => Decoded::Row(Rating {
+                event,
+                account_ref,
+                forgotten: false,
+            }),
             Err(errors) => {
                 Decoded::DeadLetter(DeadLetterReason::new("invalid", errors.to_string()))
             }
-        },
-        Ok(Event::SealedScore(_) | Event::AccountForgotten(_)) => {
-            Decoded::DeadLetter(DeadLetterReason::new(
-                "unknown_event",
-                "sealed events are not read by this projector yet",
-            ))
         }
-        Err(error @ (DecodeError::Unknown { .. } | DecodeError::NotEnabled { .. })) => {
-            Decoded::DeadLetter(DeadLetterReason::new("unknown_event", error.to_string()))
-        }
-        Err(error) => Decoded::DeadLetter(DeadLetterReason::new("undecodable", error.to_string())),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pepper() -> score_shared::Pepper {
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+            .parse()
+            .unwrap()
+    }
+
+    fn test_decoder() -> Decoder {
+        Decoder::new(Keys::new(pepper()))
+    }
+
+    fn payload_record(payload: Vec<u8>) -> LogRecord {
+        LogRecord {
+            partition: 0,
+            offset: 0,
+            key: None,
+            payload: Some(payload),
+        }
+    }
+
+    fn submitted(acc_nbr: &str) -> ScoreSubmitted {
+        let raw = score_shared::RawSubmission {
+            acc_nbr: Some(serde_json::json!(acc_nbr)),
+            grades: [Some(5.into()), Some(4.into()), Some(3.into())],
+            texts: [Some(serde_json::json!("很好")), None, None],
+            scene: None,
+        };
+        let submission =
+            score_shared::Submission::parse(&raw, &ValidationRules::default()).unwrap();
+        ScoreSubmitted::new(
+            event::new_event_id(),
+            score_shared::Channel::ApiV1,
+            &submission,
+        )
+    }
+
+    #[test]
+    fn a_sealed_event_opens_with_its_key_and_names_its_account() {
+        let decoder = test_decoder();
+        let original = submitted("13800138000");
+        let key = score_shared::DataKey::generate(AccountRef::of(&pepper(), "13800138000"));
+        decoder.keys.insert(key.clone());
+        let Decoded::Row(rating) = decoder.decode(&payload_record(original.seal(&key).encode()))
+        else {
+            panic!("a sealed event with its key opens")
+        };
+        assert_eq!(rating.event, original);
+        assert_eq!(rating.account_ref, key.account_ref);
+        assert!(!rating.forgotten);
+    }
+
+    #[test]
+    fn a_sealed_event_whose_key_is_gone_is_a_forgotten_rating() {
+        let decoder = test_decoder();
+        let original = submitted("13800138000");
+        let key = score_shared::DataKey::generate(AccountRef::of(&pepper(), "13800138000"));
+        let Decoded::Row(rating) = decoder.decode(&payload_record(original.seal(&key).encode()))
+        else {
+            panic!("a sealed event without its key is still a rating")
+        };
+        assert!(rating.forgotten);
+        assert_eq!(rating.event.acc_nbr, key.account_ref.placeholder());
+        assert_eq!(rating.event.grade1, 5);
+        assert!(rating.event.txt1.is_empty());
+    }
+
+    #[test]
+    fn a_sealed_event_under_another_pepper_is_a_dead_letter_that_says_so() {
+        let decoder = test_decoder();
+        let other: score_shared::Pepper = "EBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBA="
+            .parse()
+            .unwrap();
+        let key = score_shared::DataKey::generate(AccountRef::of(&other, "13800138000"));
+        decoder.keys.insert(key.clone());
+        let sealed = submitted("13800138000").seal(&key).encode();
+        let Decoded::DeadLetter(reason) = decoder.decode(&payload_record(sealed)) else {
+            panic!("a sealed account that is not its reference must not be projected")
+        };
+        assert_eq!(reason.kind, "account_ref_mismatch");
+        assert!(reason.detail.contains("SCORES_ACCOUNT_PEPPER"));
+    }
+
+    #[test]
+    fn a_plain_event_gets_its_accounts_reference_and_an_erasure_is_a_forget() {
+        let decoder = test_decoder();
+        let Decoded::Row(rating) =
+            decoder.decode(&payload_record(submitted("13800138000").encode()))
+        else {
+            panic!("a plain event decodes")
+        };
+        assert_eq!(rating.account_ref, AccountRef::of(&pepper(), "13800138000"));
+        let erasure = score_shared::AccountForgotten::new(rating.account_ref, "ticket 1");
+        let Decoded::Forget(read) = decoder.decode(&payload_record(erasure.encode())) else {
+            panic!("an erasure decodes")
+        };
+        assert_eq!(read, erasure);
+    }
 
     fn record(partition: i32, offset: i64) -> LogRecord {
         LogRecord {
@@ -487,7 +637,7 @@ mod tests {
 
     #[test]
     fn a_record_without_payload_becomes_a_dead_letter() {
-        let decoded = Decoder::default().decode(&record(0, 0));
+        let decoded = test_decoder().decode(&record(0, 0));
         assert!(matches!(decoded, Decoded::DeadLetter(reason) if reason.kind == "no_payload"));
     }
 
@@ -496,7 +646,7 @@ mod tests {
         let mut bad = record(0, 0);
         bad.payload = Some(b"{\"hello\":1}".to_vec());
         assert!(matches!(
-            Decoder::default().decode(&bad),
+            test_decoder().decode(&bad),
             Decoded::DeadLetter(reason) if reason.kind == "undecodable"
         ));
     }
@@ -505,7 +655,7 @@ mod tests {
     fn an_event_of_an_unknown_version_becomes_a_dead_letter_saying_so() {
         let mut bad = record(0, 0);
         bad.payload = Some(br#"{"type":"ScoreSubmitted","version":7}"#.to_vec());
-        let Decoded::DeadLetter(reason) = Decoder::default().decode(&bad) else {
+        let Decoded::DeadLetter(reason) = test_decoder().decode(&bad) else {
             panic!("an unknown version must not decode");
         };
         assert_eq!(reason.kind, "unknown_event");
@@ -523,12 +673,12 @@ mod tests {
         );
         let held_back = Decoder {
             accepted_versions: vec![1],
-            ..Decoder::default()
+            ..test_decoder()
         };
         let Decoded::DeadLetter(reason) = held_back.decode(&v2) else {
             panic!("a version not accepted must not decode");
         };
         assert_eq!(reason.kind, "unknown_event");
-        assert!(matches!(Decoder::default().decode(&v2), Decoded::Row(_)));
+        assert!(matches!(test_decoder().decode(&v2), Decoded::Row(_)));
     }
 }

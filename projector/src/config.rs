@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use score_shared::config::{KafkaArgs, LogArgs, ValidationArgs};
+use score_shared::personal::PersonalDataArgs;
 
 /// Materializes MySQL tables from the score event log, exactly once.
 #[derive(clap::Parser, Debug)]
@@ -38,7 +39,8 @@ pub enum Command {
     ImportLegacy(ImportLegacyArgs),
 }
 
-/// How events are read: the validation rules and the accepted versions.
+/// How events are read: the validation rules, the accepted versions, and
+/// the pepper and key topic sealed events need.
 #[derive(clap::Args, Clone, Debug)]
 pub struct DecoderArgs {
     #[command(flatten)]
@@ -51,9 +53,12 @@ pub struct DecoderArgs {
         long,
         env = "SCORES_EVENT_VERSIONS",
         value_delimiter = ',',
-        default_value = "1,2"
+        default_value = "1,2,3"
     )]
     pub event_versions: Vec<u32>,
+
+    #[command(flatten)]
+    pub personal: PersonalDataArgs,
 }
 
 impl Default for DecoderArgs {
@@ -61,17 +66,31 @@ impl Default for DecoderArgs {
         Self {
             validation: ValidationArgs::default(),
             event_versions: score_shared::event::SCORE_SUBMITTED_VERSIONS.to_vec(),
+            personal: PersonalDataArgs::default(),
         }
     }
 }
 
 impl DecoderArgs {
-    /// The decoder these settings describe.
+    /// The key ring for the key topic next to `kafka`'s event topic.
+    ///
+    /// # Errors
+    ///
+    /// No pepper configured.
+    pub fn key_ring(&self, kafka: &KafkaArgs) -> anyhow::Result<crate::keys::KeyRing> {
+        crate::keys::KeyRing::new(kafka, &self.personal)
+    }
+
+    /// The decoder these settings describe, opening sealed events with
+    /// `keys`.
     ///
     /// # Errors
     ///
     /// Invalid validation settings.
-    pub fn decoder(&self) -> anyhow::Result<crate::batch::Decoder> {
+    pub fn decoder(
+        &self,
+        keys: std::sync::Arc<crate::keys::Keys>,
+    ) -> anyhow::Result<crate::batch::Decoder> {
         use anyhow::Context;
         Ok(crate::batch::Decoder {
             rules: self
@@ -79,6 +98,7 @@ impl DecoderArgs {
                 .rules()
                 .context("invalid validation settings")?,
             accepted_versions: self.event_versions.clone(),
+            keys,
         })
     }
 }
@@ -201,6 +221,8 @@ pub struct StatusArgs {
 
 /// `projector dead-letters …`.
 #[derive(clap::Subcommand, Debug)]
+// Parsed once at start; the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum DeadLettersCommand {
     /// List dead letters (unresolved ones unless --all).
     List(DeadLettersListArgs),
@@ -249,6 +271,11 @@ pub struct DeadLettersRetryArgs {
 
     #[command(flatten)]
     pub database: DatabaseArgs,
+
+    /// Where the log and its key topic are (sealed events are opened with
+    /// their keys).
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 
     #[command(flatten)]
     pub decoder: DecoderArgs,

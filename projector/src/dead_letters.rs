@@ -7,6 +7,7 @@ use sqlx::{Connection, MySql, MySqlPool, QueryBuilder};
 use crate::apply::{self, LOCK_WAIT, NamedLock};
 use crate::batch::{DeadLetterReason, Decoded, Decoder, LogRecord};
 use crate::projection::{self, Projected, Projection, TableSet};
+use crate::store;
 
 /// One dead letter, as listed.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
@@ -154,9 +155,17 @@ async fn retry_locked(
     };
     let (partition, offset) = (record.partition, record.offset);
     let result = match decoder.decode(&record) {
-        Decoded::Row(event) => {
+        Decoded::Forget(erasure) => {
+            projection.forget(&mut tx, tables, &erasure).await?;
+            store::scrub_dead_letters(&mut tx, &tables.dead_letter, &erasure.account_ref).await?;
+            resolve(&mut tx, tables, id).await?;
+            RetryResult::Applied
+        }
+        Decoded::Row(rating) => {
             let events = [Projected {
-                event: &event,
+                event: &rating.event,
+                account_ref: &rating.account_ref,
+                forgotten: rating.forgotten,
                 partition,
                 offset,
             }];
@@ -173,11 +182,7 @@ async fn retry_locked(
             };
             match applied.conflicts.into_iter().next() {
                 None => {
-                    let mut resolve = QueryBuilder::<MySql>::new("UPDATE ");
-                    resolve.push(&tables.dead_letter);
-                    resolve.push(" SET resolved_at = UTC_TIMESTAMP(6), resolution = 'retried', attempts = attempts + 1");
-                    resolve.push(" WHERE id = ").push_bind(id);
-                    resolve.build().execute(&mut *tx).await?;
+                    resolve(&mut tx, tables, id).await?;
                     RetryResult::Applied
                 }
                 // Its id was applied with other content meanwhile: first
@@ -189,6 +194,22 @@ async fn retry_locked(
     };
     tx.commit().await?;
     Ok(result)
+}
+
+/// Marks dead letter `id` resolved by a retry.
+async fn resolve(
+    connection: &mut sqlx::MySqlConnection,
+    tables: &TableSet,
+    id: u64,
+) -> sqlx::Result<()> {
+    let mut resolve = QueryBuilder::<MySql>::new("UPDATE ");
+    resolve.push(&tables.dead_letter);
+    resolve.push(
+        " SET resolved_at = UTC_TIMESTAMP(6), resolution = 'retried', attempts = attempts + 1",
+    );
+    resolve.push(" WHERE id = ").push_bind(id);
+    resolve.build().execute(&mut *connection).await?;
+    Ok(())
 }
 
 /// Notes another failed attempt of dead letter `id`, and why.

@@ -36,6 +36,7 @@ pub mod dead_letters;
 pub mod gaps;
 pub mod identity;
 pub mod import;
+pub mod keys;
 pub mod log_reader;
 pub mod observe;
 pub mod projection;

@@ -64,7 +64,9 @@ async fn main() -> anyhow::Result<()> {
             score_shared::telemetry::init(args.log.log_format);
             let pool = db::pool(&args.database)?;
             let ids = (!args.all).then_some(args.id.as_slice());
-            let decoder = args.decoder.decoder()?;
+            let keys = args.decoder.key_ring(&args.kafka)?;
+            keys.catch_up().await?;
+            let decoder = args.decoder.decoder(keys.keys())?;
             let outcomes = dead_letters::retry(&pool, &args.projection, ids, &decoder).await?;
             let mut still_failing = 0;
             for outcome in &outcomes {

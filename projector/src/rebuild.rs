@@ -36,6 +36,7 @@ use crate::config::RebuildArgs;
 use crate::db;
 use crate::gaps::GapTracker;
 use crate::identity::{self, LogMismatch, Predecessors};
+use crate::keys::KeyRing;
 use crate::log_reader::{LogReader, Start};
 use crate::projection::{self, Projection, TableSet};
 use crate::store;
@@ -115,7 +116,8 @@ pub async fn rebuild(
     stop: &CancellationToken,
 ) -> anyhow::Result<RebuildSummary> {
     let projection = projection::lookup(&args.projection)?;
-    let decoder = args.decoder.decoder()?;
+    let keys = args.decoder.key_ring(&args.kafka)?;
+    let decoder = args.decoder.decoder(keys.keys())?;
     let pool = db::pool(&args.database)?;
     db::migrate(&args.database, &pool).await?;
     let started = Instant::now();
@@ -147,7 +149,8 @@ pub async fn rebuild(
     }
     create_shadow(&pool, &live, &shadow).await?;
 
-    let mut rebuild = Rebuild::start(args, projection, &pool, &decoder, &shadow).await?;
+    keys.catch_up().await?;
+    let mut rebuild = Rebuild::start(args, projection, &pool, &decoder, &keys, &shadow).await?;
     tracing::info!(
         projection = projection.name(),
         "building shadow tables from the start of the log"
@@ -282,6 +285,7 @@ struct Rebuild<'a> {
     projection: &'static dyn Projection,
     pool: &'a MySqlPool,
     decoder: &'a Decoder,
+    keys: &'a KeyRing,
     shadow: &'a TableSet,
     reader: LogReader,
     progress: ProgressBar,
@@ -302,6 +306,7 @@ impl<'a> Rebuild<'a> {
         projection: &'static dyn Projection,
         pool: &'a MySqlPool,
         decoder: &'a Decoder,
+        keys: &'a KeyRing,
         shadow: &'a TableSet,
     ) -> anyhow::Result<Self> {
         // Partitions are assigned directly: a rebuild is no member of the
@@ -327,6 +332,7 @@ impl<'a> Rebuild<'a> {
             projection,
             pool,
             decoder,
+            keys,
             shadow,
             reader,
             progress,
@@ -379,6 +385,7 @@ impl<'a> Rebuild<'a> {
             if records.is_empty() {
                 continue;
             }
+            self.keys.ready_for(&records).await?;
             let accepted = self.gaps.accepted(self.projection.name());
             let job = BatchJob {
                 projection: self.projection,

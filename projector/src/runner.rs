@@ -34,6 +34,7 @@ use crate::batch::{Decoder, LogRecord};
 use crate::config::RunArgs;
 use crate::gaps::GapTracker;
 use crate::identity::{self, LogMismatch, Predecessors, StoredPosition};
+use crate::keys::KeyRing;
 use crate::projection::{self, Projection, TableSet};
 use crate::readiness::{Readiness, Stage};
 use crate::status;
@@ -60,6 +61,8 @@ pub struct Projector {
     pool: MySqlPool,
     consumer: StreamConsumer<ProjectorContext>,
     decoder: Decoder,
+    /// The data keys sealed events are opened with.
+    keys: KeyRing,
     projections: Vec<(&'static dyn Projection, TableSet)>,
     /// Kept for the periodic looks at the log's end.
     metadata: Arc<LogMetadata>,
@@ -77,7 +80,8 @@ impl Projector {
     ///
     /// Invalid settings (an unknown projection among them).
     pub fn build(args: RunArgs) -> anyhow::Result<Self> {
-        let decoder = args.decoder.decoder()?;
+        let keys = args.decoder.key_ring(&args.kafka)?;
+        let decoder = args.decoder.decoder(keys.keys())?;
         let projections = args
             .projections
             .iter()
@@ -102,6 +106,7 @@ impl Projector {
             pool,
             consumer,
             decoder,
+            keys,
             projections,
             metadata,
             metrics_listener,
@@ -299,6 +304,9 @@ impl Projector {
         stop: &CancellationToken,
     ) -> Result<bool, LogMismatch> {
         observe::batch_read(records.len());
+        if !self.keys_ready_for(records, stop).await {
+            return Ok(false);
+        }
         let mut seek_to: HashMap<i32, i64> = HashMap::new();
         let mut slowest: HashMap<i32, i64> = HashMap::new();
         for (projection, tables) in &self.projections {
@@ -327,6 +335,25 @@ impl Projector {
         }
         self.commit_advisory(&slowest);
         Ok(true)
+    }
+
+    /// Makes the key ring ready to decode `records`, retrying while the key
+    /// topic cannot be read. False when stopped first.
+    async fn keys_ready_for(&self, records: &[LogRecord], stop: &CancellationToken) -> bool {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.keys.ready_for(records).await {
+                Ok(()) => return true,
+                Err(error) => {
+                    let wait = backoff.next();
+                    tracing::warn!(error = format!("{error:#}"), retry_in = ?wait, "the key topic could not be read; the batch waits");
+                    tokio::select! {
+                        () = stop.cancelled() => return false,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
     }
 
     /// Applies one batch to one projection, waiting out MySQL outages, and
@@ -729,7 +756,14 @@ mod tests {
     /// `projector run` settings with `options` passed through to librdkafka
     /// and a free metrics port; nothing connects.
     fn run_args(options: &[&str]) -> RunArgs {
-        let mut command = vec!["projector", "run", "--metrics-addr", "127.0.0.1:0"];
+        let mut command = vec![
+            "projector",
+            "run",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--account-pepper",
+            "EBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBA=",
+        ];
         for option in options {
             command.extend(["--kafka-option", option]);
         }

@@ -179,3 +179,24 @@ pub async fn insert_dead_letters(
     }
     Ok(())
 }
+
+/// Empties the payload and the detail of the dead letters keyed by
+/// `account_ref` (sealed events of a forgotten account): only the kind of
+/// failure stays, and the dead letter is marked resolved as forgotten.
+pub async fn scrub_dead_letters(
+    connection: &mut MySqlConnection,
+    table: &str,
+    account_ref: &score_shared::AccountRef,
+) -> sqlx::Result<()> {
+    let mut update = QueryBuilder::<MySql>::new("UPDATE ");
+    update
+        .push(table)
+        .push(
+            " SET payload = NULL, error = CONCAT(SUBSTRING_INDEX(error, ':', 1), ': (account forgotten)'), \
+             resolved_at = IFNULL(resolved_at, CURRENT_TIMESTAMP(6)), \
+             resolution = IFNULL(resolution, 'account forgotten') WHERE message_key = ",
+        )
+        .push_bind(account_ref.to_string().into_bytes());
+    update.build().execute(&mut *connection).await?;
+    Ok(())
+}

@@ -57,6 +57,30 @@ pub fn keys_topic_of(topic: &str) -> String {
     format!("{topic}-keys")
 }
 
+/// How a test's projector reads events: every version, the default rules,
+/// [`TEST_ACCOUNT_PEPPER`] and the key topic of `kafka`'s event topic.
+pub fn test_decoder_args(kafka: &KafkaArgs) -> DecoderArgs {
+    DecoderArgs {
+        personal: test_personal_data(&keys_topic_of(&kafka.topic)),
+        ..DecoderArgs::default()
+    }
+}
+
+/// A decoder as a test's projector has it, with every data key of
+/// `kafka`'s key topic read (for tests that decode outside a running
+/// projector, such as a dead-letter retry).
+///
+/// # Panics
+///
+/// When the key topic cannot be read.
+pub async fn test_decoder(kafka: &KafkaArgs) -> projector::batch::Decoder {
+    let args = test_decoder_args(kafka);
+    let ring = args.key_ring(kafka).expect("a key ring");
+    ring.catch_up().await.expect("the key topic is read");
+    args.decoder(ring.keys())
+        .expect("the default rules are valid")
+}
+
 /// The results tokens of [`TEST_RESULTS_TOKEN_KEYS`].
 pub fn test_results_tokens() -> ingest_api::read_token::ResultsTokens {
     ingest_api::read_token::ResultsTokens::parse(
@@ -611,7 +635,13 @@ impl RunningProjector {
             .into_iter()
             .map(str::to_owned)
             .collect();
-        Self::start_configured(kafka, database, group, projections, DecoderArgs::default())
+        Self::start_configured(
+            kafka,
+            database,
+            group,
+            projections,
+            test_decoder_args(kafka),
+        )
     }
 
     /// Starts a projector maintaining only `projections`, reading events
@@ -718,7 +748,7 @@ pub fn rebuild_args(
         batch_size: 200,
         database: database.args(),
         kafka: kafka.clone(),
-        decoder: DecoderArgs::default(),
+        decoder: test_decoder_args(kafka),
         log: LogArgs {
             log_format: LogFormat::Text,
         },

@@ -3,10 +3,10 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::NaiveDateTime;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use score_shared::SubmissionDigest;
+use score_shared::{AccountForgotten, SubmissionDigest};
 use sqlx::{MySql, MySqlConnection, QueryBuilder};
 
-use super::{Applied, Projected, Projection, TableSet, first_write_wins};
+use super::{Applied, Projected, Projection, TableSet, first_write_wins, record_erasure};
 
 /// `account_summary`: one row per account with its number of submissions,
 /// the sums behind its average grades, and its first and last submission
@@ -21,6 +21,7 @@ const IDS_PER_STATEMENT: usize = 1000;
 /// One account's share of a batch.
 #[derive(Default)]
 struct Totals {
+    account_ref: String,
     submissions: i64,
     sums: [i64; 3],
     first: Option<NaiveDateTime>,
@@ -33,7 +34,11 @@ impl Projection for AccountSummary {
     }
 
     fn data_tables(&self) -> &'static [&'static str] {
-        &["account_summary", "account_summary_event"]
+        &[
+            "account_summary",
+            "account_summary_event",
+            "account_summary_erasure",
+        ]
     }
 
     fn apply<'a>(
@@ -74,10 +79,17 @@ impl Projection for AccountSummary {
             let mut new_ids = Vec::new();
             for index in to_count {
                 let projected = &events[index];
-                new_ids.push((ids[index].as_str(), projected.event.submission_digest().to_string()));
+                let account_ref = projected.account_ref.to_string();
+                new_ids.push((ids[index].as_str(), projected.stored_digest(), account_ref.clone()));
+                if projected.forgotten {
+                    // Counted as seen, never summed: a forgotten account
+                    // has no summary.
+                    continue;
+                }
                 let event = projected.event;
                 let at = event.occurred_at.naive_utc();
                 let entry = totals.entry(event.acc_nbr.as_str()).or_default();
+                entry.account_ref = account_ref;
                 entry.submissions += 1;
                 for (sum, grade) in entry.sums.iter_mut().zip([event.grade1, event.grade2, event.grade3]) {
                     *sum += i64::from(grade);
@@ -91,9 +103,12 @@ impl Projection for AccountSummary {
 
             for chunk in new_ids.chunks(IDS_PER_STATEMENT) {
                 let mut insert = QueryBuilder::<MySql>::new("INSERT INTO ");
-                insert.push(seen_table).push(" (event_id, submission_digest) ");
-                insert.push_values(chunk, |mut values, (id, digest)| {
-                    values.push_bind(*id).push_bind(digest.as_str());
+                insert.push(seen_table).push(" (event_id, submission_digest, account_ref) ");
+                insert.push_values(chunk, |mut values, (id, digest, account_ref)| {
+                    values
+                        .push_bind(*id)
+                        .push_bind(digest.as_deref())
+                        .push_bind(account_ref.as_str());
                 });
                 insert.build().execute(&mut *connection).await?;
             }
@@ -103,7 +118,7 @@ impl Projection for AccountSummary {
                 let mut upsert = QueryBuilder::<MySql>::new("INSERT INTO ");
                 upsert.push(summary_table).push(
                     " (acc_nbr, submissions, grade1_sum, grade2_sum, grade3_sum, \
-                     first_submission_at, last_submission_at) ",
+                     first_submission_at, last_submission_at, account_ref) ",
                 );
                 upsert.push_values(chunk, |mut values, (account, totals)| {
                     values
@@ -113,7 +128,8 @@ impl Projection for AccountSummary {
                         .push_bind(totals.sums[1])
                         .push_bind(totals.sums[2])
                         .push_bind(totals.first)
-                        .push_bind(totals.last);
+                        .push_bind(totals.last)
+                        .push_bind(totals.account_ref.as_str());
                 });
                 upsert.push(
                     " ON DUPLICATE KEY UPDATE \
@@ -122,11 +138,45 @@ impl Projection for AccountSummary {
                      grade2_sum = grade2_sum + VALUES(grade2_sum), \
                      grade3_sum = grade3_sum + VALUES(grade3_sum), \
                      first_submission_at = LEAST(first_submission_at, VALUES(first_submission_at)), \
-                     last_submission_at = GREATEST(last_submission_at, VALUES(last_submission_at))",
+                     last_submission_at = GREATEST(last_submission_at, VALUES(last_submission_at)), \
+                     account_ref = VALUES(account_ref)",
                 );
                 upsert.build().execute(&mut *connection).await?;
             }
             Ok(outcome)
+        }
+        .boxed()
+    }
+
+    /// The account's summary row goes; the events it counted stay counted
+    /// (so a redelivery is still a duplicate), without their digests.
+    fn forget<'a>(
+        &'a self,
+        connection: &'a mut MySqlConnection,
+        tables: &'a TableSet,
+        erasure: &'a AccountForgotten,
+    ) -> BoxFuture<'a, sqlx::Result<()>> {
+        async move {
+            let account_ref = erasure.account_ref.to_string();
+            let mut delete = QueryBuilder::<MySql>::new("DELETE FROM ");
+            delete
+                .push(&tables.data[0])
+                .push(" WHERE account_ref = ")
+                .push_bind(account_ref.as_str());
+            let deleted = delete.build().execute(&mut *connection).await?;
+            let mut update = QueryBuilder::<MySql>::new("UPDATE ");
+            update
+                .push(&tables.data[1])
+                .push(" SET submission_digest = NULL WHERE account_ref = ")
+                .push_bind(account_ref.as_str());
+            update.build().execute(&mut *connection).await?;
+            record_erasure(
+                connection,
+                &tables.data[2],
+                erasure,
+                deleted.rows_affected(),
+            )
+            .await
         }
         .boxed()
     }

@@ -2,15 +2,19 @@ use std::collections::HashMap;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use score_shared::{SubmissionContent, SubmissionDigest};
+use score_shared::{AccountForgotten, SubmissionContent, SubmissionDigest};
 use sqlx::{MySql, MySqlConnection, QueryBuilder};
 
-use super::{Applied, Projected, Projection, TableSet, first_write_wins};
+use super::{Applied, Projected, Projection, TableSet, first_write_wins, record_erasure};
 
 /// The `grade` table: one row per event, the original service's columns
 /// first. An event id already present is left as it is; a later event with
 /// that id and other content is an idempotency conflict.
 pub struct Grade;
+
+/// How a forgotten account's placeholder begins
+/// ([`score_shared::AccountRef::placeholder`]).
+const FORGOTTEN_PREFIX: &str = "forgotten-";
 
 /// Rows per multi-row INSERT: far below MySQL's 65,535 placeholders, and
 /// statements of a few hundred KiB at most.
@@ -37,7 +41,7 @@ impl Projection for Grade {
     }
 
     fn data_tables(&self) -> &'static [&'static str] {
-        &["grade"]
+        &["grade", "grade_erasure"]
     }
 
     fn apply<'a>(
@@ -55,7 +59,8 @@ impl Projection for Grade {
                 let mut insert = QueryBuilder::<MySql>::new("INSERT INTO ");
                 insert.push(table).push(
                     " (acc_nbr, grade1, grade2, grade3, txt1, txt2, txt3, insert_time, \
-                     event_id, channel, scene, kafka_partition, kafka_offset, submission_digest) ",
+                     event_id, channel, scene, kafka_partition, kafka_offset, submission_digest, \
+                     account_ref) ",
                 );
                 insert.push_values(chunk, |mut values, projected| {
                     let event = projected.event;
@@ -73,7 +78,8 @@ impl Projection for Grade {
                         .push_bind(event.scene.as_deref())
                         .push_bind(projected.partition)
                         .push_bind(projected.offset)
-                        .push_bind(event.submission_digest().to_string());
+                        .push_bind(projected.stored_digest())
+                        .push_bind(projected.account_ref.to_string());
                 });
                 // Every id here was looked up under lock and found absent;
                 // the clause only keeps a surprise from failing the batch.
@@ -81,6 +87,28 @@ impl Projection for Grade {
                 insert.build().execute(&mut *connection).await?;
             }
             Ok(outcome)
+        }
+        .boxed()
+    }
+
+    /// The account's rows keep grades, times, channel and scene; the
+    /// account becomes its placeholder, the comments and the digest go.
+    fn forget<'a>(
+        &'a self,
+        connection: &'a mut MySqlConnection,
+        tables: &'a TableSet,
+        erasure: &'a AccountForgotten,
+    ) -> BoxFuture<'a, sqlx::Result<()>> {
+        async move {
+            let mut update = QueryBuilder::<MySql>::new("UPDATE ");
+            update
+                .push(&tables.data[0])
+                .push(" SET acc_nbr = ")
+                .push_bind(erasure.account_ref.placeholder())
+                .push(", txt1 = '', txt2 = '', txt3 = '', submission_digest = NULL WHERE account_ref = ")
+                .push_bind(erasure.account_ref.to_string());
+            let changed = update.build().execute(&mut *connection).await?;
+            record_erasure(connection, &tables.data[1], erasure, changed.rows_affected()).await
         }
         .boxed()
     }
@@ -108,6 +136,11 @@ async fn stored_digests(
         select.push(") FOR UPDATE");
         let rows: Vec<StoredRow> = select.build_query_as().fetch_all(&mut *connection).await?;
         for (event_id, stored, acc_nbr, grade1, grade2, grade3, txt1, txt2, txt3, scene) in rows {
+            if stored.is_none() && acc_nbr.starts_with(FORGOTTEN_PREFIX) {
+                // A forgotten row: nothing left to compare with.
+                digests.insert(event_id, None);
+                continue;
+            }
             let digest = match stored.as_deref().map(SubmissionDigest::parse) {
                 Some(Ok(digest)) => digest,
                 // No digest stored (or not one this code reads): the

@@ -12,7 +12,7 @@ mod grade;
 use std::collections::HashMap;
 
 use futures::future::BoxFuture;
-use score_shared::{ScoreSubmitted, SubmissionDigest};
+use score_shared::{AccountForgotten, AccountRef, ScoreSubmitted, SubmissionDigest};
 use sqlx::MySqlConnection;
 
 use crate::batch::DeadLetterReason;
@@ -24,8 +24,22 @@ pub use grade::Grade;
 #[derive(Clone, Copy, Debug)]
 pub struct Projected<'a> {
     pub event: &'a ScoreSubmitted,
+    /// The account's reference, stored beside the rows so that an erasure
+    /// finds them.
+    pub account_ref: &'a AccountRef,
+    /// The event's key was forgotten: `event` holds the account's
+    /// placeholder and no comments, and it has no digest.
+    pub forgotten: bool,
     pub partition: i32,
     pub offset: i64,
+}
+
+impl Projected<'_> {
+    /// The digest to store: none for a forgotten event (the digest of a
+    /// person's content is theirs too).
+    pub fn stored_digest(&self) -> Option<String> {
+        (!self.forgotten).then(|| self.event.submission_digest().to_string())
+    }
 }
 
 /// A projection of the log into MySQL tables.
@@ -51,6 +65,45 @@ pub trait Projection: Send + Sync {
         tables: &'a TableSet,
         events: &'a [Projected<'a>],
     ) -> BoxFuture<'a, sqlx::Result<Applied>>;
+
+    /// Removes the account `erasure` names from the data tables, inside the
+    /// caller's transaction, and records the erasure in the projection's
+    /// erasure table (the last of [`Projection::data_tables`]): rows keep
+    /// what is not personal under the account's placeholder, and nothing
+    /// keyed by the account alone remains. Idempotent per erasure event.
+    fn forget<'a>(
+        &'a self,
+        connection: &'a mut MySqlConnection,
+        tables: &'a TableSet,
+        erasure: &'a AccountForgotten,
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
+}
+
+/// Records `erasure` in `table` (a projection's `<name>_erasure`) with the
+/// number of rows it changed; a second record of the same event changes
+/// nothing.
+async fn record_erasure(
+    connection: &mut MySqlConnection,
+    table: &str,
+    erasure: &AccountForgotten,
+    rows: u64,
+) -> sqlx::Result<()> {
+    let mut insert = sqlx::QueryBuilder::<sqlx::MySql>::new("INSERT INTO ");
+    insert
+        .push(table)
+        .push(" (event_id, account_ref, reason, requested_at, rows_changed) VALUES (")
+        .push_bind(erasure.event_id.hyphenated().to_string())
+        .push(", ")
+        .push_bind(erasure.account_ref.to_string())
+        .push(", ")
+        .push_bind(erasure.reason.as_str())
+        .push(", ")
+        .push_bind(erasure.occurred_at.naive_utc())
+        .push(", ")
+        .push_bind(rows)
+        .push(") ON DUPLICATE KEY UPDATE event_id = event_id");
+    insert.build().execute(&mut *connection).await?;
+    Ok(())
 }
 
 /// What a projection's apply found besides the rows it wrote.
@@ -217,12 +270,18 @@ mod tests {
         let grade = by_name("grade").unwrap();
         assert_eq!(
             TableSet::live(grade).all(),
-            ["grade", "grade_position", "grade_dead_letter"]
+            [
+                "grade",
+                "grade_erasure",
+                "grade_position",
+                "grade_dead_letter"
+            ]
         );
         assert_eq!(
             TableSet::shadow(grade).all(),
             [
                 "grade__shadow",
+                "grade_erasure__shadow",
                 "grade_position__shadow",
                 "grade_dead_letter__shadow"
             ]
@@ -246,12 +305,21 @@ mod tests {
         )
     }
 
+    static ACCOUNT: std::sync::LazyLock<AccountRef> = std::sync::LazyLock::new(|| {
+        let pepper = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+            .parse()
+            .unwrap();
+        AccountRef::of(&pepper, "13800138000")
+    });
+
     fn projected(events: &[ScoreSubmitted]) -> Vec<Projected<'_>> {
         events
             .iter()
             .enumerate()
             .map(|(offset, event)| Projected {
                 event,
+                account_ref: &ACCOUNT,
+                forgotten: false,
                 partition: 0,
                 offset: offset as i64,
             })

@@ -1,0 +1,306 @@
+//! The data keys the projector opens sealed events with, read from the
+//! compacted key topic (see `score_shared::personal`).
+//!
+//! A [`KeyRing`] reads the key topic from its beginning and keeps every key
+//! not tombstoned. Before a batch is decoded, [`KeyRing::ready_for`] makes
+//! sure the ring has read the key topic to the end it has *now* whenever
+//! the batch holds a sealed event whose key it does not have: the ingest
+//! API writes a key, and waits for its acknowledgment, before any event
+//! sealed under it, so a key missing after that read was forgotten (its
+//! tombstone was read, or compaction has removed both). The decoder then
+//! projects the event as forgotten.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use score_shared::config::KafkaArgs;
+use score_shared::event::SEALED_SCORE_VERSION;
+use score_shared::personal::{KeyRecord, PersonalDataArgs};
+use score_shared::{DataKey, Pepper};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::batch::LogRecord;
+use crate::log_reader::{LogReader, Start};
+
+/// Records taken at a time while reading the key topic.
+const READ_BATCH: usize = 5000;
+/// How long a read of the key topic waits for records it knows are there.
+const READ_WAIT: Duration = Duration::from_secs(1);
+/// How long reading the key topic to its end may take before the batch is
+/// held back and the read tried again.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the decoder needs to read sealed events: the pepper, and the keys
+/// read so far. Shared between the [`KeyRing`] that fills it and every
+/// decoder.
+#[derive(Debug)]
+pub struct Keys {
+    pepper: Pepper,
+    known: RwLock<HashMap<Uuid, DataKey>>,
+}
+
+impl Keys {
+    /// No keys yet.
+    pub fn new(pepper: Pepper) -> Arc<Self> {
+        Arc::new(Self {
+            pepper,
+            known: RwLock::default(),
+        })
+    }
+
+    /// The pepper account references are computed under.
+    pub fn pepper(&self) -> &Pepper {
+        &self.pepper
+    }
+
+    /// The key `kid`, if read and not forgotten.
+    pub fn get(&self, kid: Uuid) -> Option<DataKey> {
+        self.known
+            .read()
+            .expect("the key map is never poisoned")
+            .get(&kid)
+            .cloned()
+    }
+
+    /// Holds `key` as if read from the key topic (for benchmarks and
+    /// tests that decode without a broker).
+    pub fn insert(&self, key: DataKey) {
+        self.known
+            .write()
+            .expect("the key map is never poisoned")
+            .insert(key.kid, key);
+    }
+
+    fn knows(&self, kid: Uuid) -> bool {
+        self.known
+            .read()
+            .expect("the key map is never poisoned")
+            .contains_key(&kid)
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.known
+            .read()
+            .expect("the key map is never poisoned")
+            .len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn absorb(&self, records: &[LogRecord]) -> Absorbed {
+        let mut absorbed = Absorbed::default();
+        let mut known = self.known.write().expect("the key map is never poisoned");
+        for record in records {
+            let Some(key) = record.key.as_deref() else {
+                absorbed.unreadable += 1;
+                continue;
+            };
+            match KeyRecord::decode(key, record.payload.as_deref()) {
+                Ok(KeyRecord::Key(key)) => {
+                    known.insert(key.kid, key);
+                    absorbed.keys += 1;
+                }
+                Ok(KeyRecord::Forgotten { kid, .. }) => {
+                    known.remove(&kid);
+                    absorbed.forgotten.insert(kid);
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        partition = record.partition,
+                        offset = record.offset,
+                        %error,
+                        "key record skipped"
+                    );
+                    absorbed.unreadable += 1;
+                }
+            }
+        }
+        absorbed
+    }
+}
+
+#[derive(Debug, Default)]
+struct Absorbed {
+    keys: usize,
+    forgotten: HashSet<Uuid>,
+    unreadable: usize,
+}
+
+/// Reads the key topic into [`Keys`].
+pub struct KeyRing {
+    keys: Arc<Keys>,
+    kafka: KafkaArgs,
+    reader: Mutex<Option<LogReader>>,
+}
+
+impl KeyRing {
+    /// A ring for the key topic `personal` names, next to the event log
+    /// `kafka` names. Nothing is read until [`Self::catch_up`] or
+    /// [`Self::ready_for`].
+    ///
+    /// # Errors
+    ///
+    /// No pepper configured.
+    pub fn new(kafka: &KafkaArgs, personal: &PersonalDataArgs) -> anyhow::Result<Self> {
+        let pepper = personal.pepper()?;
+        let mut kafka = kafka.clone();
+        kafka.topic = personal.keys_topic.clone();
+        Ok(Self {
+            keys: Keys::new(pepper),
+            kafka,
+            reader: Mutex::new(None),
+        })
+    }
+
+    /// The keys, for decoders.
+    pub fn keys(&self) -> Arc<Keys> {
+        Arc::clone(&self.keys)
+    }
+
+    /// Reads the key topic to the end it has now (creating the topic if it
+    /// does not exist yet).
+    ///
+    /// # Errors
+    ///
+    /// When the broker does not answer, or the read takes longer than a
+    /// minute.
+    pub async fn catch_up(&self) -> anyhow::Result<()> {
+        tokio::time::timeout(CATCH_UP_TIMEOUT, self.read_to_the_end())
+            .await
+            .with_context(|| {
+                format!(
+                    "reading the key topic {} to its end took longer than {CATCH_UP_TIMEOUT:?}",
+                    self.kafka.topic
+                )
+            })?
+    }
+
+    async fn read_to_the_end(&self) -> anyhow::Result<()> {
+        let mut reader = self.reader.lock().await;
+        if reader.is_none() {
+            score_shared::kafka::ensure_keys_topic(&self.kafka, &self.kafka.topic).await?;
+            *reader = Some(LogReader::open(&self.kafka, "keys", Start::Beginning).await?);
+        }
+        let reader = reader.as_mut().expect("opened above");
+        reader.look_at_the_end(&self.kafka).await?;
+        let mut absorbed = Absorbed::default();
+        while !reader.is_done() {
+            let records = reader
+                .next_batch(READ_BATCH, READ_WAIT, Duration::from_millis(10))
+                .await
+                .context("reading the key topic")?;
+            let batch = self.keys.absorb(&records);
+            absorbed.keys += batch.keys;
+            absorbed.forgotten.extend(batch.forgotten);
+            absorbed.unreadable += batch.unreadable;
+        }
+        if absorbed.keys + absorbed.forgotten.len() + absorbed.unreadable > 0 {
+            tracing::debug!(
+                keys = absorbed.keys,
+                forgotten = absorbed.forgotten.len(),
+                unreadable = absorbed.unreadable,
+                held = self.keys.len(),
+                "read the key topic"
+            );
+        }
+        Ok(())
+    }
+
+    /// Makes the ring ready to decode `records`: when one of them is a
+    /// sealed event under a key not held, reads the key topic to its end.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::catch_up`]; the batch must not be decoded then.
+    pub async fn ready_for(&self, records: &[LogRecord]) -> anyhow::Result<()> {
+        let missing = records
+            .iter()
+            .filter_map(|record| sealed_under(record.payload.as_deref()?))
+            .any(|kid| !self.keys.knows(kid));
+        if missing {
+            self.catch_up().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The key a payload is sealed under, when it is a sealed event.
+fn sealed_under(payload: &[u8]) -> Option<Uuid> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        version: Option<u64>,
+        kid: Option<Uuid>,
+    }
+    let envelope: Envelope = serde_json::from_slice(payload).ok()?;
+    (envelope.version == Some(u64::from(SEALED_SCORE_VERSION)))
+        .then_some(envelope.kid)
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use score_shared::AccountRef;
+
+    use super::*;
+
+    fn pepper() -> Pepper {
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+            .parse()
+            .unwrap()
+    }
+
+    fn key_record(offset: i64, key: &DataKey, tombstone: bool) -> LogRecord {
+        LogRecord {
+            partition: 0,
+            offset,
+            key: Some(key.record_key().into_bytes()),
+            payload: (!tombstone).then(|| key.encode()),
+        }
+    }
+
+    #[test]
+    fn a_tombstone_removes_the_key_it_names_and_only_that_one() {
+        let keys = Keys::new(pepper());
+        let one = DataKey::generate(AccountRef::of(&pepper(), "13800138000"));
+        let two = DataKey::generate(AccountRef::of(&pepper(), "13800138001"));
+        keys.absorb(&[key_record(0, &one, false), key_record(1, &two, false)]);
+        assert_eq!(keys.get(one.kid), Some(one.clone()));
+        let absorbed = keys.absorb(&[key_record(2, &one, true)]);
+        assert!(absorbed.forgotten.contains(&one.kid));
+        assert_eq!(keys.get(one.kid), None);
+        assert_eq!(keys.get(two.kid), Some(two));
+        assert_eq!(keys.len(), 1);
+    }
+
+    #[test]
+    fn an_unreadable_key_record_is_skipped_and_counted() {
+        let keys = Keys::new(pepper());
+        let record = LogRecord {
+            partition: 0,
+            offset: 0,
+            key: Some(b"garbage".to_vec()),
+            payload: Some(b"{}".to_vec()),
+        };
+        let absorbed = keys.absorb(&[record]);
+        assert_eq!(absorbed.unreadable, 1);
+        assert!(keys.is_empty());
+    }
+
+    #[test]
+    fn only_sealed_events_name_a_key() {
+        let kid = Uuid::now_v7();
+        let sealed = format!(r#"{{"type":"ScoreSubmitted","version":3,"kid":"{kid}"}}"#);
+        assert_eq!(sealed_under(sealed.as_bytes()), Some(kid));
+        let plain = format!(r#"{{"type":"ScoreSubmitted","version":2,"kid":"{kid}"}}"#);
+        assert_eq!(sealed_under(plain.as_bytes()), None);
+        assert_eq!(sealed_under(b"not json"), None);
+    }
+}
