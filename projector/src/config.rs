@@ -37,6 +37,61 @@ pub enum Command {
     /// so a re-run appends only rows not imported before. Rows that break a
     /// rule are listed in the report file, not appended.
     ImportLegacy(ImportLegacyArgs),
+    /// Forget people: tombstone the data keys of each account number in the
+    /// key topic, append an AccountForgotten event (no number in it), and
+    /// wait until every projection has removed the number and its comments
+    /// (grades are kept under a placeholder). Safe to re-run.
+    Forget(ForgetArgs),
+}
+
+/// Settings of `projector forget`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ForgetArgs {
+    /// Account numbers (phone numbers) to forget.
+    pub accounts: Vec<String>,
+
+    /// A file of account numbers to forget, one per line (blank lines and
+    /// lines starting with `#` are skipped).
+    #[arg(long)]
+    pub from_file: Option<std::path::PathBuf>,
+
+    /// Why (a ticket number, not the person's details); kept in the log and
+    /// in each projection's erasure table.
+    #[arg(long)]
+    pub reason: String,
+
+    /// Projections to wait for.
+    #[arg(
+        long,
+        env = "SCORES_PROJECTIONS",
+        value_delimiter = ',',
+        default_value = "grade,account_summary"
+    )]
+    pub projections: Vec<String>,
+
+    /// Return once the log has forgotten, without waiting for the tables.
+    #[arg(long)]
+    pub no_wait: bool,
+
+    /// Longest wait, in seconds, for each projection to apply an erasure.
+    #[arg(long, default_value_t = 300)]
+    pub wait_seconds: u64,
+
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub personal: PersonalDataArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// How events are read: the validation rules, the accepted versions, and

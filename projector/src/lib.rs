@@ -33,6 +33,7 @@ pub mod batch;
 pub mod config;
 pub mod db;
 pub mod dead_letters;
+pub mod forget;
 pub mod gaps;
 pub mod identity;
 pub mod import;

@@ -3,7 +3,7 @@ use clap::Parser;
 use projector::config::DeadLettersCommand;
 use projector::dead_letters::RetryResult;
 use projector::identity::LogMismatch;
-use projector::{Cli, Command, Projector, db, dead_letters, import, rebuild, status};
+use projector::{Cli, Command, Projector, db, dead_letters, forget, import, rebuild, status};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -36,6 +36,17 @@ async fn main() -> anyhow::Result<()> {
             let stop = cancelled_on_signal();
             let summary = import::import_legacy(&args, &stop).await?;
             println!("{summary}");
+        }
+        Command::Forget(args) => {
+            score_shared::telemetry::init(args.log.log_format);
+            let json = args.json;
+            let done = forget::forget(&args, |forgotten| {
+                println!("{}", forget::render(forgotten, json));
+            })
+            .await?;
+            if !json {
+                println!("{} accounts forgotten", done.len());
+            }
         }
         Command::Status(args) => {
             score_shared::telemetry::init(args.log.log_format);
