@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use pipeline_tests::processes::Service;
-use pipeline_tests::{RunningProjector, TestDatabase, TestTopic, unique_group};
+use pipeline_tests::{
+    RunningProjector, TEST_ACCOUNT_PEPPER, TestDatabase, TestTopic, keys_topic_of, unique_group,
+};
 use serde_json::Value;
 use sqlx::Executor;
 
@@ -111,6 +113,8 @@ fn import(topic: &TestTopic, database: &TestDatabase, table: &str, report: &str)
     let env = [
         ("SCORES_KAFKA_BROKERS", topic.kafka.kafka_brokers.clone()),
         ("SCORES_TOPIC", topic.name().to_owned()),
+        ("SCORES_KEYS_TOPIC", keys_topic_of(topic.name())),
+        ("SCORES_ACCOUNT_PEPPER", TEST_ACCOUNT_PEPPER.to_owned()),
         ("SCORES_LEGACY_DATABASE_URL", database.admin_url()),
         ("SCORES_LOG_FORMAT", "text".to_owned()),
     ];
@@ -157,7 +161,7 @@ async fn a_legacy_table_is_imported_once_and_its_odd_rows_are_reported() {
     let summary = import(&topic, &database, "legacy_grade", report);
     assert!(
         summary.contains(&format!(
-            "{ROWS} rows read: {valid} appended, 0 already in the log, 6 rejected"
+            "{ROWS} rows read: {valid} appended, 0 already in the log, 0 of forgotten accounts skipped, 6 rejected"
         )),
         "{summary}"
     );
@@ -210,7 +214,7 @@ async fn a_legacy_table_is_imported_once_and_its_odd_rows_are_reported() {
     let again = import(&topic, &database, "legacy_grade", report);
     assert!(
         again.contains(&format!(
-            "{ROWS} rows read: 0 appended, {valid} already in the log, 6 rejected"
+            "{ROWS} rows read: 0 appended, {valid} already in the log, 0 of forgotten accounts skipped, 6 rejected"
         )),
         "{again}"
     );
@@ -219,12 +223,12 @@ async fn a_legacy_table_is_imported_once_and_its_odd_rows_are_reported() {
     // Without an id column, identical rows are still two submissions.
     let no_id = import(&topic, &database, "legacy_grade_noid", report);
     assert!(
-        no_id.contains("8 rows read: 8 appended, 0 already in the log, 0 rejected"),
+        no_id.contains("8 rows read: 8 appended, 0 already in the log, 0 of forgotten accounts skipped, 0 rejected"),
         "{no_id}"
     );
     let no_id_again = import(&topic, &database, "legacy_grade_noid", report);
     assert!(
-        no_id_again.contains("8 rows read: 0 appended, 8 already in the log, 0 rejected"),
+        no_id_again.contains("8 rows read: 0 appended, 8 already in the log, 0 of forgotten accounts skipped, 0 rejected"),
         "{no_id_again}"
     );
     database
@@ -252,6 +256,41 @@ async fn a_legacy_table_is_imported_once_and_its_odd_rows_are_reported() {
         ]
     );
 
+    // A person forgotten before their legacy rows were imported: a re-run
+    // skips the rows, counted, and appends nothing of theirs.
+    sqlx::query(
+        "INSERT INTO legacy_grade_noid VALUES (13800000009, 1, 2, 3, '忘了我', '', '', '2018-01-03 09:00:00')",
+    )
+    .execute(&database.admin_pool)
+    .await
+    .expect("a late legacy row");
+    let env = [
+        ("SCORES_KAFKA_BROKERS", topic.kafka.kafka_brokers.clone()),
+        ("SCORES_TOPIC", topic.name().to_owned()),
+        ("SCORES_KEYS_TOPIC", keys_topic_of(topic.name())),
+        ("SCORES_ACCOUNT_PEPPER", TEST_ACCOUNT_PEPPER.to_owned()),
+        ("SCORES_DATABASE_URL", database.args().database_url),
+    ];
+    let mut forget = Service::projector_command(
+        &["forget", "13800000009", "--reason", "legacy request 9"],
+        &env,
+    );
+    let forgotten = forget.wait(Duration::from_secs(120));
+    assert!(
+        forgotten.is_some_and(|status| status.success()),
+        "the forget failed\n{}",
+        forget.log_tail()
+    );
+    let records_before = topic.record_count().await;
+    let after_forget = import(&topic, &database, "legacy_grade_noid", report);
+    assert!(
+        after_forget.contains(
+            "9 rows read: 0 appended, 8 already in the log, 1 of forgotten accounts skipped, 0 rejected"
+        ),
+        "{after_forget}"
+    );
+    assert_eq!(topic.record_count().await, records_before);
+
     projector.stop().await;
     database.drop_database().await;
     let _ = std::fs::remove_dir_all(&scratch);
@@ -269,6 +308,8 @@ async fn a_table_without_the_original_columns_is_refused_naming_them() {
     let env = [
         ("SCORES_KAFKA_BROKERS", topic.kafka.kafka_brokers.clone()),
         ("SCORES_TOPIC", topic.name().to_owned()),
+        ("SCORES_KEYS_TOPIC", keys_topic_of(topic.name())),
+        ("SCORES_ACCOUNT_PEPPER", TEST_ACCOUNT_PEPPER.to_owned()),
         ("SCORES_LEGACY_DATABASE_URL", database.admin_url()),
     ];
     let mut process = Service::projector_command(&["import-legacy", "--table", "not_grade"], &env);

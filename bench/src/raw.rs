@@ -2,6 +2,7 @@
 //! the same broker and MariaDB in the same run: producing without HTTP in
 //! front, consuming without writing, and writing without Kafka.
 
+use score_shared::{AccountRef, Pepper};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -121,6 +122,8 @@ pub async fn consume(kafka: &KafkaArgs, expected: u64) -> anyhow::Result<Rate> {
 /// When MariaDB refuses a statement.
 pub async fn insert(pool: &MySqlPool, count: u64, batch: u64) -> anyhow::Result<Rate> {
     let tables = TableSet::live(&Grade);
+    // Any pepper: the figure is MariaDB's, not the reference's.
+    let pepper: Pepper = "EBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBA=".parse()?;
     let mut connection = pool.acquire().await?;
     let mut elapsed = Duration::ZERO;
     let mut next = 0;
@@ -128,11 +131,18 @@ pub async fn insert(pool: &MySqlPool, count: u64, batch: u64) -> anyhow::Result<
         let end = (next + batch).min(count);
         // Making the events is not part of the figure.
         let events: Vec<_> = (next..end).map(traffic::event).collect();
+        let refs: Vec<AccountRef> = events
+            .iter()
+            .map(|event| AccountRef::of(&pepper, &event.acc_nbr))
+            .collect();
         let projected: Vec<_> = events
             .iter()
+            .zip(&refs)
             .zip(next..)
-            .map(|(event, offset)| Projected {
+            .map(|((event, account_ref), offset)| Projected {
                 event,
+                account_ref,
+                forgotten: false,
                 partition: 0,
                 offset: i64::try_from(offset).unwrap_or(i64::MAX),
             })

@@ -233,6 +233,9 @@ pub struct ImportLegacyArgs {
     pub validation: ValidationArgs,
 
     #[command(flatten)]
+    pub personal: PersonalDataArgs,
+
+    #[command(flatten)]
     pub log: LogArgs,
 }
 

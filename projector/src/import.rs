@@ -3,13 +3,17 @@
 //!
 //! 1. Check the table has the original columns (`id` is optional).
 //! 2. Read the log once from the beginning and note the ids of the legacy
-//!    imports already in it.
+//!    imports already in it, and the accounts forgotten (`projector
+//!    forget`): their rows are skipped and counted, so a re-run never
+//!    brings a forgotten person back.
 //! 3. Read the table in a stable order; give each row a deterministic event
 //!    id (from the source name and the row's `id`, or, without one, its
 //!    content and its place among rows identical byte for byte, read in
 //!    byte order); check it with the same
-//!    rules as the ingest API; append the rows not already in the log,
-//!    keyed by account, keeping `insert_time` as the event's time.
+//!    rules as the ingest API; append the rows not already in the log as
+//!    the API does (sealed under a data key of the account, keyed by its
+//!    reference; see [`crate::append`]), keeping `insert_time` as the
+//!    event's time.
 //!
 //! A row that breaks a rule is listed in the report file and counted, never
 //! dropped silently. A re-run appends only what is missing, so an import
@@ -23,12 +27,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chrono::{NaiveDateTime, SubsecRound, TimeZone};
-use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
+use futures::stream::TryStreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
-use score_shared::event::legacy_import_event_id;
-use score_shared::{Channel, FieldError, RawSubmission, ScoreSubmitted, Submission, masked};
+use score_shared::event::{ACCOUNT_FORGOTTEN, legacy_import_event_id};
+use score_shared::{
+    AccountRef, Channel, FieldError, RawSubmission, ScoreSubmitted, Submission, masked,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::mysql::MySqlPoolOptions;
@@ -36,6 +40,7 @@ use sqlx::{AssertSqlSafe, MySqlPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::append::SealingAppender;
 use crate::config::ImportLegacyArgs;
 use crate::log_reader::{LogReader, Start};
 
@@ -68,6 +73,8 @@ pub struct ImportSummary {
     pub already_in_log: u64,
     /// Rows that break a rule, listed in the report.
     pub rejected: u64,
+    /// Rows of accounts forgotten (`projector forget`), not appended.
+    pub forgotten: u64,
     pub report: PathBuf,
 }
 
@@ -75,8 +82,8 @@ impl fmt::Display for ImportSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} rows read: {} appended, {} already in the log, {} rejected",
-            self.rows, self.appended, self.already_in_log, self.rejected
+            "{} rows read: {} appended, {} already in the log, {} of forgotten accounts skipped, {} rejected",
+            self.rows, self.appended, self.already_in_log, self.forgotten, self.rejected
         )?;
         if self.rejected > 0 {
             write!(f, " (listed in {})", self.report.display())?;
@@ -160,12 +167,9 @@ pub async fn import_legacy(
     score_shared::kafka::ensure_topic(&args.kafka)
         .await
         .context("making sure the topic exists")?;
-    let already = imported_ids(args, stop).await?;
-
-    let producer: FutureProducer =
-        score_shared::kafka::producer_config(&args.kafka, BROKER_TIMEOUT)
-            .create()
-            .context("creating the Kafka producer")?;
+    let earlier = earlier_log(args, stop).await?;
+    let mut appender =
+        SealingAppender::new(&args.kafka, &args.personal, args.max_in_flight).await?;
     let mut report = std::io::BufWriter::new(
         std::fs::File::create(&args.report)
             .with_context(|| format!("creating the report {}", args.report.display()))?,
@@ -178,7 +182,6 @@ pub async fn import_legacy(
 
     let mut rows = sqlx::query_as::<_, LegacyRow>(AssertSqlSafe(select_rows(&args.table, has_id)))
         .fetch(&pool);
-    let mut in_flight = FuturesUnordered::new();
     let mut previous_content = String::new();
     let mut occurrence = 0_u64;
     while let Some(row) = rows.try_next().await.context("reading the legacy rows")? {
@@ -221,29 +224,32 @@ pub async fn import_legacy(
                 continue;
             }
         };
-        if already.contains(&event_id) {
+        if earlier.imported.contains(&event_id) {
             summary.already_in_log += 1;
             continue;
         }
-        let payload = event.encode();
-        let producer = producer.clone();
-        let topic = args.kafka.topic.clone();
-        in_flight.push(async move {
-            let record = FutureRecord::to(&topic)
-                .key(event.acc_nbr.as_str())
-                .payload(&payload);
-            producer
-                .send(record, Timeout::After(BROKER_TIMEOUT))
-                .await
-                .map_err(|(error, _)| error)
-        });
-        if in_flight.len() >= args.max_in_flight.max(1) {
-            acknowledge(&mut in_flight, &mut summary).await?;
+        if earlier
+            .forgotten
+            .contains(&AccountRef::of(appender.pepper(), &event.acc_nbr))
+        {
+            summary.forgotten += 1;
+            continue;
         }
+        appender.rating(event).await.with_context(|| {
+            format!(
+                "the broker refused an append after {} were acknowledged; run the import again to continue",
+                appender.appended()
+            )
+        })?;
+        summary.appended = appender.appended();
     }
-    while !in_flight.is_empty() {
-        acknowledge(&mut in_flight, &mut summary).await?;
-    }
+    appender.flush().await.with_context(|| {
+        format!(
+            "the broker refused an append after {} were acknowledged; run the import again to continue",
+            appender.appended()
+        )
+    })?;
+    summary.appended = appender.appended();
     report.flush().context("writing the report")?;
     progress.finish_and_clear();
     tracing::info!(
@@ -251,30 +257,10 @@ pub async fn import_legacy(
         appended = summary.appended,
         already_in_log = summary.already_in_log,
         rejected = summary.rejected,
+        forgotten = summary.forgotten,
         "legacy import finished"
     );
     Ok(summary)
-}
-
-async fn acknowledge<F>(
-    in_flight: &mut FuturesUnordered<F>,
-    summary: &mut ImportSummary,
-) -> anyhow::Result<()>
-where
-    F: Future<
-        Output = Result<rdkafka::producer::future_producer::Delivery, rdkafka::error::KafkaError>,
-    >,
-{
-    if let Some(delivery) = in_flight.next().await {
-        delivery.with_context(|| {
-            format!(
-                "the broker refused an append after {} were acknowledged; run the import again to continue",
-                summary.appended
-            )
-        })?;
-        summary.appended += 1;
-    }
-    Ok(())
 }
 
 /// The rules the ingest API applies, on a row's text values; then the
@@ -375,21 +361,33 @@ fn select_rows(table: &str, has_id: bool) -> String {
 /// The part of an event the scan needs.
 #[derive(Deserialize)]
 struct Probe {
+    #[serde(rename = "type")]
+    event_type: Option<String>,
     event_id: Option<Uuid>,
     channel: Option<String>,
+    account_ref: Option<AccountRef>,
 }
 
-/// The ids of the legacy imports already in the log: reads every partition
-/// from its start to the end it had when the scan began.
-async fn imported_ids(
+/// What the log already holds that matters to an import.
+#[derive(Debug, Default)]
+struct EarlierLog {
+    /// The ids of the legacy imports in it.
+    imported: HashSet<Uuid>,
+    /// The accounts forgotten in it.
+    forgotten: HashSet<AccountRef>,
+}
+
+/// Reads every partition from its start to the end it had when the scan
+/// began, for earlier imports and forgotten accounts.
+async fn earlier_log(
     args: &ImportLegacyArgs,
     stop: &CancellationToken,
-) -> anyhow::Result<HashSet<Uuid>> {
+) -> anyhow::Result<EarlierLog> {
     let mut reader = LogReader::open(&args.kafka, "import", Start::Beginning).await?;
-    let mut ids = HashSet::new();
+    let mut earlier = EarlierLog::default();
     let total = reader.total();
     if reader.is_done() {
-        return Ok(ids);
+        return Ok(earlier);
     }
     let progress = progress_bar(total.max(0) as u64, "reading the log for earlier imports");
     while !reader.is_done() {
@@ -405,19 +403,25 @@ async fn imported_ids(
             );
         }
         progress.inc(records.len() as u64);
-        ids.extend(
-            records
-                .iter()
-                .filter_map(|record| {
-                    serde_json::from_slice::<Probe>(record.payload.as_deref()?).ok()
-                })
-                .filter(|probe| probe.channel.as_deref() == Some(Channel::LegacyImport.as_str()))
-                .filter_map(|probe| probe.event_id),
-        );
+        let probes = records
+            .iter()
+            .filter_map(|record| serde_json::from_slice::<Probe>(record.payload.as_deref()?).ok());
+        for probe in probes {
+            if probe.event_type.as_deref() == Some(ACCOUNT_FORGOTTEN) {
+                earlier.forgotten.extend(probe.account_ref);
+            } else if probe.channel.as_deref() == Some(Channel::LegacyImport.as_str()) {
+                earlier.imported.extend(probe.event_id);
+            }
+        }
     }
     progress.finish_and_clear();
-    tracing::info!(events = total, earlier_imports = ids.len(), "read the log");
-    Ok(ids)
+    tracing::info!(
+        events = total,
+        earlier_imports = earlier.imported.len(),
+        forgotten_accounts = earlier.forgotten.len(),
+        "read the log"
+    );
+    Ok(earlier)
 }
 
 /// A progress bar on stderr, drawn only when stderr is a terminal.

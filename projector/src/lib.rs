@@ -28,6 +28,7 @@
 //! in the same transaction as its rows, and is only trusted on the log it
 //! was taken from.**
 
+pub mod append;
 pub mod apply;
 pub mod batch;
 pub mod config;

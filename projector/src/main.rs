@@ -52,10 +52,13 @@ async fn main() -> anyhow::Result<()> {
             score_shared::telemetry::init(args.log.log_format);
             let pool = db::pool(&args.database)?;
             let rows = status::status(&pool, &args.kafka).await?;
+            let erasures = status::erasures(&pool).await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                let both = serde_json::json!({"partitions": rows, "erasures": erasures});
+                println!("{}", serde_json::to_string_pretty(&both)?);
             } else {
                 print!("{}", status::render(&rows));
+                print!("{}", status::render_erasures(&erasures));
             }
             if status::any_mismatch(&rows) {
                 std::process::exit(projector::LOG_MISMATCH_EXIT_CODE);

@@ -27,7 +27,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::apply::BatchReport;
 use crate::identity::LogMismatch;
 use crate::readiness::{Readiness, Stage};
-use crate::status::{LogStanding, PartitionStatus};
+use crate::status::{ErasureStatus, LogStanding, PartitionStatus};
 
 /// Records one batch read from the log.
 pub fn batch_read(records: usize) {
@@ -53,6 +53,16 @@ pub fn log_mismatch(mismatch: &LogMismatch) {
         "partition" => mismatch.partition.to_string()
     )
     .set(1.0);
+}
+
+/// `projector_erasures{projection, state}`: erasures done and pending.
+pub fn record_erasures(statuses: &[ErasureStatus]) {
+    for status in statuses {
+        metrics::gauge!("projector_erasures", "projection" => status.projection, "state" => "done")
+            .set(status.done as f64);
+        metrics::gauge!("projector_erasures", "projection" => status.projection, "state" => "pending")
+            .set(status.pending as f64);
+    }
 }
 
 /// Sets the gauges from one status reading: lag per partition (when the

@@ -580,6 +580,9 @@ impl Projector {
             }
         }
         observe::record_status(&rows);
+        if let Ok(erasures) = status::erasures(&self.pool).await {
+            observe::record_erasures(&erasures);
+        }
     }
 
     /// Whether every projection's stored position in `partitions` is

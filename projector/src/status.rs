@@ -244,6 +244,64 @@ pub fn render(rows: &[PartitionStatus]) -> String {
     out
 }
 
+/// How far one projection is with the erasures `projector forget` asked
+/// for.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ErasureStatus {
+    pub projection: &'static str,
+    /// Erasures the projection has applied.
+    pub done: i64,
+    /// Erasures requested (`erasure_request`) it has not applied yet.
+    pub pending: i64,
+}
+
+/// The erasures of every projection.
+///
+/// # Errors
+///
+/// When MySQL cannot be read.
+pub async fn erasures(pool: &MySqlPool) -> anyhow::Result<Vec<ErasureStatus>> {
+    let mut connection = pool.acquire().await?;
+    let mut statuses = Vec::new();
+    for projection in projection::all() {
+        let table = TableSet::live(projection)
+            .data
+            .last()
+            .cloned()
+            .expect("every projection has its erasure table last");
+        let mut count = QueryBuilder::<MySql>::new("SELECT (SELECT COUNT(*) FROM ");
+        count
+            .push(&table)
+            .push("), (SELECT COUNT(*) FROM erasure_request r WHERE NOT EXISTS (SELECT 1 FROM ")
+            .push(&table)
+            .push(" e WHERE e.event_id = r.event_id))");
+        let (done, pending): (i64, i64) =
+            count.build_query_as().fetch_one(&mut *connection).await?;
+        statuses.push(ErasureStatus {
+            projection: projection.name(),
+            done,
+            pending,
+        });
+    }
+    Ok(statuses)
+}
+
+/// The erasures as lines for people.
+pub fn render_erasures(statuses: &[ErasureStatus]) -> String {
+    let mut out = String::from("ERASURES (projector forget)\n");
+    for status in statuses {
+        let _ = writeln!(
+            out,
+            "  {:<16} {} done, {} pending{}",
+            status.projection,
+            status.done,
+            status.pending,
+            if status.pending > 0 { " (!)" } else { "" }
+        );
+    }
+    out
+}
+
 /// Whether any row's position does not stand on the log.
 pub fn any_mismatch(rows: &[PartitionStatus]) -> bool {
     rows.iter().any(|row| row.log.is_mismatch())
@@ -252,6 +310,30 @@ pub fn any_mismatch(rows: &[PartitionStatus]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_erasures_are_flagged() {
+        let text = render_erasures(&[
+            ErasureStatus {
+                projection: "grade",
+                done: 3,
+                pending: 0,
+            },
+            ErasureStatus {
+                projection: "account_summary",
+                done: 2,
+                pending: 1,
+            },
+        ]);
+        assert!(
+            text.contains("grade            3 done, 0 pending\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("account_summary  2 done, 1 pending (!)"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn an_unknown_watermark_shows_as_a_question_mark() {

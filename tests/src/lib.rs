@@ -9,6 +9,7 @@
 //! Logs are printed only when `TEST_LOG` is set.
 
 pub mod browser;
+pub mod console;
 pub mod fault_checks;
 pub mod processes;
 pub mod proxy;

@@ -103,7 +103,7 @@ pub fn kafka_version() -> &'static str {
 /// The directory of the Kafka jars: `SCORES_KAFKA_LIBS` (set by
 /// `./deploy/local test`), else the `deploy/local` cache for the version
 /// `deploy/kafka/pom.xml` pins.
-fn kafka_libs() -> PathBuf {
+pub fn kafka_libs() -> PathBuf {
     let libs = std::env::var_os("SCORES_KAFKA_LIBS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
