@@ -42,6 +42,41 @@ pub enum Command {
     /// wait until every projection has removed the number and its comments
     /// (grades are kept under a placeholder). Safe to re-run.
     Forget(ForgetArgs),
+    /// Move a log to the sealed event format: copy every event of the
+    /// source topic (SCORES_TOPIC) into a new, empty topic, ratings in clear
+    /// sealed under their account's data key and keyed by its reference,
+    /// same event ids; then read the new topic back and verify the counts.
+    /// Point the ingest API and the projector at the new topic and rebuild
+    /// each projection from it (README, "Personal data").
+    MigrateLog(MigrateLogArgs),
+}
+
+/// Settings of `projector migrate-log`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct MigrateLogArgs {
+    /// The new topic (created with the source topic's settings; must be
+    /// empty).
+    #[arg(long)]
+    pub to_topic: String,
+
+    /// Where records that are no event are listed (JSON Lines: partition,
+    /// offset, reason); they are not migrated.
+    #[arg(long, default_value = "migrate-log-left-behind.jsonl")]
+    pub report: std::path::PathBuf,
+
+    /// Records appended per chunk (the chunk's new keys are acknowledged
+    /// before its events are sent).
+    #[arg(long, default_value_t = 1000)]
+    pub chunk_size: usize,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub personal: PersonalDataArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Settings of `projector forget`.

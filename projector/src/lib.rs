@@ -40,6 +40,7 @@ pub mod identity;
 pub mod import;
 pub mod keys;
 pub mod log_reader;
+pub mod migrate_log;
 pub mod observe;
 pub mod projection;
 pub mod readiness;

@@ -3,7 +3,9 @@ use clap::Parser;
 use projector::config::DeadLettersCommand;
 use projector::dead_letters::RetryResult;
 use projector::identity::LogMismatch;
-use projector::{Cli, Command, Projector, db, dead_letters, forget, import, rebuild, status};
+use projector::{
+    Cli, Command, Projector, db, dead_letters, forget, import, migrate_log, rebuild, status,
+};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -47,6 +49,12 @@ async fn main() -> anyhow::Result<()> {
             if !json {
                 println!("{} accounts forgotten", done.len());
             }
+        }
+        Command::MigrateLog(args) => {
+            score_shared::telemetry::init(args.log.log_format);
+            let stop = cancelled_on_signal();
+            let summary = migrate_log::migrate_log(&args, &stop).await?;
+            println!("{summary}");
         }
         Command::Status(args) => {
             score_shared::telemetry::init(args.log.log_format);
