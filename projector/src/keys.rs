@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use score_shared::config::KafkaArgs;
-use score_shared::event::SEALED_SCORE_VERSION;
+use score_shared::event::{ACCOUNT_FORGOTTEN, SEALED_SCORE_VERSION};
 use score_shared::personal::{KeyRecord, PersonalDataArgs};
 use score_shared::{DataKey, Pepper};
 use serde::Deserialize;
@@ -215,34 +215,53 @@ impl KeyRing {
     }
 
     /// Makes the ring ready to decode `records`: when one of them is a
-    /// sealed event under a key not held, reads the key topic to its end.
+    /// sealed event under a key not held, or an erasure (whose tombstones
+    /// were written before it, and must be read before anything after it
+    /// is opened with a key it forgot), reads the key topic to its end.
     ///
     /// # Errors
     ///
     /// As [`Self::catch_up`]; the batch must not be decoded then.
     pub async fn ready_for(&self, records: &[LogRecord]) -> anyhow::Result<()> {
-        let missing = records
+        let needed = records
             .iter()
-            .filter_map(|record| sealed_under(record.payload.as_deref()?))
-            .any(|kid| !self.keys.knows(kid));
-        if missing {
+            .filter_map(|record| key_need(record.payload.as_deref()?))
+            .any(|need| match need {
+                KeyNeed::Key(kid) => !self.keys.knows(kid),
+                KeyNeed::Tombstones => true,
+            });
+        if needed {
             self.catch_up().await?;
         }
         Ok(())
     }
 }
 
-/// The key a payload is sealed under, when it is a sealed event.
-fn sealed_under(payload: &[u8]) -> Option<Uuid> {
+/// What decoding a payload needs of the key topic.
+#[derive(Debug, PartialEq, Eq)]
+enum KeyNeed {
+    /// A sealed event: its key.
+    Key(Uuid),
+    /// An erasure: the tombstones written before it.
+    Tombstones,
+}
+
+fn key_need(payload: &[u8]) -> Option<KeyNeed> {
     #[derive(Deserialize)]
     struct Envelope {
+        #[serde(rename = "type")]
+        event_type: Option<String>,
         version: Option<u64>,
         kid: Option<Uuid>,
     }
     let envelope: Envelope = serde_json::from_slice(payload).ok()?;
+    if envelope.event_type.as_deref() == Some(ACCOUNT_FORGOTTEN) {
+        return Some(KeyNeed::Tombstones);
+    }
     (envelope.version == Some(u64::from(SEALED_SCORE_VERSION)))
         .then_some(envelope.kid)
         .flatten()
+        .map(KeyNeed::Key)
 }
 
 #[cfg(test)]
@@ -295,12 +314,14 @@ mod tests {
     }
 
     #[test]
-    fn only_sealed_events_name_a_key() {
+    fn sealed_events_need_their_key_and_erasures_the_tombstones() {
         let kid = Uuid::now_v7();
         let sealed = format!(r#"{{"type":"ScoreSubmitted","version":3,"kid":"{kid}"}}"#);
-        assert_eq!(sealed_under(sealed.as_bytes()), Some(kid));
+        assert_eq!(key_need(sealed.as_bytes()), Some(KeyNeed::Key(kid)));
         let plain = format!(r#"{{"type":"ScoreSubmitted","version":2,"kid":"{kid}"}}"#);
-        assert_eq!(sealed_under(plain.as_bytes()), None);
-        assert_eq!(sealed_under(b"not json"), None);
+        assert_eq!(key_need(plain.as_bytes()), None);
+        let erasure = r#"{"type":"AccountForgotten","version":1}"#;
+        assert_eq!(key_need(erasure.as_bytes()), Some(KeyNeed::Tombstones));
+        assert_eq!(key_need(b"not json"), None);
     }
 }
