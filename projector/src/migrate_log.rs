@@ -10,7 +10,8 @@
 //! - a rating of an account forgotten later in the source log: sealed under
 //!   a key that is never written, so it reads as forgotten, as it would
 //!   have had it been sealed when written;
-//! - a sealed rating or an erasure: copied as it is;
+//! - a sealed rating or an erasure: copied as it is, keyed by its account
+//!   reference (an old log may have keyed it by number);
 //! - a record that is no event this code reads: left behind, counted and
 //!   listed in the report (by partition and offset only).
 //!
@@ -146,12 +147,12 @@ pub async fn migrate_log(
                 }
                 Some(Ok(Event::SealedScore(sealed))) => {
                     event_ids.insert(sealed.event_id);
-                    copy(&mut appender, record).await?;
+                    copy(&mut appender, sealed.record_key(), record).await?;
                     summary.copied += 1;
                 }
                 Some(Ok(Event::AccountForgotten(erasure))) => {
                     event_ids.insert(erasure.event_id);
-                    copy(&mut appender, record).await?;
+                    copy(&mut appender, erasure.record_key(), record).await?;
                     summary.copied += 1;
                 }
                 Some(Err(error)) => {
@@ -196,9 +197,15 @@ async fn read(reader: &mut LogReader, stop: &CancellationToken) -> anyhow::Resul
     Ok(records)
 }
 
-async fn copy(appender: &mut SealingAppender, record: LogRecord) -> anyhow::Result<()> {
+/// Appends `record`'s payload as it is, keyed by its account reference
+/// (an old log may have keyed it by number).
+async fn copy(
+    appender: &mut SealingAppender,
+    account_key: String,
+    record: LogRecord,
+) -> anyhow::Result<()> {
     let payload = record.payload.unwrap_or_default();
-    appender.raw(record.key, payload).await
+    appender.raw(Some(account_key.into_bytes()), payload).await
 }
 
 fn left_behind(report: &mut impl Write, record: &LogRecord, reason: &str) -> anyhow::Result<()> {
