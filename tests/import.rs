@@ -147,7 +147,9 @@ const GRADE_CONTENT: &str = "SELECT CONCAT_WS('|', acc_nbr, grade1, grade2, grad
      HEX(txt3), DATE_FORMAT(insert_time, '%Y-%m-%d %H:%i:%s.%f')) \
      FROM grade WHERE channel = 'legacy_import' AND acc_nbr NOT LIKE '138%'";
 
-#[tokio::test]
+// Two workers: the test waits for the binaries it runs (blocking) while the
+// projector it started in this process applies what they wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_legacy_table_is_imported_once_and_its_odd_rows_are_reported() {
     let topic = TestTopic::create(3).await;
     let database = TestDatabase::create().await;
