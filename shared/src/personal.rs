@@ -85,7 +85,7 @@ pub struct PersonalDataArgs {
     /// and never changed (see README, "Personal data"). Generated into
     /// `var/account-pepper.env` by `deploy/local`.
     #[arg(long, env = "SCORES_ACCOUNT_PEPPER", hide_env_values = true)]
-    pub account_pepper: Option<Pepper>,
+    pub account_pepper: Option<PepperText>,
 
     /// A file holding the account pepper (a secret mounted by systemd or
     /// compose); used when `SCORES_ACCOUNT_PEPPER` is not set.
@@ -111,6 +111,31 @@ impl Default for PersonalDataArgs {
     }
 }
 
+/// The pepper as given, checked only by [`PersonalDataArgs::pepper`]: a
+/// value clap refused would be echoed in its error message.
+#[derive(Clone)]
+pub struct PepperText(String);
+
+impl FromStr for PepperText {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl fmt::Debug for PepperText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PepperText(…)")
+    }
+}
+
+impl From<&Pepper> for PepperText {
+    fn from(pepper: &Pepper) -> Self {
+        Self(BASE64.encode(&pepper.0))
+    }
+}
+
 /// Why no pepper could be had from the settings.
 #[derive(Debug, thiserror::Error)]
 pub enum PepperSettingError {
@@ -119,6 +144,8 @@ pub enum PepperSettingError {
          `head -c 32 /dev/urandom | base64`) or SCORES_ACCOUNT_PEPPER_FILE"
     )]
     Missing,
+    #[error("SCORES_ACCOUNT_PEPPER: {0}")]
+    InvalidVariable(PepperError),
     #[error("reading the account pepper from {path}: {source}")]
     File {
         path: std::path::PathBuf,
@@ -139,8 +166,8 @@ impl PersonalDataArgs {
     /// [`PepperSettingError`] when neither is set, or the file cannot be
     /// read or holds no valid pepper.
     pub fn pepper(&self) -> Result<Pepper, PepperSettingError> {
-        if let Some(pepper) = &self.account_pepper {
-            return Ok(pepper.clone());
+        if let Some(PepperText(text)) = &self.account_pepper {
+            return text.parse().map_err(PepperSettingError::InvalidVariable);
         }
         let path = self
             .account_pepper_file
@@ -457,10 +484,17 @@ mod tests {
             AccountRef::of(&from_file, "1"),
             AccountRef::of(&BASE64.encode([9u8; 32]).parse().unwrap(), "1")
         );
-        args.account_pepper = Some(pepper());
+        args.account_pepper = Some(PepperText::from(&pepper()));
         assert_eq!(
             AccountRef::of(&args.pepper().unwrap(), "1"),
             AccountRef::of(&pepper(), "1")
+        );
+        args.account_pepper = Some("c2hvcnQ=".parse().unwrap());
+        let error = args.pepper().unwrap_err().to_string();
+        assert!(error.contains("at least 32 bytes"), "{error}");
+        assert!(
+            !error.contains("c2hvcnQ="),
+            "the value is never echoed: {error}"
         );
         std::fs::write(&file, "short").unwrap();
         args.account_pepper = None;

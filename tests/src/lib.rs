@@ -46,7 +46,7 @@ pub const TEST_ACCOUNT_PEPPER: &str = "dGVzdC1wZXBwZXItdGVzdC1wZXBwZXItdGVzdC1wZ
 /// topic `keys_topic`.
 pub fn test_personal_data(keys_topic: &str) -> score_shared::personal::PersonalDataArgs {
     score_shared::personal::PersonalDataArgs {
-        account_pepper: Some(TEST_ACCOUNT_PEPPER.parse().expect("a valid pepper")),
+        account_pepper: Some(TEST_ACCOUNT_PEPPER.parse().expect("any text")),
         account_pepper_file: None,
         keys_topic: keys_topic.to_owned(),
     }
@@ -563,6 +563,8 @@ pub fn api_config(kafka: &KafkaArgs) -> ingest_api::Config {
         // Tests make many refused reads on purpose; the limit has tests of
         // its own.
         rate_limit_refused_reads_per_client_per_minute: 0,
+        data_key_cache_seconds: 60,
+        personal: test_personal_data(&keys_topic_of(&kafka.topic)),
         kafka: kafka.clone(),
         validation: ValidationArgs::default(),
         log: LogArgs {
