@@ -125,6 +125,17 @@ fn compose_service<'a>(compose: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The secrets a compose service's lines (from [`compose_service`]) give
+/// it: its `secrets: [a, b]` line.
+fn compose_secrets<'a>(lines: &[&'a str]) -> Vec<&'a str> {
+    lines
+        .iter()
+        .find_map(|line| line.trim().strip_prefix("secrets: ["))
+        .and_then(|list| list.strip_suffix(']'))
+        .map(|list| list.split(',').map(str::trim).collect())
+        .unwrap_or_default()
+}
+
 #[test]
 fn every_ingest_api_gets_the_results_token_keys_as_a_secret_never_in_plain_configuration() {
     let compose = repository_file("deploy/docker-compose.yml");
@@ -140,9 +151,7 @@ fn every_ingest_api_gets_the_results_token_keys_as_a_secret_never_in_plain_confi
         let lines = compose_service(&compose, service);
         assert!(!lines.is_empty(), "{service} is in the compose file");
         assert!(
-            lines
-                .iter()
-                .any(|line| line.trim() == "secrets: [results_token_keys]"),
+            compose_secrets(&lines).contains(&"results_token_keys"),
             "{service} is given the secret: {lines:?}"
         );
     }
@@ -169,4 +178,66 @@ fn every_ingest_api_gets_the_results_token_keys_as_a_secret_never_in_plain_confi
         example.contains("#SCORES_RESULTS_TOKEN_KEYS="),
         "the env example shows the alternative, commented out (not both)"
     );
+}
+
+#[test]
+fn every_ingest_api_and_projector_gets_the_account_pepper_as_a_secret_never_in_plain_configuration()
+{
+    let compose = repository_file("deploy/docker-compose.yml");
+    assert!(
+        compose.contains("  account_pepper:\n    file: ${ACCOUNT_PEPPER_FILE:?"),
+        "the secret comes from the file ACCOUNT_PEPPER_FILE names"
+    );
+    for service in ["ingest-api-1", "ingest-api-2", "projector-1", "projector-2"] {
+        let lines = compose_service(&compose, service);
+        assert!(!lines.is_empty(), "{service} is in the compose file");
+        assert!(
+            compose_secrets(&lines).contains(&"account_pepper"),
+            "{service} is given the secret: {lines:?}"
+        );
+    }
+    let shared = compose
+        .split("x-service: &service")
+        .nth(1)
+        .and_then(|rest| rest.split("\nservices:").next())
+        .expect("an x-service block");
+    assert!(
+        shared.contains("SCORES_ACCOUNT_PEPPER_FILE: /run/secrets/account_pepper"),
+        "every service reads the pepper from the secret"
+    );
+    assert!(
+        !compose.contains("SCORES_ACCOUNT_PEPPER:"),
+        "no pepper in the compose environment"
+    );
+
+    for (unit, example) in [
+        (
+            "deploy/systemd/ingest-api.service",
+            "deploy/systemd/ingest-api.env.example",
+        ),
+        (
+            "deploy/systemd/projector.service",
+            "deploy/systemd/projector.env.example",
+        ),
+    ] {
+        let unit_text = repository_file(unit);
+        assert!(
+            unit_text
+                .contains("LoadCredential=account-pepper:/etc/score-pipeline/account-pepper\n"),
+            "{unit} loads the pepper as a credential"
+        );
+        assert!(
+            unit_text.contains("Environment=SCORES_ACCOUNT_PEPPER_FILE=%d/account-pepper\n"),
+            "{unit} points the service at it"
+        );
+        let example_text = repository_file(example);
+        assert!(
+            example_text.contains("\n#SCORES_ACCOUNT_PEPPER="),
+            "{example} shows the alternative, commented out (not both)"
+        );
+        assert!(
+            !example_text.contains("\nSCORES_ACCOUNT_PEPPER="),
+            "{example} sets no pepper in plain configuration"
+        );
+    }
 }

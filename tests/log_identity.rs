@@ -10,7 +10,9 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use pipeline_tests::processes::{Broker, Service, free_port};
-use pipeline_tests::{TestDatabase, TestTopic, eventually, kafka_args_on, unique_group};
+use pipeline_tests::{
+    TestDatabase, TestTopic, eventually, kafka_args_on, keys_topic_of, unique_group,
+};
 use score_shared::config::KafkaArgs;
 use serde_json::json;
 
@@ -46,6 +48,11 @@ fn env(kafka: &KafkaArgs, database: &TestDatabase, group: &str) -> Vec<(&'static
     vec![
         ("SCORES_KAFKA_BROKERS", kafka.kafka_brokers.clone()),
         ("SCORES_TOPIC", kafka.topic.clone()),
+        ("SCORES_KEYS_TOPIC", keys_topic_of(&kafka.topic)),
+        (
+            "SCORES_ACCOUNT_PEPPER",
+            pipeline_tests::TEST_ACCOUNT_PEPPER.to_owned(),
+        ),
         (
             "SCORES_TOPIC_PARTITIONS",
             kafka.topic_partitions.to_string(),

@@ -304,13 +304,13 @@ async fn a_projection_added_later_builds_itself_from_the_whole_log() {
 }
 
 #[tokio::test]
-async fn v1_and_v2_events_project_an_unknown_version_waits_in_dead_letters_until_retried() {
+async fn v1_and_sealed_events_project_an_unknown_version_waits_in_dead_letters_until_retried() {
     let topic = TestTopic::create(1).await;
     let database = TestDatabase::create().await;
     let api = RunningApi::start(&topic.kafka).await;
 
-    // One partition, in this order: v1, v2 (from the API, with a scene),
-    // an unknown version 99, another v1.
+    // One partition, in this order: v1, v3 (from the API: sealed, with a
+    // scene), an unknown version 99, another v1.
     topic
         .produce_raw(
             0,
@@ -368,7 +368,7 @@ async fn v1_and_v2_events_project_an_unknown_version_waits_in_dead_letters_until
         .unwrap();
     assert_eq!(open.len(), 2, "{open:?}");
     assert!(
-        open[0].error.contains("version 2 is not enabled"),
+        open[0].error.contains("version 3 is not enabled"),
         "{}",
         open[0].error
     );
@@ -392,7 +392,8 @@ async fn v1_and_v2_events_project_an_unknown_version_waits_in_dead_letters_until
         ("13500000001".to_owned(), 5, "舊版".to_owned(), None)
     );
 
-    // The fix: version 2 enabled. Retrying applies it once; 99 still fails.
+    // The fix: version 3 enabled. Retrying opens it with its key and applies
+    // it once; 99 still fails.
     let fixed = pipeline_tests::test_decoder(&topic.kafka).await;
     for projection in ["grade", "account_summary"] {
         let outcomes = dead_letters::retry(&database.projector_pool, projection, None, &fixed)

@@ -34,8 +34,9 @@ impl Rate {
 }
 
 /// The ingest API's own publisher (same producer settings: idempotent,
-/// acks=all, linger) appending the same events with `in_flight` sends
-/// outstanding, no HTTP in front: the most the API could pass on.
+/// acks=all, linger; same sealing, data key writes included) appending the
+/// same events with `in_flight` sends outstanding, no HTTP in front: the
+/// most the API could pass on.
 pub async fn produce(
     publisher: &Publisher,
     in_flight: usize,

@@ -409,7 +409,8 @@ pub fn markdown(figures: &Figures, chart_file: &str, notes: &str) -> String {
         w,
         "Legacy `POST /score` (form, `JSON.stringify`'d values, Chinese text with emoji), \
          the projector reading the topic meanwhile. The raw producer is the API's own publisher (idempotent, \
-         acks=all, same linger) appending the same events with no HTTP in front.\n"
+         acks=all, same linger) appending the same events with no HTTP in front, sealed as the API seals \
+         them (an account's first event writes its data key first, then the key is reused for a minute).\n"
     );
     let _ = writeln!(
         w,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use ingest_api::publisher::Publisher;
+use ingest_api::publisher::{Publisher, Sealing};
 use pipeline_tests::TestDatabase;
 use pipeline_tests::processes::{Broker, Service};
 use score_shared::config::KafkaArgs;
@@ -21,6 +21,13 @@ use crate::{Settings, Step, traffic};
 
 const PARTITIONS: i32 = 3;
 const PUBLISH_TIMEOUT: Duration = score_shared::kafka::DEFAULT_PUBLISH_TIMEOUT;
+/// The account pepper of every service and raw producer of a run (base64
+/// of 32 bytes): the benchmark's accounts are made up, so a fixed pepper
+/// keeps nothing secret, and the same one lets the projector find the keys
+/// the raw producer wrote.
+const BENCH_ACCOUNT_PEPPER: &str = "c2NvcmUtYmVuY2gtcGVwcGVyLXNjb3JlLWJlbmNoLXA=";
+/// How long the raw producer reuses a data key: the API's default.
+const DATA_KEY_CACHE: Duration = Duration::from_secs(60);
 
 /// Runs every step and gathers the figures.
 ///
@@ -71,6 +78,24 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Figures> {
     Ok(figures)
 }
 
+/// The raw producer's sealing for `topic`: the services' pepper and key
+/// topic.
+fn sealing(topic: &str) -> Sealing {
+    Sealing {
+        pepper: BENCH_ACCOUNT_PEPPER.parse().expect("a valid pepper"),
+        keys_topic: pipeline_tests::keys_topic_of(topic),
+        key_time_to_live: DATA_KEY_CACHE,
+    }
+}
+
+/// The event topic and its key topic, created as the ingest API creates
+/// them.
+async fn ensure_topics(kafka: &KafkaArgs) -> anyhow::Result<()> {
+    score_shared::kafka::ensure_topic(kafka).await?;
+    score_shared::kafka::ensure_keys_topic(kafka, &pipeline_tests::keys_topic_of(&kafka.topic))
+        .await
+}
+
 /// Client settings for `topic` on `broker`, with the run's librdkafka
 /// options.
 fn kafka(settings: &Settings, broker: &Broker, topic: &str) -> KafkaArgs {
@@ -91,6 +116,8 @@ fn service_env(
     let mut env: Vec<(String, String)> = [
         ("SCORES_KAFKA_BROKERS", broker.address()),
         ("SCORES_TOPIC", topic.to_owned()),
+        ("SCORES_KEYS_TOPIC", pipeline_tests::keys_topic_of(topic)),
+        ("SCORES_ACCOUNT_PEPPER", BENCH_ACCOUNT_PEPPER.to_owned()),
         ("SCORES_TOPIC_PARTITIONS", PARTITIONS.to_string()),
         ("SCORES_CONSUMER_GROUP", pipeline_tests::unique_group()),
         // The load comes from one address and spreads over many accounts:
@@ -155,8 +182,8 @@ fn legacy_sender(
 async fn ingest(settings: &Settings, broker: &Broker, figures: &mut Figures) -> anyhow::Result<()> {
     let topic = "bench-ingest";
     let kafka = kafka(settings, broker, topic);
-    score_shared::kafka::ensure_topic(&kafka).await?;
-    let publisher = Publisher::new(&kafka, PUBLISH_TIMEOUT)?;
+    ensure_topics(&kafka).await?;
+    let publisher = Publisher::new(&kafka, PUBLISH_TIMEOUT, sealing(topic))?;
     for in_flight in [settings.connections, settings.connections * 8] {
         let seen = raw::produce(&publisher, in_flight, settings.warmup, settings.duration).await;
         eprintln!(
@@ -256,8 +283,8 @@ fn run_to_completion(
 async fn catch_up(settings: &Settings, broker: &Broker) -> anyhow::Result<CatchUp> {
     let topic = "bench-backlog";
     let kafka = kafka(settings, broker, topic);
-    score_shared::kafka::ensure_topic(&kafka).await?;
-    let publisher = Publisher::new(&kafka, PUBLISH_TIMEOUT)?;
+    ensure_topics(&kafka).await?;
+    let publisher = Publisher::new(&kafka, PUBLISH_TIMEOUT, sealing(topic))?;
     let fill = raw::fill(&publisher, settings.backlog).await?;
     drop(publisher);
     eprintln!(
@@ -480,7 +507,7 @@ fn overload_client(connections: usize) -> anyhow::Result<reqwest::Client> {
 /// `overload_connections` clients closed loop.
 async fn overload(settings: &Settings, broker: &Broker) -> anyhow::Result<OverloadStep> {
     let topic = "bench-overload";
-    score_shared::kafka::ensure_topic(&kafka(settings, broker, topic)).await?;
+    ensure_topics(&kafka(settings, broker, topic)).await?;
     // No projector: the step is about the API's own behaviour past
     // saturation, and the broker gets the cores the projector would take.
     let env = service_env(settings, broker, topic, None);

@@ -5,6 +5,12 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use score_shared::config::{KafkaArgs, LogArgs, ValidationArgs};
+use score_shared::personal::{PepperSettingError, PersonalDataArgs};
+
+/// The longest `SCORES_DATA_KEY_CACHE_SECONDS`, a day: after a forget,
+/// submissions may be sealed under a forgotten key for as long as it stays
+/// cached, and a day is already far more than key writes need to be rare.
+pub const MAX_DATA_KEY_CACHE_SECONDS: u64 = 24 * 60 * 60;
 
 /// Validates score submissions and appends them to the event log.
 ///
@@ -156,6 +162,26 @@ pub struct Config {
     )]
     pub rate_limit_refused_reads_per_client_per_minute: u32,
 
+    /// How long a data key is reused for an account's submissions, in
+    /// seconds (at most 86400). A key is written to the key topic on an
+    /// account's first submission and then kept in this process's cache
+    /// (at most 100,000 accounts) for this long. Short on purpose: `projector
+    /// forget` tombstones an account's keys in the key topic but cannot reach
+    /// this cache, so a submission made up to this long after a forget may be
+    /// sealed under a forgotten key, and such an event is projected as
+    /// forgotten (grades kept; number and comments gone). 0: a new key for
+    /// every submission.
+    #[arg(
+        long,
+        env = "SCORES_DATA_KEY_CACHE_SECONDS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_DATA_KEY_CACHE_SECONDS)
+    )]
+    pub data_key_cache_seconds: u64,
+
+    #[command(flatten)]
+    pub personal: PersonalDataArgs,
+
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
@@ -235,6 +261,27 @@ impl Config {
     /// The publish timeout as a duration.
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    /// How long a data key is reused (`SCORES_DATA_KEY_CACHE_SECONDS`).
+    pub fn data_key_cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.data_key_cache_seconds)
+    }
+
+    /// How the publisher seals events: the account pepper, the key topic
+    /// and the data key cache's time to live.
+    ///
+    /// # Errors
+    ///
+    /// No pepper configured, or a pepper file that cannot be read or holds
+    /// no valid pepper; the message names `SCORES_ACCOUNT_PEPPER` and how to
+    /// make one.
+    pub fn sealing(&self) -> Result<crate::publisher::Sealing, PepperSettingError> {
+        Ok(crate::publisher::Sealing {
+            pepper: self.personal.pepper()?,
+            keys_topic: self.personal.keys_topic.clone(),
+            key_time_to_live: self.data_key_cache_ttl(),
+        })
     }
 
     /// The results tokens' keys and lifetime.
@@ -317,6 +364,60 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("c2VjcmV0"), "{debug}");
         assert!(config.results_tokens().is_ok());
+    }
+
+    /// Base64 of 32 bytes.
+    const PEPPER: &str = "Y29uZmlnLXRlc3RzLXBlcHBlci1jb25maWctdGVzdHM=";
+
+    #[test]
+    fn no_account_pepper_stops_the_start_with_how_to_make_one() {
+        let mut config = <Config as clap::Parser>::parse_from(["ingest-api"]);
+        config.personal.account_pepper = None;
+        config.personal.account_pepper_file = None;
+        let message = config.sealing().unwrap_err().to_string();
+        assert!(message.contains("SCORES_ACCOUNT_PEPPER"), "{message}");
+        assert!(message.contains("/dev/urandom"), "{message}");
+    }
+
+    #[test]
+    fn sealing_takes_the_pepper_the_key_topic_and_the_key_cache_lifetime() {
+        let config = <Config as clap::Parser>::parse_from([
+            "ingest-api",
+            "--account-pepper",
+            PEPPER,
+            "--keys-topic",
+            "keys-here",
+            "--data-key-cache-seconds",
+            "5",
+        ]);
+        let sealing = config.sealing().expect("a pepper");
+        assert_eq!(sealing.keys_topic, "keys-here");
+        assert_eq!(sealing.key_time_to_live, Duration::from_secs(5));
+        let reference = score_shared::AccountRef::of(&sealing.pepper, "13800138000");
+        assert_eq!(
+            reference,
+            score_shared::AccountRef::of(&PEPPER.parse().unwrap(), "13800138000")
+        );
+    }
+
+    #[test]
+    fn a_data_key_is_reused_for_a_minute_by_default_and_at_most_a_day() {
+        let config = <Config as clap::Parser>::parse_from(["ingest-api"]);
+        assert_eq!(config.data_key_cache_ttl(), Duration::from_secs(60));
+        let too_long = <Config as clap::Parser>::try_parse_from([
+            "ingest-api",
+            "--data-key-cache-seconds",
+            "86401",
+        ]);
+        assert!(too_long.is_err(), "a cache lifetime past a day is refused");
+    }
+
+    #[test]
+    fn the_account_pepper_never_shows_in_a_debug_config() {
+        let config =
+            <Config as clap::Parser>::parse_from(["ingest-api", "--account-pepper", PEPPER]);
+        let debug = format!("{config:?}");
+        assert!(!debug.contains(PEPPER), "{debug}");
     }
 
     #[test]

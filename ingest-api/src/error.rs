@@ -290,11 +290,13 @@ mod tests {
 
     use super::*;
 
-    fn publish_failures() -> [PublishError; 3] {
+    fn publish_failures() -> [PublishError; 4] {
         [
             PublishError::NotPersisted(RDKafkaErrorCode::QueueFull),
             PublishError::PossiblyPersisted(RDKafkaErrorCode::MessageTimedOut),
             PublishError::TimedOut(Duration::from_secs(6)),
+            // The event's data key was not written: the same answer.
+            PublishError::KeyNotWritten(RDKafkaErrorCode::MessageTimedOut),
         ]
     }
 

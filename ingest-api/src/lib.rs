@@ -10,7 +10,10 @@
 //!    builds the `ScoreSubmitted` event, refuses a recently used
 //!    `Idempotency-Key` that came with other content ([`idempotency`]) and
 //!    hands the event to the publisher.
-//! 4. [`publisher`]: appends the event to Kafka and waits for the broker's
+//! 4. [`publisher`]: seals the event under a data key of its account
+//!    ([`data_keys`]: written to the key topic and acknowledged before any
+//!    event sealed under it, then reused for a short while), appends it to
+//!    Kafka keyed by the account's reference and waits for the broker's
 //!    acknowledgment (`acks=all`, idempotent producer), bounded in time.
 //! 5. [`error`]: the one place errors become responses, in the format of
 //!    the door they came through.
@@ -32,12 +35,15 @@
 //! it through [`observe`] (request id, its span, HTTP metrics); it serves
 //! `/metrics` on an address of its own and keeps [`readiness`] refreshed in
 //! the background. [`config`] lists every setting.
-//! **A 2xx is sent only after the broker acknowledged the event.**
+//! **A 2xx is sent only after the broker acknowledged the event, and the
+//! data key it is sealed under before it.**
+//! **No phone number or comment reaches the log in clear.**
 //! **Submissions never depend on MySQL.**
 //! **Results are read only with a valid results token for their account.**
 
 pub mod config;
 pub mod consistency;
+pub mod data_keys;
 pub mod error;
 pub mod handlers;
 pub mod idempotency;

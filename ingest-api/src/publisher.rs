@@ -16,6 +16,16 @@
 //! a report that says persisted, without an error, is an acknowledgment;
 //! anything else is a [`PublishError`] saying whether the event is surely
 //! not in the log or may be.
+//!
+//! Events are sealed (see [`score_shared::personal`]): named by the
+//! account's reference, their personal fields encrypted under a data key of
+//! the account. A new key is written to the key topic, through the same
+//! producer, and acknowledged before any event sealed under it is sent, so
+//! that a reader who finds no key for an event once it has read the key
+//! topic to its end knows the key was forgotten. Keys are reused for a
+//! while ([`crate::data_keys`]). The key's write and the event's share one
+//! deadline, the publish timeout plus [`FENCE_MARGIN`]: a submission is
+//! answered within it, and a 2xx only once both are acknowledged.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,9 +38,11 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message};
-use score_shared::ScoreSubmitted;
 use score_shared::config::KafkaArgs;
+use score_shared::{AccountRef, DataKey, Pepper, ScoreSubmitted};
 use tokio::sync::oneshot;
+
+use crate::data_keys::DataKeys;
 
 /// Where an acknowledged event landed in the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,17 +72,44 @@ pub enum PublishError {
     /// the log.
     #[error("no delivery report within {0:?}; the event may have been written")]
     TimedOut(Duration),
+    /// Surely not in the log: the event was never sent, since the data key
+    /// it was to be sealed under was not acknowledged (the code is that
+    /// write's). A key that may have been written anyway is harmless: no
+    /// event is sealed under it.
+    #[error("the event was not written: its data key was not acknowledged: {0}")]
+    KeyNotWritten(RDKafkaErrorCode),
 }
 
 impl PublishError {
     /// The `outcome` label of `kafka_produce_total` for this failure.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Self::NotPersisted(_) => "not_persisted",
+            Self::NotPersisted(_) | Self::KeyNotWritten(_) => "not_persisted",
             Self::PossiblyPersisted(_) => "possibly_persisted",
             Self::TimedOut(_) => "timed_out",
         }
     }
+
+    /// librdkafka's code for the failure (`MessageTimedOut` for the fence).
+    fn code(&self) -> RDKafkaErrorCode {
+        match self {
+            Self::NotPersisted(code)
+            | Self::PossiblyPersisted(code)
+            | Self::KeyNotWritten(code) => *code,
+            Self::TimedOut(_) => RDKafkaErrorCode::MessageTimedOut,
+        }
+    }
+}
+
+/// How the publisher seals events.
+#[derive(Clone, Debug)]
+pub struct Sealing {
+    /// Names accounts ([`AccountRef::of`]).
+    pub pepper: Pepper,
+    /// The compacted topic data keys are written to.
+    pub keys_topic: String,
+    /// How long a written key is reused for its account's submissions.
+    pub key_time_to_live: Duration,
 }
 
 /// The `outcome` label of `kafka_produce_total` for a successful send.
@@ -86,11 +125,14 @@ const PERSISTED: &str = "persisted";
 const FENCE_MARGIN: Duration = Duration::from_secs(1);
 
 /// The ingest API's handle on the log: cheap to clone, every clone sends
-/// through the same producer.
+/// through the same producer and shares the same data keys.
 #[derive(Clone)]
 pub struct Publisher {
     producer: Arc<ThreadedProducer<DeliveryReporter>>,
     topic: Arc<str>,
+    keys_topic: Arc<str>,
+    pepper: Arc<Pepper>,
+    data_keys: DataKeys,
     timeout: Duration,
 }
 
@@ -101,11 +143,12 @@ impl Publisher {
     /// # Errors
     ///
     /// When librdkafka refuses the settings.
-    pub fn new(kafka: &KafkaArgs, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(kafka: &KafkaArgs, timeout: Duration, sealing: Sealing) -> anyhow::Result<Self> {
         Self::from_config(
             score_shared::kafka::producer_config(kafka, timeout),
             kafka,
             timeout,
+            sealing,
         )
     }
 
@@ -116,6 +159,13 @@ impl Publisher {
     /// once (a 503) rather than held
     /// ([`score_shared::kafka::bounded_producer_config`]).
     ///
+    /// A submission sends its data key and then its event, one after the
+    /// other; but librdkafka counts a message until just after its delivery
+    /// report has been handed over, so for a moment the key may still count
+    /// while the event is queued. Give twice the number of submissions
+    /// admitted at once, or a full budget of first submissions may see a
+    /// spurious `QueueFull`.
+    ///
     /// # Errors
     ///
     /// Invalid Kafka settings.
@@ -123,11 +173,13 @@ impl Publisher {
         kafka: &KafkaArgs,
         timeout: Duration,
         max_queued: usize,
+        sealing: Sealing,
     ) -> anyhow::Result<Self> {
         Self::from_config(
             score_shared::kafka::bounded_producer_config(kafka, timeout, max_queued),
             kafka,
             timeout,
+            sealing,
         )
     }
 
@@ -135,6 +187,7 @@ impl Publisher {
         config: rdkafka::ClientConfig,
         kafka: &KafkaArgs,
         timeout: Duration,
+        sealing: Sealing,
     ) -> anyhow::Result<Self> {
         let producer = config
             .create_with_context(DeliveryReporter)
@@ -142,21 +195,32 @@ impl Publisher {
         Ok(Self {
             producer: Arc::new(producer),
             topic: kafka.topic.as_str().into(),
+            keys_topic: sealing.keys_topic.as_str().into(),
+            pepper: Arc::new(sealing.pepper),
+            data_keys: DataKeys::new(sealing.key_time_to_live),
             timeout,
         })
     }
 
-    /// Appends `event`, keyed by account number so that one account's events
-    /// stay in order on one partition. The record carries no Kafka headers:
-    /// the envelope holds the event's type and version.
+    /// Appends `event` sealed ([`ScoreSubmitted::seal`], version 3) under a
+    /// data key of its account, keyed by the account's reference so that
+    /// one account's events stay in order on one partition without its
+    /// number in clear. When the account has no key in use, a new one is
+    /// written to the key topic first, and the event is sent only once the
+    /// broker acknowledged the key. The records carry no Kafka headers: the
+    /// envelope holds the event's type and version.
     ///
     /// Returns once the event's delivery report arrived, at most the publish
-    /// timeout plus [`FENCE_MARGIN`] later; never blocks the calling thread.
+    /// timeout plus [`FENCE_MARGIN`] after the call, the key's write
+    /// included; never blocks the calling thread. The receipt is the
+    /// event's.
     ///
     /// # Errors
     ///
     /// [`PublishError`] when the delivery report does not say the event was
-    /// written, or did not come in time.
+    /// written, or did not come in time;
+    /// [`PublishError::KeyNotWritten`] when the event was not sent because
+    /// its key's write failed.
     pub async fn publish(&self, event: &ScoreSubmitted) -> Result<Receipt, PublishError> {
         let started = Instant::now();
         let answer = self.append(event).await;
@@ -171,24 +235,97 @@ impl Publisher {
     }
 
     async fn append(&self, event: &ScoreSubmitted) -> Result<Receipt, PublishError> {
-        let payload = event.encode();
+        let deadline = tokio::time::Instant::now() + self.fence();
+        let account_ref = AccountRef::of(&self.pepper, &event.acc_nbr);
+        let key = self
+            .data_key(account_ref, deadline)
+            .await
+            .map_err(|error| PublishError::KeyNotWritten(error.code()))?;
+        let sealed = event.seal(&key);
+        self.send(
+            &self.topic,
+            &sealed.record_key(),
+            &sealed.encode(),
+            deadline,
+        )
+        .await
+    }
+
+    /// How long a submission waits at most for its writes: the publish
+    /// timeout and [`FENCE_MARGIN`].
+    fn fence(&self) -> Duration {
+        self.timeout + FENCE_MARGIN
+    }
+
+    /// The data key to seal `account_ref`'s event under: the one in use, or
+    /// a new one once the broker acknowledged it, by `deadline`.
+    async fn data_key(
+        &self,
+        account_ref: AccountRef,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<DataKey>, PublishError> {
+        let lookup = self.data_keys.key_for(account_ref, |key| async move {
+            let written = self
+                .send(&self.keys_topic, &key.record_key(), &key.encode(), deadline)
+                .await;
+            let outcome = match &written {
+                Ok(_) => PERSISTED,
+                Err(error) => error.outcome(),
+            };
+            metrics::counter!("data_key_writes_total", "outcome" => outcome).increment(1);
+            match &written {
+                Ok(receipt) => tracing::debug!(
+                    kid = %key.kid,
+                    partition = receipt.partition,
+                    offset = receipt.offset,
+                    "data key written"
+                ),
+                Err(error) => {
+                    tracing::warn!(kid = %key.kid, error = %error, outcome, "data key not written")
+                }
+            }
+            written.map(|_receipt| ())
+        });
+        // A request waiting for another's write of the same key is bounded
+        // by its own deadline as well.
+        match tokio::time::timeout_at(deadline, lookup).await {
+            Ok(key) => key,
+            Err(_elapsed) => Err(PublishError::TimedOut(self.fence())),
+        }
+    }
+
+    /// Sends one record and waits for its delivery report until `deadline`.
+    async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        deadline: tokio::time::Instant,
+    ) -> Result<Receipt, PublishError> {
+        // Nothing is sent once the deadline has passed (a key acknowledged
+        // at the last moment): the answer would be a timeout anyway, and
+        // this way the event is surely not in the log.
+        if tokio::time::Instant::now() >= deadline {
+            return Err(PublishError::NotPersisted(
+                RDKafkaErrorCode::MessageTimedOut,
+            ));
+        }
         let (report_to, report) = oneshot::channel();
-        let record = BaseRecord::with_opaque_to(&self.topic, Box::new(report_to))
-            .key(event.acc_nbr.as_str())
-            .payload(&payload);
+        let record = BaseRecord::with_opaque_to(topic, Box::new(report_to))
+            .key(key)
+            .payload(payload);
         // Enqueueing never blocks: a full local queue is refused at once, and
-        // a refused event never left this process.
+        // a refused record never left this process.
         self.producer.send(record).map_err(|(error, _record)| {
             PublishError::NotPersisted(error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail))
         })?;
         let _in_flight = InFlight::enter();
-        let fence = self.timeout + FENCE_MARGIN;
-        match tokio::time::timeout(fence, report).await {
+        match tokio::time::timeout_at(deadline, report).await {
             Ok(Ok(report)) => report.into_answer(),
             // The producer dropped the send without a report: whether it
             // reached the broker is unknown.
             Ok(Err(_dropped)) => Err(PublishError::PossiblyPersisted(RDKafkaErrorCode::Fail)),
-            Err(_elapsed) => Err(PublishError::TimedOut(fence)),
+            Err(_elapsed) => Err(PublishError::TimedOut(self.fence())),
         }
     }
 
@@ -199,24 +336,27 @@ impl Publisher {
     }
 
     /// Whether the producer can still send (it has not failed fatally) and
-    /// the broker answers a metadata request for our topic within `timeout`.
+    /// the broker answers a metadata request for the event topic and one for
+    /// the key topic within `timeout` each: a submission needs both.
     pub async fn is_ready(&self, timeout: Duration) -> bool {
         let producer = Arc::clone(&self.producer);
-        let topic = Arc::clone(&self.topic);
+        let topics = [Arc::clone(&self.topic), Arc::clone(&self.keys_topic)];
         let probe = tokio::task::spawn_blocking(move || {
             if let Some((code, reason)) = producer.client().fatal_error() {
                 tracing::error!(error = %code, reason, "the Kafka producer failed fatally");
                 return false;
             }
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), Timeout::After(timeout))
-                .is_ok_and(|metadata| {
-                    metadata
-                        .topics()
-                        .iter()
-                        .any(|t| t.error().is_none() && !t.partitions().is_empty())
-                })
+            topics.iter().all(|topic| {
+                producer
+                    .client()
+                    .fetch_metadata(Some(topic), Timeout::After(timeout))
+                    .is_ok_and(|metadata| {
+                        metadata
+                            .topics()
+                            .iter()
+                            .any(|t| t.error().is_none() && !t.partitions().is_empty())
+                    })
+            })
         });
         matches!(probe.await, Ok(true))
     }
@@ -477,6 +617,10 @@ mod tests {
                 "not_persisted",
             ),
             (
+                PublishError::KeyNotWritten(RDKafkaErrorCode::QueueFull),
+                "not_persisted",
+            ),
+            (
                 PublishError::PossiblyPersisted(RDKafkaErrorCode::MessageTimedOut),
                 "possibly_persisted",
             ),
@@ -494,9 +638,12 @@ mod tests {
     // a second) answers them rather than the fence.
 
     const TOPIC: &str = "scores";
+    const KEYS_TOPIC: &str = "scores-keys";
     const TIMEOUT: Duration = Duration::from_secs(5);
     /// The mock cluster's only broker.
     const BROKER: i32 = 1;
+    /// The account of [`event`].
+    const ACCOUNT: &str = "13800138000";
 
     fn mock_cluster() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
         let cluster = MockCluster::new(1).expect("a mock cluster");
@@ -504,10 +651,21 @@ mod tests {
             .create_topic(TOPIC, 3, 1)
             .expect("a topic on the mock cluster");
         cluster
+            .create_topic(KEYS_TOPIC, 3, 1)
+            .expect("a key topic on the mock cluster");
+        cluster
     }
 
-    fn publisher(bootstrap: String, options: &[&str]) -> Publisher {
-        let kafka = KafkaArgs {
+    fn pepper() -> Pepper {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .encode([3u8; 32])
+            .parse()
+            .expect("a valid pepper")
+    }
+
+    fn kafka_args(bootstrap: String, options: &[&str]) -> KafkaArgs {
+        KafkaArgs {
             kafka_brokers: bootstrap,
             topic: TOPIC.to_owned(),
             topic_partitions: 3,
@@ -516,30 +674,119 @@ mod tests {
                 .iter()
                 .map(|option| option.parse().expect("key=value"))
                 .collect(),
-        };
-        Publisher::new(&kafka, TIMEOUT).expect("a producer")
+        }
+    }
+
+    fn sealing() -> Sealing {
+        Sealing {
+            pepper: pepper(),
+            keys_topic: KEYS_TOPIC.to_owned(),
+            key_time_to_live: Duration::from_secs(60),
+        }
+    }
+
+    fn publisher(bootstrap: String, options: &[&str]) -> Publisher {
+        Publisher::new(&kafka_args(bootstrap, options), TIMEOUT, sealing()).expect("a producer")
     }
 
     fn event() -> ScoreSubmitted {
+        event_of(ACCOUNT, "")
+    }
+
+    fn event_of(account: &str, comment: &str) -> ScoreSubmitted {
         let raw = RawSubmission {
-            acc_nbr: Some(json!("13800138000")),
+            acc_nbr: Some(json!(account)),
             grades: [Some(json!(5)), Some(json!(4)), Some(json!(3))],
-            texts: [None, None, None],
+            texts: [Some(json!(comment)), None, None],
             scene: None,
         };
         let submission = Submission::parse(&raw, &ValidationRules::default()).expect("valid");
         ScoreSubmitted::new(new_event_id(), Channel::ApiV1, &submission)
     }
 
+    /// One record read back from the mock cluster.
+    struct Stored {
+        partition: i32,
+        offset: i64,
+        key: Vec<u8>,
+        payload: Option<Vec<u8>>,
+        timestamp: i64,
+    }
+
+    /// Every record of `topic` (three partitions), read from the beginning.
+    fn read_all(bootstrap: &str, topic: &str) -> Vec<Stored> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::{Offset, TopicPartitionList};
+
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "publisher-tests")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("a consumer");
+        let mut expected = 0;
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..3 {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(5))
+                .expect("watermarks");
+            expected += high - low;
+            assignment
+                .add_partition_offset(topic, partition, Offset::Beginning)
+                .expect("a partition");
+        }
+        consumer.assign(&assignment).expect("assigned");
+        let mut stored = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (stored.len() as i64) < expected && Instant::now() < deadline {
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                let message = message.expect("a record");
+                stored.push(Stored {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().unwrap_or_default().to_vec(),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                    timestamp: message.timestamp().to_millis().expect("a timestamp"),
+                });
+            }
+        }
+        assert_eq!(
+            stored.len() as i64,
+            expected,
+            "every record of {topic} read"
+        );
+        stored
+    }
+
     /// Sends until one event is persisted: the producer is then connected
-    /// and has its producer id, whatever its message timeout.
+    /// and has its producer id, whatever its message timeout, and
+    /// [`ACCOUNT`] has a data key in use.
     async fn warm_up(publisher: &Publisher) {
+        warm_up_account(publisher, ACCOUNT).await;
+    }
+
+    /// [`warm_up`] for `account`.
+    async fn warm_up_account(publisher: &Publisher, account: &str) {
         for _ in 0..10 {
-            if publisher.publish(&event()).await.is_ok() {
+            if publisher.publish(&event_of(account, "")).await.is_ok() {
+                settle(publisher).await;
                 return;
             }
         }
         panic!("the mock cluster never acknowledged an event");
+    }
+
+    /// Waits until librdkafka no longer counts any message in its queue: it
+    /// stops counting an acknowledged one just after its delivery report
+    /// has been handed over.
+    async fn settle(publisher: &Publisher) {
+        for _ in 0..100 {
+            if publisher.queue_depth() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("messages still queued after a second");
     }
 
     #[tokio::test]
@@ -605,8 +852,11 @@ mod tests {
             cluster.bootstrap_servers(),
             &["queue.buffering.max.messages=1", "message.timeout.ms=500"],
         );
+        // Both accounts' keys in use: the sends below are events alone.
+        warm_up_account(&publisher, "13800000001").await;
+        warm_up_account(&publisher, "13800000002").await;
         cluster.broker_down(BROKER).expect("broker down");
-        let queued = event();
+        let queued = event_of("13800000001", "");
         let first = publisher.publish(&queued);
         tokio::pin!(first);
         assert!(
@@ -615,7 +865,7 @@ mod tests {
         );
 
         let started = Instant::now();
-        let second = publisher.publish(&event()).await;
+        let second = publisher.publish(&event_of("13800000002", "")).await;
 
         assert_eq!(
             second,
@@ -635,9 +885,11 @@ mod tests {
             topic_replication: 1,
             kafka_options: vec!["message.timeout.ms=500".parse().expect("key=value")],
         };
-        let publisher = Publisher::with_queue_limit(&kafka, TIMEOUT, 2).expect("a producer");
+        let publisher =
+            Publisher::with_queue_limit(&kafka, TIMEOUT, 2, sealing()).expect("a producer");
         cluster.broker_down(BROKER).expect("broker down");
-        let queued = [event(), event()];
+        // Three new accounts: each submission's first send is its key.
+        let queued = [event_of("13800000001", ""), event_of("13800000002", "")];
         let first = publisher.publish(&queued[0]);
         let second = publisher.publish(&queued[1]);
         tokio::pin!(first, second);
@@ -645,10 +897,193 @@ mod tests {
         assert!(futures::poll!(&mut second).is_pending());
 
         assert_eq!(
-            publisher.publish(&event()).await,
-            Err(PublishError::NotPersisted(RDKafkaErrorCode::QueueFull)),
+            publisher.publish(&event_of("13800000003", "")).await,
+            Err(PublishError::KeyNotWritten(RDKafkaErrorCode::QueueFull)),
             "a third send finds the queue of two full"
         );
         let _ = (first.await, second.await);
+    }
+    #[tokio::test]
+    async fn an_event_is_sealed_keyed_by_its_account_reference_after_its_key() {
+        let cluster = mock_cluster();
+        let bootstrap = cluster.bootstrap_servers();
+        let publisher = publisher(bootstrap.clone(), &[]);
+        let submitted = event_of(ACCOUNT, "服務很好");
+
+        let receipt = publisher.publish(&submitted).await.expect("persisted");
+
+        let account_ref = AccountRef::of(&pepper(), ACCOUNT);
+        let keys = read_all(&bootstrap, KEYS_TOPIC);
+        assert_eq!(keys.len(), 1, "one data key written");
+        let key_record = &keys[0];
+        let score_shared::personal::KeyRecord::Key(key) =
+            score_shared::personal::KeyRecord::decode(
+                &key_record.key,
+                key_record.payload.as_deref(),
+            )
+            .expect("a key record")
+        else {
+            panic!("a key, not a tombstone");
+        };
+        assert_eq!(key.account_ref, account_ref);
+        assert_eq!(key_record.key, key.record_key().into_bytes());
+
+        let events = read_all(&bootstrap, TOPIC);
+        assert_eq!(events.len(), 1);
+        let stored = &events[0];
+        assert_eq!(
+            (stored.partition, stored.offset),
+            (receipt.partition, receipt.offset),
+            "the receipt is the event's"
+        );
+        assert_eq!(stored.key, account_ref.to_string().into_bytes());
+        let payload = stored.payload.as_deref().expect("a payload");
+        for clear in [ACCOUNT.as_bytes(), "服務很好".as_bytes()] {
+            assert!(
+                !payload.windows(clear.len()).any(|window| window == clear),
+                "the payload holds {:?} in clear",
+                String::from_utf8_lossy(clear)
+            );
+        }
+        let score_shared::Event::SealedScore(sealed) =
+            score_shared::event::decode(payload).expect("an event")
+        else {
+            panic!("a sealed event");
+        };
+        assert_eq!(sealed.open(&key).expect("opens under its key"), {
+            let mut expected = submitted.clone();
+            expected.submission_digest = Some(submitted.submission_digest());
+            expected
+        });
+        assert!(
+            key_record.timestamp <= stored.timestamp,
+            "the key was produced before the event"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_accounts_key_is_written_once_and_reused_for_its_next_events() {
+        let cluster = mock_cluster();
+        let bootstrap = cluster.bootstrap_servers();
+        let publisher = publisher(bootstrap.clone(), &[]);
+
+        for _ in 0..3 {
+            publisher.publish(&event()).await.expect("persisted");
+        }
+        publisher
+            .publish(&event_of("13900139000", ""))
+            .await
+            .expect("persisted");
+
+        assert_eq!(
+            read_all(&bootstrap, KEYS_TOPIC).len(),
+            2,
+            "a key per account"
+        );
+        assert_eq!(read_all(&bootstrap, TOPIC).len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_key_write_the_broker_refuses_fails_the_submission_and_sends_no_event() {
+        let cluster = mock_cluster();
+        let bootstrap = cluster.bootstrap_servers();
+        let publisher = publisher(bootstrap.clone(), &[]);
+        warm_up(&publisher).await;
+        // The next produce request, the new account's key, is refused.
+        cluster.request_errors(
+            rdkafka::types::RDKafkaApiKey::Produce,
+            &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+        );
+
+        let started = Instant::now();
+        let refused = publisher.publish(&event_of("13900139000", "")).await;
+
+        let Err(PublishError::KeyNotWritten(_)) = refused else {
+            panic!("answered {refused:?}");
+        };
+        assert_eq!(refused.unwrap_err().outcome(), "not_persisted");
+        assert!(started.elapsed() < TIMEOUT + FENCE_MARGIN);
+        assert_eq!(
+            read_all(&bootstrap, TOPIC).len(),
+            1,
+            "only the warm-up's event"
+        );
+        // An account with a key in use is not held up by the key topic.
+        publisher.publish(&event()).await.expect("persisted");
+        assert_eq!(
+            read_all(&bootstrap, KEYS_TOPIC).len(),
+            1,
+            "only the warm-up's key"
+        );
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_key_write_the_accounts_next_submission_writes_a_new_key() {
+        let cluster = mock_cluster();
+        let bootstrap = cluster.bootstrap_servers();
+        let publisher = publisher(bootstrap.clone(), &["message.timeout.ms=500"]);
+        warm_up(&publisher).await;
+        cluster.broker_down(BROKER).expect("broker down");
+
+        let refused = publisher.publish(&event_of("13900139000", "")).await;
+        cluster.broker_up(BROKER).expect("broker up");
+        let mut accepted = Err(PublishError::NotPersisted(RDKafkaErrorCode::Fail));
+        for _ in 0..10 {
+            accepted = publisher.publish(&event_of("13900139000", "")).await;
+            if accepted.is_ok() {
+                break;
+            }
+        }
+
+        assert_eq!(
+            refused,
+            Err(PublishError::KeyNotWritten(
+                RDKafkaErrorCode::MessageTimedOut
+            ))
+        );
+        accepted.expect("persisted once the broker is back");
+        let keys = read_all(&bootstrap, KEYS_TOPIC);
+        assert_eq!(keys.len(), 2, "the warm-up's key and the new account's");
+    }
+
+    #[tokio::test]
+    async fn a_key_write_without_an_answer_is_answered_within_the_publish_timeout() {
+        let cluster = mock_cluster();
+        let publisher = publisher(
+            cluster.bootstrap_servers(),
+            &["message.timeout.ms=1000", "request.timeout.ms=500"],
+        );
+        warm_up(&publisher).await;
+        cluster
+            .broker_round_trip_time(BROKER, TIMEOUT * 2)
+            .expect("a slow broker");
+
+        let started = Instant::now();
+        let answer = publisher.publish(&event_of("13900139000", "")).await;
+
+        assert_eq!(
+            answer,
+            Err(PublishError::KeyNotWritten(
+                RDKafkaErrorCode::MessageTimedOut
+            ))
+        );
+        assert!(
+            started.elapsed() < TIMEOUT + FENCE_MARGIN,
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_failed_key_write_counts_as_an_event_not_written() {
+        assert_eq!(
+            PublishError::KeyNotWritten(RDKafkaErrorCode::MessageTimedOut).outcome(),
+            "not_persisted"
+        );
+        assert_eq!(
+            PublishError::TimedOut(Duration::from_secs(6)).code(),
+            RDKafkaErrorCode::MessageTimedOut,
+            "a key write ended by the fence"
+        );
     }
 }

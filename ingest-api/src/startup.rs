@@ -73,29 +73,34 @@ pub struct Application {
 }
 
 impl Application {
-    /// Creates the producer, makes sure the topic exists (or keeps trying in
-    /// the background when the broker is down: the API still starts, answers
-    /// 503 and reports not ready) and binds the public and metrics
-    /// listeners.
+    /// Creates the producer, makes sure the event topic and the key topic
+    /// exist (or keeps trying in the background when the broker is down:
+    /// the API still starts, answers 503 and reports not ready) and binds
+    /// the public and metrics listeners.
     ///
     /// # Errors
     ///
-    /// Invalid settings (no results token key among them) or an address
-    /// that cannot be bound.
+    /// Invalid settings (no results token key or no account pepper among
+    /// them) or an address that cannot be bound.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         // First: without a key no submission could be answered its results
-        // token, so nothing else is started.
+        // token, and without the pepper no event could name its account, so
+        // nothing else is started.
         let results_tokens = config.results_tokens()?;
+        let sealing = config.sealing()?;
         let rules = config
             .validation
             .rules()
             .context("invalid validation settings")?;
         // Before anything records a metric.
         score_shared::telemetry::metrics();
+        // Two messages a submission: its data key's may still be counted
+        // while its event is queued (see `with_queue_limit`).
         let publisher = Publisher::with_queue_limit(
             &config.kafka,
             config.publish_timeout(),
-            config.max_in_flight_writes,
+            config.max_in_flight_writes.saturating_mul(2),
+            sealing,
         )?;
         // Connects on first use: MySQL being down never stops the start.
         let read_model = config
@@ -112,7 +117,12 @@ impl Application {
             .transpose()?;
         // Ready from the start when the broker answered provisioning; the
         // background probe takes over once running.
-        let provisioned = provision_topic(config.kafka.clone(), config.publish_timeout()).await;
+        let provisioned = provision_topics(
+            config.kafka.clone(),
+            config.personal.keys_topic.clone(),
+            config.publish_timeout(),
+        )
+        .await;
         let (readiness_probe, readiness) = Readiness::new(provisioned);
         let listener = TcpListener::bind(config.http_addr)
             .await
@@ -355,27 +365,33 @@ fn refuse(stream: TcpStream, lingering: &Arc<Semaphore>) {
 /// How often the rate limiters forget clients not seen lately.
 const LIMITER_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Creates the topic now if the broker answers within `timeout` (and says
-/// so), otherwise keeps trying in the background.
-async fn provision_topic(kafka: KafkaArgs, timeout: Duration) -> bool {
-    let attempt = tokio::time::timeout(timeout, score_shared::kafka::ensure_topic(&kafka)).await;
+/// Creates the event topic and the key topic now if the broker answers
+/// within `timeout` (and says so), otherwise keeps trying in the
+/// background.
+async fn provision_topics(kafka: KafkaArgs, keys_topic: String, timeout: Duration) -> bool {
+    let attempt = tokio::time::timeout(timeout, ensure_topics(&kafka, &keys_topic)).await;
     match attempt {
         Ok(Ok(())) => return true,
         Ok(Err(error)) => tracing::warn!(
             error = format!("{error:#}"),
-            "topic not provisioned yet; will retry"
+            "topics not provisioned yet; will retry"
         ),
-        Err(_) => tracing::warn!("broker did not answer; will retry provisioning the topic"),
+        Err(_) => tracing::warn!("broker did not answer; will retry provisioning the topics"),
     }
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(TOPIC_RETRY_INTERVAL).await;
-            let attempt =
-                tokio::time::timeout(timeout, score_shared::kafka::ensure_topic(&kafka)).await;
+            let attempt = tokio::time::timeout(timeout, ensure_topics(&kafka, &keys_topic)).await;
             if let Ok(Ok(())) = attempt {
                 return;
             }
         }
     });
     false
+}
+
+/// The event topic, then the compacted key topic its data keys go to.
+async fn ensure_topics(kafka: &KafkaArgs, keys_topic: &str) -> anyhow::Result<()> {
+    score_shared::kafka::ensure_topic(kafka).await?;
+    score_shared::kafka::ensure_keys_topic(kafka, keys_topic).await
 }

@@ -16,7 +16,7 @@ use score_shared::ValidationRules;
 use serde_json::Value;
 use warp::http::StatusCode;
 
-use common::{LIMIT, app, error_code, state, token_for};
+use common::{LIMIT, TEST_KEYS, app, error_code, state, token_for};
 
 #[tokio::test]
 async fn an_unknown_path_is_a_404_in_the_v1_error_format() {
@@ -376,16 +376,25 @@ fn help_never_prints_a_secret_from_the_environment() {
             "SCORES_RESULTS_TOKEN_KEYS",
             "k1:s3cret-results-key-s3cret-results-key",
         )
+        .env("SCORES_ACCOUNT_PEPPER", HELP_PEPPER)
         .output()
         .expect("running ingest-api --help");
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "ingest-api --help failed");
     assert!(help.contains("SCORES_QUERY_DATABASE_URL"), "{help}");
+    assert!(help.contains("SCORES_ACCOUNT_PEPPER"), "{help}");
     assert!(
         !help.contains("s3cret"),
         "--help prints a secret from the environment:\n{help}"
     );
+    assert!(
+        !help.contains(HELP_PEPPER),
+        "--help prints the account pepper from the environment:\n{help}"
+    );
 }
+
+/// A valid pepper (32 bytes) that must not show in `--help`.
+const HELP_PEPPER: &str = "aGVscC1wZXBwZXItaGVscC1wZXBwZXItaGVscC1wZXA=";
 
 #[tokio::test]
 async fn a_key_reused_for_another_body_is_a_422_at_both_doors_even_after_an_unknown_write() {
@@ -621,5 +630,49 @@ fn the_api_refuses_to_start_without_a_results_token_key() {
     assert!(
         !stderr.contains("dG9vLXNob3J0"),
         "the key is echoed: {stderr}"
+    );
+}
+
+#[test]
+fn the_api_refuses_to_start_without_an_account_pepper() {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ingest-api"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SCORES_") {
+            command.env_remove(name);
+        }
+    }
+    let mut api = command
+        .env("SCORES_HTTP_ADDR", "127.0.0.1:0")
+        .env("SCORES_METRICS_ADDR", "127.0.0.1:0")
+        .env("SCORES_KAFKA_BROKERS", "127.0.0.1:1")
+        .env("SCORES_RESULTS_TOKEN_KEYS", TEST_KEYS)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running ingest-api");
+    // It must exit at once; one that started would serve until stopped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = api.try_wait().expect("its status") {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = api.kill();
+            let _ = api.wait();
+            panic!("ingest-api started without an account pepper");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut api.stderr.take().expect("its stderr"), &mut stderr)
+        .expect("reading its stderr");
+    assert!(!status.success(), "it exited successfully: {stderr}");
+    assert!(
+        stderr.contains("no account pepper: set SCORES_ACCOUNT_PEPPER"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("head -c 32 /dev/urandom | base64"),
+        "{stderr}"
     );
 }

@@ -13,7 +13,8 @@ pub const RECOVERY: Duration = Duration::from_secs(120);
 
 /// The settings of every service of one test: its brokers and database, the
 /// default topic (each test has brokers of its own) with `replication`
-/// replicas, and a fresh group.
+/// replicas and its key topic, the tests' account pepper, and a fresh
+/// group.
 pub fn service_env(
     brokers: &str,
     replication: usize,
@@ -22,6 +23,11 @@ pub fn service_env(
     vec![
         ("SCORES_KAFKA_BROKERS", brokers.to_owned()),
         ("SCORES_TOPIC", "score-events".to_owned()),
+        ("SCORES_KEYS_TOPIC", crate::keys_topic_of("score-events")),
+        (
+            "SCORES_ACCOUNT_PEPPER",
+            crate::TEST_ACCOUNT_PEPPER.to_owned(),
+        ),
         ("SCORES_TOPIC_PARTITIONS", "3".to_owned()),
         ("SCORES_TOPIC_REPLICATION", replication.to_string()),
         ("SCORES_DATABASE_URL", database_url.to_owned()),

@@ -537,7 +537,35 @@ impl Service {
         Self::spawn("projector", args, env)
     }
 
+    /// `env` with the personal data settings every service needs, where the
+    /// test gives none: the tests' pepper ([`crate::TEST_ACCOUNT_PEPPER`]),
+    /// and, when the test names the event topic, its key topic
+    /// ([`crate::keys_topic_of`]), so that an API and a projector started
+    /// with the same settings share their data keys.
+    fn with_personal_data<'a>(env: &[(&'a str, String)]) -> Vec<(&'a str, String)> {
+        let set = |name: &str| env.iter().any(|(key, _)| *key == name);
+        let mut with = env.to_vec();
+        if !set("SCORES_ACCOUNT_PEPPER") && !set("SCORES_ACCOUNT_PEPPER_FILE") {
+            with.push((
+                "SCORES_ACCOUNT_PEPPER",
+                crate::TEST_ACCOUNT_PEPPER.to_owned(),
+            ));
+        }
+        let topic = env.iter().rev().find(|(key, _)| *key == "SCORES_TOPIC");
+        if let Some((_, topic)) = topic
+            && !set("SCORES_KEYS_TOPIC")
+        {
+            with.push(("SCORES_KEYS_TOPIC", crate::keys_topic_of(topic)));
+        }
+        with
+    }
+
     fn spawn<K: AsRef<str>>(name: &'static str, args: &[&str], env: &[(K, String)]) -> Self {
+        let env: Vec<(&str, String)> = env
+            .iter()
+            .map(|(key, value)| (key.as_ref(), value.clone()))
+            .collect();
+        let env = Self::with_personal_data(&env);
         let log = scratch_dir(name).join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("a log file");
         let mut command = Command::new(bin_dir().join(name));
@@ -558,10 +586,7 @@ impl Service {
                 "RUST_LOG",
                 std::env::var("SERVICE_LOG").unwrap_or_else(|_| "warn".to_owned()),
             )
-            .envs(
-                env.iter()
-                    .map(|(key, value)| (key.as_ref(), value.as_str())),
-            )
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
             .stdout(file.try_clone().expect("log"))
             .stderr(file)
             .spawn()

@@ -13,7 +13,7 @@ use ingest_api::Config;
 use ingest_api::handlers::AppState;
 use ingest_api::handlers::pages::Pages;
 use ingest_api::limits::Limits;
-use ingest_api::publisher::Publisher;
+use ingest_api::publisher::{Publisher, Sealing};
 use ingest_api::read_token::ResultsTokens;
 use ingest_api::readiness::Readiness;
 use ingest_api::routes::routes;
@@ -39,6 +39,18 @@ pub fn token_for(account: &str) -> String {
     results_tokens().issue(&account)
 }
 
+/// The account pepper of these tests (32 bytes).
+pub const TEST_PEPPER: &str = "cm91dGUtdGVzdHMtcGVwcGVyLXJvdXRlLXRlc3RzLXA=";
+
+/// How `state()`'s publisher seals events.
+pub fn sealing() -> Sealing {
+    Sealing {
+        pepper: TEST_PEPPER.parse().expect("a valid pepper"),
+        keys_topic: "unused-keys".to_owned(),
+        key_time_to_live: Duration::from_secs(60),
+    }
+}
+
 pub fn state() -> AppState {
     let kafka = KafkaArgs {
         kafka_brokers: "127.0.0.1:1".to_owned(),
@@ -49,7 +61,8 @@ pub fn state() -> AppState {
     };
     let config = Config::parse_from(["ingest-api", "--rate-limit-per-client-per-minute", "3"]);
     AppState {
-        publisher: Publisher::new(&kafka, Duration::from_millis(100)).expect("a producer"),
+        publisher: Publisher::new(&kafka, Duration::from_millis(100), sealing())
+            .expect("a producer"),
         rules: Arc::new(ValidationRules::default()),
         limits: Arc::new(Limits::new(&config)),
         body_limit_bytes: LIMIT,

@@ -1,0 +1,287 @@
+//! The data keys submissions are sealed under, one per account at a time.
+//!
+//! Writing a key costs a round trip to the broker before the event's own,
+//! so a key is reused for the account's submissions for a while: it is kept
+//! in a bounded in-process cache ([`DataKeys`]) for the data key cache's
+//! time to live (`SCORES_DATA_KEY_CACHE_SECONDS`). A key enters the cache
+//! only once its write is acknowledged, and concurrent first submissions of
+//! one account wait for the same write, so they make one key.
+//!
+//! The time to live is short because `projector forget` tombstones an
+//! account's keys in the key topic and cannot reach this cache: until the
+//! entry expires, the account's new submissions are still sealed under the
+//! forgotten key, and the projector projects those events as forgotten.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+use score_shared::{AccountRef, DataKey};
+
+/// Most accounts whose key is cached. A cached key is about 200 bytes with
+/// the cache's bookkeeping, so the cache stays within a few tens of MiB;
+/// beyond it, the least used accounts' keys are dropped (their next
+/// submission writes a new key).
+pub const DATA_KEY_CACHE_CAPACITY: u64 = 100_000;
+
+/// The data keys this process sealed under recently, by account. Cheap to
+/// clone: every clone is the same cache.
+#[derive(Clone)]
+pub struct DataKeys {
+    cache: Cache<AccountRef, Arc<DataKey>>,
+}
+
+impl DataKeys {
+    /// An empty cache whose keys are reused for `time_to_live` after they
+    /// were written (zero: never reused).
+    pub fn new(time_to_live: Duration) -> Self {
+        Self {
+            cache: Cache::builder()
+                .max_capacity(DATA_KEY_CACHE_CAPACITY)
+                .time_to_live(time_to_live)
+                .build(),
+        }
+    }
+
+    /// The key to seal `account_ref`'s next event under: the cached one, or
+    /// else a new key, which `write` must make durable (write to the key
+    /// topic and see acknowledged) before it is cached and returned. While
+    /// one caller writes an account's new key, the others asking for that
+    /// account wait for the same write and get the same key.
+    ///
+    /// # Errors
+    ///
+    /// What `write` failed with; nothing is cached then, so the next call
+    /// for the account makes another key. Callers that waited on a failed
+    /// write get its error too.
+    pub async fn key_for<W, F, E>(
+        &self,
+        account_ref: AccountRef,
+        write: W,
+    ) -> Result<Arc<DataKey>, E>
+    where
+        W: FnOnce(Arc<DataKey>) -> F,
+        F: Future<Output = Result<(), E>>,
+        E: Clone + Send + Sync + 'static,
+    {
+        self.cache
+            .try_get_with(account_ref, async move {
+                let key = Arc::new(DataKey::generate(account_ref));
+                write(Arc::clone(&key)).await?;
+                Ok(key)
+            })
+            .await
+            .map_err(|shared: Arc<E>| E::clone(&shared))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use base64::Engine as _;
+    use score_shared::Pepper;
+
+    use super::*;
+
+    fn account(number: &str) -> AccountRef {
+        let pepper: Pepper = base64::engine::general_purpose::STANDARD
+            .encode([9u8; 32])
+            .parse()
+            .expect("a valid pepper");
+        AccountRef::of(&pepper, number)
+    }
+
+    /// A write that succeeds after `delay`, counting its calls.
+    fn counted_write<'a>(
+        writes: &'a AtomicUsize,
+        delay: Duration,
+    ) -> impl FnOnce(Arc<DataKey>) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        move |_key| {
+            Box::pin(async move {
+                writes.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_submissions_of_one_account_write_one_key() {
+        let keys = DataKeys::new(Duration::from_secs(60));
+        let writes = AtomicUsize::new(0);
+
+        let got = futures::future::join_all((0..16).map(|_| {
+            keys.key_for(
+                account("13800138000"),
+                counted_write(&writes, Duration::from_millis(50)),
+            )
+        }))
+        .await;
+
+        assert_eq!(writes.load(Ordering::SeqCst), 1, "one write for sixteen");
+        let kids: std::collections::HashSet<_> = got
+            .into_iter()
+            .map(|key| key.expect("written").kid)
+            .collect();
+        assert_eq!(kids.len(), 1, "everyone got the one key");
+    }
+
+    #[tokio::test]
+    async fn a_key_is_reused_for_the_account_within_its_time_to_live() {
+        let keys = DataKeys::new(Duration::from_secs(60));
+        let writes = AtomicUsize::new(0);
+
+        let first = keys
+            .key_for(
+                account("13800138000"),
+                counted_write(&writes, Duration::ZERO),
+            )
+            .await
+            .expect("written");
+        let second = keys
+            .key_for(
+                account("13800138000"),
+                counted_write(&writes, Duration::ZERO),
+            )
+            .await
+            .expect("cached");
+
+        assert_eq!(writes.load(Ordering::SeqCst), 1);
+        assert_eq!(first.kid, second.kid);
+    }
+
+    #[tokio::test]
+    async fn each_account_gets_a_key_of_its_own() {
+        let keys = DataKeys::new(Duration::from_secs(60));
+        let writes = AtomicUsize::new(0);
+
+        let one = keys
+            .key_for(
+                account("13800138000"),
+                counted_write(&writes, Duration::ZERO),
+            )
+            .await
+            .expect("written");
+        let other = keys
+            .key_for(
+                account("13900139000"),
+                counted_write(&writes, Duration::ZERO),
+            )
+            .await
+            .expect("written");
+
+        assert_eq!(writes.load(Ordering::SeqCst), 2);
+        assert_ne!(one.kid, other.kid);
+        assert_eq!(one.account_ref, account("13800138000"));
+        assert_eq!(other.account_ref, account("13900139000"));
+    }
+
+    #[tokio::test]
+    async fn the_key_handed_out_is_the_key_that_was_written() {
+        let keys = DataKeys::new(Duration::from_secs(60));
+        let written = std::sync::Mutex::new(None);
+
+        let key = keys
+            .key_for(account("13800138000"), |key: Arc<DataKey>| {
+                *written.lock().unwrap() = Some(key.kid);
+                async { Ok::<(), String>(()) }
+            })
+            .await
+            .expect("written");
+
+        assert_eq!(*written.lock().unwrap(), Some(key.kid));
+    }
+
+    #[tokio::test]
+    async fn a_key_whose_write_failed_is_never_handed_out_and_the_next_submission_writes_another() {
+        let keys = DataKeys::new(Duration::from_secs(60));
+        let failed_kid = std::sync::Mutex::new(None);
+
+        let failed = keys
+            .key_for(account("13800138000"), |key: Arc<DataKey>| {
+                *failed_kid.lock().unwrap() = Some(key.kid);
+                async { Err("the broker refused it".to_owned()) }
+            })
+            .await;
+        let writes = AtomicUsize::new(0);
+        let next = keys
+            .key_for(
+                account("13800138000"),
+                counted_write(&writes, Duration::ZERO),
+            )
+            .await
+            .expect("written");
+
+        assert_eq!(failed.unwrap_err(), "the broker refused it");
+        assert_eq!(
+            writes.load(Ordering::SeqCst),
+            1,
+            "the failed key was not cached"
+        );
+        assert_ne!(Some(next.kid), *failed_kid.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn everyone_waiting_on_a_failed_write_gets_its_error() {
+        let keys = DataKeys::new(Duration::from_secs(60));
+        let writes = AtomicUsize::new(0);
+
+        let got = futures::future::join_all((0..8).map(|_| {
+            keys.key_for(account("13800138000"), |_key: Arc<DataKey>| {
+                writes.fetch_add(1, Ordering::SeqCst);
+                async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err::<(), _>("not acknowledged".to_owned())
+                }
+            })
+        }))
+        .await;
+
+        assert_eq!(writes.load(Ordering::SeqCst), 1);
+        assert!(got.iter().all(|key| key.is_err()), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_key_is_replaced_once_its_time_to_live_has_passed() {
+        let keys = DataKeys::new(Duration::from_millis(100));
+        let writes = AtomicUsize::new(0);
+
+        let first = keys
+            .key_for(
+                account("13800138000"),
+                counted_write(&writes, Duration::ZERO),
+            )
+            .await
+            .expect("written");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let later = keys
+            .key_for(
+                account("13800138000"),
+                counted_write(&writes, Duration::ZERO),
+            )
+            .await
+            .expect("written");
+
+        assert_eq!(writes.load(Ordering::SeqCst), 2);
+        assert_ne!(first.kid, later.kid);
+    }
+
+    #[tokio::test]
+    async fn a_time_to_live_of_zero_writes_a_key_for_every_submission() {
+        let keys = DataKeys::new(Duration::ZERO);
+        let writes = AtomicUsize::new(0);
+
+        for _ in 0..3 {
+            keys.key_for(
+                account("13800138000"),
+                counted_write(&writes, Duration::ZERO),
+            )
+            .await
+            .expect("written");
+        }
+
+        assert_eq!(writes.load(Ordering::SeqCst), 3);
+    }
+}
