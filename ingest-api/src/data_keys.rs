@@ -93,6 +93,13 @@ mod tests {
         AccountRef::of(&pepper, number)
     }
 
+    /// The key for `number`, written (and counted in `writes`) if need be.
+    async fn key_counted(keys: &DataKeys, number: &str, writes: &AtomicUsize) -> Arc<DataKey> {
+        keys.key_for(account(number), counted_write(writes, Duration::ZERO))
+            .await
+            .expect("written")
+    }
+
     /// A write that succeeds after `delay`, counting its calls.
     fn counted_write<'a>(
         writes: &'a AtomicUsize,
@@ -133,20 +140,8 @@ mod tests {
         let keys = DataKeys::new(Duration::from_secs(60));
         let writes = AtomicUsize::new(0);
 
-        let first = keys
-            .key_for(
-                account("13800138000"),
-                counted_write(&writes, Duration::ZERO),
-            )
-            .await
-            .expect("written");
-        let second = keys
-            .key_for(
-                account("13800138000"),
-                counted_write(&writes, Duration::ZERO),
-            )
-            .await
-            .expect("cached");
+        let first = key_counted(&keys, "13800138000", &writes).await;
+        let second = key_counted(&keys, "13800138000", &writes).await;
 
         assert_eq!(writes.load(Ordering::SeqCst), 1);
         assert_eq!(first.kid, second.kid);
@@ -157,20 +152,8 @@ mod tests {
         let keys = DataKeys::new(Duration::from_secs(60));
         let writes = AtomicUsize::new(0);
 
-        let one = keys
-            .key_for(
-                account("13800138000"),
-                counted_write(&writes, Duration::ZERO),
-            )
-            .await
-            .expect("written");
-        let other = keys
-            .key_for(
-                account("13900139000"),
-                counted_write(&writes, Duration::ZERO),
-            )
-            .await
-            .expect("written");
+        let one = key_counted(&keys, "13800138000", &writes).await;
+        let other = key_counted(&keys, "13900139000", &writes).await;
 
         assert_eq!(writes.load(Ordering::SeqCst), 2);
         assert_ne!(one.kid, other.kid);
@@ -206,13 +189,7 @@ mod tests {
             })
             .await;
         let writes = AtomicUsize::new(0);
-        let next = keys
-            .key_for(
-                account("13800138000"),
-                counted_write(&writes, Duration::ZERO),
-            )
-            .await
-            .expect("written");
+        let next = key_counted(&keys, "13800138000", &writes).await;
 
         assert_eq!(failed.unwrap_err(), "the broker refused it");
         assert_eq!(
@@ -248,21 +225,9 @@ mod tests {
         let keys = DataKeys::new(Duration::from_millis(100));
         let writes = AtomicUsize::new(0);
 
-        let first = keys
-            .key_for(
-                account("13800138000"),
-                counted_write(&writes, Duration::ZERO),
-            )
-            .await
-            .expect("written");
+        let first = key_counted(&keys, "13800138000", &writes).await;
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let later = keys
-            .key_for(
-                account("13800138000"),
-                counted_write(&writes, Duration::ZERO),
-            )
-            .await
-            .expect("written");
+        let later = key_counted(&keys, "13800138000", &writes).await;
 
         assert_eq!(writes.load(Ordering::SeqCst), 2);
         assert_ne!(first.kid, later.kid);
