@@ -293,7 +293,7 @@ async fn a_forgotten_person_leaves_no_trace_in_mysql_or_the_log_and_their_grades
         .await
         .expect("the command ran")
     };
-    assert!(printed.contains("1 accounts forgotten"), "{printed}");
+    assert!(printed.contains("1 account forgotten"), "{printed}");
     assert!(
         printed.contains("applied by grade, account_summary"),
         "{printed}"

@@ -67,13 +67,22 @@ pub fn render(forgotten: &Forgotten, json: bool) -> String {
         format!("applied by {}", forgotten.applied_by.join(", "))
     };
     format!(
-        "{}: forgotten ({} data keys tombstoned; erasure {} at partition {} offset {}; {applied})",
+        "{}: forgotten ({}; erasure {} at partition {} offset {}; {applied})",
         forgotten.account,
-        forgotten.keys_forgotten,
+        counted(
+            forgotten.keys_forgotten,
+            "data key tombstoned",
+            "data keys tombstoned"
+        ),
         forgotten.erasure_event_id,
         forgotten.partition,
         forgotten.offset,
     )
+}
+
+/// `count` and the noun that goes with it.
+pub fn counted(count: usize, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
 }
 
 /// The account numbers of `args`: the arguments, then the file's lines
@@ -322,6 +331,13 @@ mod tests {
     fn no_number_at_all_is_a_clear_error() {
         let error = accounts(&args(&[])).unwrap_err().to_string();
         assert!(error.contains("no account number"), "{error}");
+    }
+
+    #[test]
+    fn one_is_singular() {
+        assert_eq!(counted(1, "account", "accounts"), "1 account");
+        assert_eq!(counted(0, "account", "accounts"), "0 accounts");
+        assert_eq!(counted(2, "account", "accounts"), "2 accounts");
     }
 
     #[test]

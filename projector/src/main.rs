@@ -47,7 +47,8 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
             if !json {
-                println!("{} accounts forgotten", done.len());
+                let accounts = forget::counted(done.len(), "account", "accounts");
+                println!("{accounts} forgotten");
             }
         }
         Command::MigrateLog(args) => {
