@@ -27,8 +27,8 @@ const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
 
 /// A record waiting in the chunk.
 enum Pending {
-    /// A rating, sealed once its account's key is known.
-    Rating(ScoreSubmitted),
+    /// A rating and its account, sealed once the account's key is known.
+    Rating(Box<ScoreSubmitted>, AccountRef),
     /// Bytes appended as they are (an event that needs no sealing).
     Raw {
         key: Option<Vec<u8>>,
@@ -81,11 +81,6 @@ impl SealingAppender {
         })
     }
 
-    /// The pepper account references are computed under.
-    pub fn pepper(&self) -> &Pepper {
-        &self.pepper
-    }
-
     /// Records acknowledged so far.
     pub fn appended(&self) -> u64 {
         self.appended
@@ -96,13 +91,23 @@ impl SealingAppender {
         self.keys_written
     }
 
-    /// Queues a rating; appends the chunk when it is full.
+    /// The reference of `event`'s account under this appender's pepper.
+    pub fn account_of(&self, event: &ScoreSubmitted) -> AccountRef {
+        AccountRef::of(&self.pepper, &event.acc_nbr)
+    }
+
+    /// Queues a rating of `account` (its [`Self::account_of`]); appends the
+    /// chunk when it is full.
     ///
     /// # Errors
     ///
     /// As [`Self::flush`].
-    pub async fn rating(&mut self, event: ScoreSubmitted) -> anyhow::Result<()> {
-        self.chunk.push(Pending::Rating(event));
+    pub async fn rating(
+        &mut self,
+        event: ScoreSubmitted,
+        account: AccountRef,
+    ) -> anyhow::Result<()> {
+        self.chunk.push(Pending::Rating(Box::new(event), account));
         self.flush_if_full().await
     }
 
@@ -135,8 +140,8 @@ impl SealingAppender {
         let chunk = std::mem::take(&mut self.chunk);
         let mut new_keys = Vec::new();
         for pending in &chunk {
-            if let Pending::Rating(event) = pending {
-                let account_ref = AccountRef::of(&self.pepper, &event.acc_nbr);
+            if let Pending::Rating(_, account_ref) = pending {
+                let account_ref = *account_ref;
                 self.keys.entry(account_ref).or_insert_with(|| {
                     let key = DataKey::generate(account_ref);
                     new_keys.push(key.clone());
@@ -159,8 +164,7 @@ impl SealingAppender {
         let mut deliveries = Vec::with_capacity(chunk.len());
         for pending in chunk {
             let delivery = match pending {
-                Pending::Rating(event) => {
-                    let account_ref = AccountRef::of(&self.pepper, &event.acc_nbr);
+                Pending::Rating(event, account_ref) => {
                     let sealed = event.seal(&self.keys[&account_ref]);
                     let key = sealed.record_key();
                     let payload = sealed.encode();

@@ -18,13 +18,12 @@
 //! A re-run for the same number is safe: no key is left to tombstone, and a
 //! second erasure event changes nothing more.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use score_shared::personal::KeyRecord;
 use score_shared::{AccountForgotten, AccountRef, masked};
 use serde::Serialize;
 use sqlx::MySqlPool;
@@ -32,7 +31,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::config::ForgetArgs;
-use crate::log_reader::{LogReader, Start};
+use crate::keys::KeyRing;
 use crate::projection::{self, TableSet};
 use crate::{db, store};
 
@@ -131,7 +130,6 @@ pub async fn forget(
     let pool = db::pool(&args.database)?;
     db::migrate(&args.database, &pool).await?;
     score_shared::kafka::ensure_topic(&args.kafka).await?;
-    score_shared::kafka::ensure_keys_topic(&args.kafka, &args.personal.keys_topic).await?;
     let producer: FutureProducer =
         score_shared::kafka::producer_config(&args.kafka, BROKER_TIMEOUT)
             .create()
@@ -142,7 +140,10 @@ pub async fn forget(
         .map(|account| (account.clone(), AccountRef::of(&pepper, account)))
         .collect();
     let wanted: BTreeSet<AccountRef> = refs.iter().map(|(_, r)| *r).collect();
-    let mut keys = live_keys(args, &wanted).await?;
+    // The key topic read to its end now: every key not tombstoned.
+    let ring = KeyRing::new(&args.kafka, &args.personal)?;
+    ring.catch_up().await?;
+    let mut keys = ring.keys().kids_of(&wanted);
 
     let mut done = Vec::with_capacity(refs.len());
     for (account, account_ref) in refs {
@@ -217,45 +218,6 @@ async fn journal(pool: &MySqlPool, erasure: &AccountForgotten, keys: usize) -> s
     .execute(pool)
     .await?;
     Ok(())
-}
-
-/// The data keys of `wanted` accounts the key topic still holds (read to
-/// its end now), by account.
-async fn live_keys(
-    args: &ForgetArgs,
-    wanted: &BTreeSet<AccountRef>,
-) -> anyhow::Result<HashMap<AccountRef, Vec<Uuid>>> {
-    let mut kafka = args.kafka.clone();
-    kafka.topic = args.personal.keys_topic.clone();
-    let mut reader = LogReader::open(&kafka, "forget", Start::Beginning).await?;
-    let mut live: BTreeMap<(AccountRef, Uuid), bool> = BTreeMap::new();
-    while !reader.is_done() {
-        let records = reader
-            .next_batch(5000, Duration::from_secs(1), Duration::from_millis(10))
-            .await
-            .context("reading the key topic")?;
-        for record in records {
-            let Some(key) = record.key.as_deref() else {
-                continue;
-            };
-            match KeyRecord::decode(key, record.payload.as_deref()) {
-                Ok(KeyRecord::Key(key)) if wanted.contains(&key.account_ref) => {
-                    live.insert((key.account_ref, key.kid), true);
-                }
-                Ok(KeyRecord::Forgotten { account_ref, kid }) if wanted.contains(&account_ref) => {
-                    live.insert((account_ref, kid), false);
-                }
-                _ => {}
-            }
-        }
-    }
-    let mut keys: HashMap<AccountRef, Vec<Uuid>> = HashMap::new();
-    for ((account_ref, kid), alive) in live {
-        if alive {
-            keys.entry(account_ref).or_default().push(kid);
-        }
-    }
-    Ok(keys)
 }
 
 /// Waits until every projection's position on `partition` is past

@@ -228,14 +228,12 @@ pub async fn import_legacy(
             summary.already_in_log += 1;
             continue;
         }
-        if earlier
-            .forgotten
-            .contains(&AccountRef::of(appender.pepper(), &event.acc_nbr))
-        {
+        let account = appender.account_of(&event);
+        if earlier.forgotten.contains(&account) {
             summary.forgotten += 1;
             continue;
         }
-        appender.rating(event).await.with_context(|| {
+        appender.rating(event, account).await.with_context(|| {
             format!(
                 "the broker refused an append after {} were acknowledged; run the import again to continue",
                 appender.appended()
@@ -390,18 +388,15 @@ async fn earlier_log(
         return Ok(earlier);
     }
     let progress = progress_bar(total.max(0) as u64, "reading the log for earlier imports");
-    while !reader.is_done() {
-        let records = tokio::select! {
-            () = stop.cancelled() => bail!("import stopped while reading the log; nothing was appended"),
-            read = reader.next_batch(SCAN_BATCH, BROKER_TIMEOUT, Duration::ZERO) => read.context("reading the log")?,
-        };
-        if records.is_empty() {
-            bail!(
-                "the broker sent nothing for {BROKER_TIMEOUT:?} while the log was being read \
-                 (partitions {:?} unfinished)",
-                reader.unfinished()
-            );
-        }
+    while let Some(records) = reader
+        .next_to_the_end(
+            SCAN_BATCH,
+            BROKER_TIMEOUT,
+            stop,
+            "import stopped while reading the log; nothing was appended",
+        )
+        .await?
+    {
         progress.inc(records.len() as u64);
         let probes = records
             .iter()

@@ -18,6 +18,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use score_shared::config::KafkaArgs;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::batch::LogRecord;
 
@@ -211,6 +212,39 @@ impl LogReader {
             *next = (*next).max(record.offset + 1);
         }
         Ok(records)
+    }
+
+    /// The next records on the way to the ends of the last look, for a
+    /// read that must neither stall nor outlive `stop`: `None` once every
+    /// partition is read to its end.
+    ///
+    /// # Errors
+    ///
+    /// `stopped` when `stop` fires first; a stall when the broker sends
+    /// nothing for `wait` although records are known to be there; the
+    /// consumer's error.
+    pub async fn next_to_the_end(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        stop: &CancellationToken,
+        stopped: &str,
+    ) -> anyhow::Result<Option<Vec<LogRecord>>> {
+        if self.is_done() {
+            return Ok(None);
+        }
+        let records = tokio::select! {
+            () = stop.cancelled() => anyhow::bail!("{stopped}"),
+            read = self.next_batch(max, wait, Duration::ZERO) => read.context("reading the log")?,
+        };
+        if records.is_empty() {
+            anyhow::bail!(
+                "the broker sent nothing for {wait:?} while the log was being read \
+                 (partitions {:?} unfinished)",
+                self.unfinished()
+            );
+        }
+        Ok(Some(records))
     }
 
     /// Reads `partition` again from `offset`.

@@ -124,15 +124,17 @@ pub async fn migrate_log(
     let total = reader.total();
     tracing::info!(from = %args.kafka.topic, to = %args.to_topic, records = total, "migrating the log");
     let mut last_report = tokio::time::Instant::now();
-    while !reader.is_done() {
-        let records = read(&mut reader, stop).await?;
+    while let Some(records) = reader
+        .next_to_the_end(READ_BATCH, READ_WAIT, stop, STOPPED)
+        .await?
+    {
         for record in records {
             summary.read += 1;
             let decoded = record.payload.as_deref().map(event::decode);
             match decoded {
                 Some(Ok(Event::ScoreSubmitted(rating))) => {
                     event_ids.insert(rating.event_id);
-                    let account_ref = AccountRef::of(appender.pepper(), &rating.acc_nbr);
+                    let account_ref = appender.account_of(&rating);
                     if forgotten.contains(&account_ref) {
                         let unwritten = DataKey::generate(account_ref);
                         let sealed = rating.seal(&unwritten);
@@ -141,7 +143,7 @@ pub async fn migrate_log(
                             .await?;
                         summary.sealed_forgotten += 1;
                     } else {
-                        appender.rating(rating).await?;
+                        appender.rating(rating, account_ref).await?;
                         summary.sealed += 1;
                     }
                 }
@@ -183,19 +185,8 @@ pub async fn migrate_log(
     Ok(summary)
 }
 
-async fn read(reader: &mut LogReader, stop: &CancellationToken) -> anyhow::Result<Vec<LogRecord>> {
-    let records = tokio::select! {
-        () = stop.cancelled() => bail!("stopped; the new topic is incomplete: delete it and migrate again"),
-        read = reader.next_batch(READ_BATCH, READ_WAIT, Duration::ZERO) => read.context("reading the log")?,
-    };
-    if records.is_empty() {
-        bail!(
-            "the broker sent nothing for {READ_WAIT:?} (partitions {:?} unfinished)",
-            reader.unfinished()
-        );
-    }
-    Ok(records)
-}
+/// What a stopped migration leaves behind.
+const STOPPED: &str = "stopped; the new topic is incomplete: delete it and migrate again";
 
 /// Appends `record`'s payload as it is, keyed by its account reference
 /// (an old log may have keyed it by number).
@@ -230,8 +221,11 @@ async fn forgotten_accounts(
 ) -> anyhow::Result<HashSet<AccountRef>> {
     let mut reader = LogReader::open(&args.kafka, "migrate-scan", Start::Beginning).await?;
     let mut forgotten = HashSet::new();
-    while !reader.is_done() {
-        for record in read(&mut reader, stop).await? {
+    while let Some(records) = reader
+        .next_to_the_end(READ_BATCH, READ_WAIT, stop, STOPPED)
+        .await?
+    {
+        for record in records {
             if let Some(Ok(Event::AccountForgotten(erasure))) =
                 record.payload.as_deref().map(event::decode)
             {
@@ -257,8 +251,11 @@ async fn verify(
     let mut reader = LogReader::open(destination, "migrate-verify", Start::Beginning).await?;
     let mut count = 0;
     let mut found = HashSet::with_capacity(event_ids.len());
-    while !reader.is_done() {
-        for record in read(&mut reader, stop).await? {
+    while let Some(records) = reader
+        .next_to_the_end(READ_BATCH, READ_WAIT, stop, STOPPED)
+        .await?
+    {
+        for record in records {
             count += 1;
             if let Some(probe) = record
                 .payload

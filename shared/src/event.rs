@@ -363,41 +363,45 @@ impl SealedScore {
         let plaintext = key.open(&context, &self.sealed)?;
         let personal: PersonalFields =
             serde_json::from_slice(&plaintext).map_err(UnsealError::Malformed)?;
-        Ok(ScoreSubmitted {
-            event_id: self.event_id,
-            occurred_at: self.occurred_at,
-            channel: self.channel,
-            acc_nbr: personal.acc_nbr,
-            grade1: self.grade1,
-            grade2: self.grade2,
-            grade3: self.grade3,
-            txt1: personal.txt1,
-            txt2: personal.txt2,
-            txt3: personal.txt3,
-            scene: self.scene.clone(),
-            request_id: self.request_id.clone(),
-            submission_digest: Some(personal.submission_digest),
-        })
+        Ok(self.with_personal(
+            personal.acc_nbr,
+            [personal.txt1, personal.txt2, personal.txt3],
+            Some(personal.submission_digest),
+        ))
     }
 
     /// What is left of the event once its key is forgotten: grades, time,
     /// channel and scene, under the account's placeholder, with empty
     /// comments and no digest.
     pub fn forgotten(&self) -> ScoreSubmitted {
+        self.with_personal(
+            self.account_ref.placeholder(),
+            [String::new(), String::new(), String::new()],
+            None,
+        )
+    }
+
+    /// The event in clear with these personal fields.
+    fn with_personal(
+        &self,
+        acc_nbr: String,
+        [txt1, txt2, txt3]: [String; 3],
+        submission_digest: Option<SubmissionDigest>,
+    ) -> ScoreSubmitted {
         ScoreSubmitted {
             event_id: self.event_id,
             occurred_at: self.occurred_at,
             channel: self.channel,
-            acc_nbr: self.account_ref.placeholder(),
+            acc_nbr,
             grade1: self.grade1,
             grade2: self.grade2,
             grade3: self.grade3,
-            txt1: String::new(),
-            txt2: String::new(),
-            txt3: String::new(),
+            txt1,
+            txt2,
+            txt3,
             scene: self.scene.clone(),
             request_id: self.request_id.clone(),
-            submission_digest: None,
+            submission_digest,
         }
     }
 

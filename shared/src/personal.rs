@@ -31,6 +31,9 @@ use uuid::Uuid;
 
 type HmacSha256 = hmac::Hmac<sha2_011::Sha256>;
 
+/// How a forgotten account's placeholder ([`AccountRef::placeholder`])
+/// begins.
+pub const PLACEHOLDER_PREFIX: &str = "forgotten-";
 /// The shortest pepper accepted, in bytes.
 pub const MIN_PEPPER_BYTES: usize = 32;
 /// The `type` of a data key record in the key topic.
@@ -218,7 +221,7 @@ impl AccountRef {
         hasher.update(b"score-pipeline forgotten account\n");
         hasher.update(self.0);
         let digest = hasher.finalize();
-        format!("forgotten-{}", &hex::encode(digest)[..20])
+        format!("{PLACEHOLDER_PREFIX}{}", &hex::encode(digest)[..20])
     }
 }
 

@@ -2,6 +2,7 @@ use std::collections::HashMap;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use score_shared::personal::PLACEHOLDER_PREFIX;
 use score_shared::{AccountForgotten, SubmissionContent, SubmissionDigest};
 use sqlx::{MySql, MySqlConnection, QueryBuilder};
 
@@ -11,10 +12,6 @@ use super::{Applied, Projected, Projection, TableSet, first_write_wins, record_e
 /// first. An event id already present is left as it is; a later event with
 /// that id and other content is an idempotency conflict.
 pub struct Grade;
-
-/// How a forgotten account's placeholder begins
-/// ([`score_shared::AccountRef::placeholder`]).
-const FORGOTTEN_PREFIX: &str = "forgotten-";
 
 /// Rows per multi-row INSERT: far below MySQL's 65,535 placeholders, and
 /// statements of a few hundred KiB at most.
@@ -136,7 +133,7 @@ async fn stored_digests(
         select.push(") FOR UPDATE");
         let rows: Vec<StoredRow> = select.build_query_as().fetch_all(&mut *connection).await?;
         for (event_id, stored, acc_nbr, grade1, grade2, grade3, txt1, txt2, txt3, scene) in rows {
-            if stored.is_none() && acc_nbr.starts_with(FORGOTTEN_PREFIX) {
+            if stored.is_none() && acc_nbr.starts_with(PLACEHOLDER_PREFIX) {
                 // A forgotten row: nothing left to compare with.
                 digests.insert(event_id, None);
                 continue;
