@@ -6,6 +6,9 @@ use std::time::Duration;
 use score_shared::config::{KafkaArgs, LogArgs, ValidationArgs};
 use score_shared::personal::PersonalDataArgs;
 
+/// Every projection, the default wherever a command takes a set of them.
+const DEFAULT_PROJECTIONS: &str = "grade,account_summary";
+
 /// Materializes MySQL tables from the score event log, exactly once.
 #[derive(clap::Parser, Debug)]
 #[command(name = "projector", version, about, long_about = None)]
@@ -100,7 +103,7 @@ pub struct ForgetArgs {
         long,
         env = "SCORES_PROJECTIONS",
         value_delimiter = ',',
-        default_value = "grade,account_summary"
+        default_value = DEFAULT_PROJECTIONS
     )]
     pub projections: Vec<String>,
 
@@ -450,7 +453,7 @@ pub struct RunArgs {
         long,
         env = "SCORES_PROJECTIONS",
         value_delimiter = ',',
-        default_value = "grade,account_summary"
+        default_value = DEFAULT_PROJECTIONS
     )]
     pub projections: Vec<String>,
 
