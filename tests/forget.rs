@@ -200,7 +200,7 @@ async fn roll_key_segments(topic: &TestTopic) {
             .expect("a producer");
     let keys_topic = keys_topic_of(topic.name());
     for partition in 0..3 {
-        let key = format!("{}/{}", "0".repeat(64), uuid::Uuid::now_v7());
+        let key = uuid::Uuid::now_v7().to_string();
         let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&keys_topic)
             .key(key.as_str())
             .partition(partition);
@@ -223,13 +223,34 @@ async fn rebuild_all(topic: &TestTopic, database: &TestDatabase) {
     }
 }
 
-fn key_records_of(records: &[ConsoleRecord], account_ref: &AccountRef) -> Vec<ConsoleRecord> {
-    let prefix = format!("{account_ref}/");
+/// The data key ids `account_ref`'s sealed events name, as the console
+/// consumer shows the event topic.
+fn kids_of(events: &[ConsoleRecord], account_ref: &AccountRef) -> BTreeSet<String> {
+    let record_key = account_ref.to_string();
+    events
+        .iter()
+        .filter(|r| r.key == record_key)
+        .filter_map(|r| serde_json::from_str::<Value>(r.value.as_deref()?).ok())
+        .filter_map(|event| event["kid"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The key topic's records of the keys `kids`.
+fn key_records_of(records: &[ConsoleRecord], kids: &BTreeSet<String>) -> Vec<ConsoleRecord> {
     records
         .iter()
-        .filter(|r| r.key.starts_with(&prefix))
+        .filter(|r| kids.contains(&r.key))
         .cloned()
         .collect()
+}
+
+/// Every record of `topic` (an event or key topic), read by Apache Kafka's
+/// console consumer until it has been idle for `idle`.
+async fn console(brokers: &str, topic: &str, idle: Duration) -> Vec<ConsoleRecord> {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || console_consume(&brokers, &topic, idle))
+        .await
+        .expect("the console consumer ran")
 }
 
 #[tokio::test]
@@ -251,13 +272,15 @@ async fn a_forgotten_person_leaves_no_trace_in_mysql_or_the_log_and_their_grades
     let brokers = topic.kafka.kafka_brokers.clone();
     let keys_topic = keys_topic_of(topic.name());
     let idle = Duration::from_secs(3);
-    let keys_before = {
-        let (brokers, keys_topic) = (brokers.clone(), keys_topic.clone());
-        tokio::task::spawn_blocking(move || console_consume(&brokers, &keys_topic, idle))
-            .await
-            .expect("the console consumer ran")
-    };
-    let key_material: Vec<String> = key_records_of(&keys_before, &account_ref)
+    let keys_before = console(&brokers, &keys_topic, idle).await;
+    let events_before = console(&brokers, topic.name(), idle).await;
+    let kids = kids_of(&events_before, &account_ref);
+    assert!(
+        !kids.is_empty(),
+        "the events name their keys: {events_before:?}"
+    );
+    let other_kids = kids_of(&events_before, &AccountRef::of(&pepper, OTHER));
+    let key_material: Vec<String> = key_records_of(&keys_before, &kids)
         .into_iter()
         .filter_map(|r| r.value)
         .collect();
@@ -363,11 +386,7 @@ async fn a_forgotten_person_leaves_no_trace_in_mysql_or_the_log_and_their_grades
     let keys_after = loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
         roll_key_segments(&topic).await;
-        let (brokers, keys_topic) = (brokers.clone(), keys_topic.clone());
-        let records =
-            tokio::task::spawn_blocking(move || console_consume(&brokers, &keys_topic, idle))
-                .await
-                .expect("the console consumer ran");
+        let records = console(&brokers, &keys_topic, idle).await;
         let compacted = records
             .iter()
             .all(|r| r.value.as_ref().is_none_or(|v| !key_material.contains(v)));
@@ -377,18 +396,17 @@ async fn a_forgotten_person_leaves_no_trace_in_mysql_or_the_log_and_their_grades
         assert!(
             tokio::time::Instant::now() < deadline,
             "the cleaner did not remove the forgotten keys within 120 s: {:?}",
-            key_records_of(&records, &account_ref)
+            key_records_of(&records, &kids)
         );
     };
     assert!(
-        key_records_of(&keys_after, &account_ref)
+        key_records_of(&keys_after, &kids)
             .iter()
             .all(|r| r.value.is_none()),
         "only tombstones are left of the account's keys: {keys_after:?}"
     );
-    let other_ref = AccountRef::of(&pepper, OTHER);
     assert!(
-        key_records_of(&keys_after, &other_ref)
+        key_records_of(&keys_after, &other_kids)
             .iter()
             .any(|r| r.value.is_some()),
         "another account's key is kept"

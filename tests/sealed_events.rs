@@ -2,9 +2,10 @@
 //! broker with a plain consumer (not the projector's reader): sealed
 //! version 3 events keyed by the account's reference, with no phone number
 //! or comment in clear anywhere in them, each openable with a data key the
-//! API wrote to the compacted key topic before it.
+//! API wrote to the compacted key topic before it (from its pool of keys
+//! written ahead), and no unused key left behind once the API stops.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use pipeline_tests::{
@@ -104,7 +105,8 @@ async fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
     .expect("the reading task")
 }
 
-/// The data keys in the key topic's records, with their records.
+/// The data keys in the key topic's records, with their records (the
+/// topic must hold no tombstone).
 fn data_keys(records: &[Record]) -> Vec<(DataKey, Record)> {
     records
         .iter()
@@ -178,7 +180,8 @@ async fn events_are_sealed_keyed_by_the_account_reference_and_open_with_a_key_wr
     let events = read_topic(&topic.kafka.kafka_brokers, topic.name()).await;
     let keys = data_keys(&read_topic(&topic.kafka.kafka_brokers, &keys_topic).await);
     assert_eq!(events.len(), 2, "one event per submission");
-    assert_eq!(keys.len(), 2, "one data key per account");
+    let kids: BTreeSet<_> = events.iter().map(|record| sealed(record).kid).collect();
+    assert_eq!(kids.len(), 2, "a data key per account");
 
     // Nothing personal in clear in the event topic: not in a record key,
     // not in a payload.
@@ -227,8 +230,15 @@ async fn events_are_sealed_keyed_by_the_account_reference_and_open_with_a_key_wr
             .iter()
             .find(|(key, _)| key.kid == sealed.kid)
             .unwrap_or_else(|| panic!("no data key {} in the key topic", sealed.kid));
-        assert_eq!(key.account_ref, account_ref, "the key is the account's");
-        assert_eq!(key_record.key, key.record_key().into_bytes());
+        assert_eq!(
+            key_record.key,
+            key.kid.to_string().into_bytes(),
+            "a key record is keyed by its key id"
+        );
+        assert!(
+            !contains(&key_record.key, &record_key) && !contains(&key_record.payload, &record_key),
+            "a key record names no account"
+        );
         assert!(
             key_record.timestamp <= record.timestamp,
             "the key ({} ms) was produced after the event ({} ms)",
@@ -313,8 +323,6 @@ async fn a_second_submission_within_the_time_to_live_reuses_the_accounts_key() {
     let keys =
         data_keys(&read_topic(&topic.kafka.kafka_brokers, &keys_topic_of(topic.name())).await);
     assert_eq!(events.len(), 3);
-    let key_ids: Vec<_> = keys.iter().map(|(key, _)| key.kid).collect();
-    assert_eq!(key_ids.len(), 2, "one key record per account: {key_ids:?}");
     let reused_ref = AccountRef::of(&pepper(), "13800138010");
     let kids: Vec<_> = events
         .iter()
@@ -324,6 +332,12 @@ async fn a_second_submission_within_the_time_to_live_reuses_the_accounts_key() {
         .collect();
     assert_eq!(kids.len(), 2);
     assert_eq!(kids[0], kids[1], "both events sealed under the one key");
+    let other = events
+        .iter()
+        .map(sealed)
+        .find(|sealed| sealed.account_ref != reused_ref)
+        .expect("the other account's event");
+    assert_ne!(other.kid, kids[0], "another account, another key");
     let (key, _) = keys
         .iter()
         .find(|(key, _)| key.kid == kids[0])
@@ -337,6 +351,75 @@ async fn a_second_submission_within_the_time_to_live_reuses_the_accounts_key() {
     }
 
     api.stop().await;
+}
+
+#[tokio::test]
+async fn new_accounts_get_keys_written_ahead_and_the_unused_ones_are_tombstoned_at_stop() {
+    const POOL: usize = 8;
+    let topic = TestTopic::create(3).await;
+    let keys_topic = keys_topic_of(topic.name());
+    let api = RunningApi::start_with(ingest_api::Config {
+        data_key_pool_size: POOL as u64,
+        ..api_config(&topic.kafka)
+    })
+    .await;
+    // The pool fills in the background once the API runs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let written_ahead = loop {
+        let keys = data_keys(&read_topic(&topic.kafka.kafka_brokers, &keys_topic).await);
+        if keys.len() >= POOL {
+            break keys;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pool holds {} of {POOL} keys after 30 s",
+            keys.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ahead: BTreeSet<_> = written_ahead.iter().map(|(key, _)| key.kid).collect();
+
+    for phone in ["13800138020", "13800138021", "13800138022"] {
+        post_v1(
+            &api,
+            &json!({"acc_nbr": phone, "grade1": 5, "grade2": 4, "grade3": 3, "txt1": "pooled"}),
+        )
+        .await;
+    }
+    let events = read_topic(&topic.kafka.kafka_brokers, topic.name()).await;
+    let used: BTreeSet<_> = events.iter().map(|record| sealed(record).kid).collect();
+    assert_eq!(used.len(), 3, "a key per account");
+    assert!(
+        used.is_subset(&ahead),
+        "every new account was handed a key written before its submission"
+    );
+
+    api.stop().await;
+
+    // Folded as compaction folds it: the last record of each key id.
+    let mut last = HashMap::new();
+    for record in read_topic(&topic.kafka.kafka_brokers, &keys_topic).await {
+        let kid = match KeyRecord::decode(
+            &record.key,
+            Some(record.payload.as_slice()).filter(|payload| !payload.is_empty()),
+        )
+        .expect("a key record")
+        {
+            KeyRecord::Key(key) => key.kid,
+            KeyRecord::Forgotten { kid } => kid,
+        };
+        last.insert(kid, !record.payload.is_empty());
+    }
+    let live: BTreeSet<_> = last
+        .iter()
+        .filter(|(_, is_key)| **is_key)
+        .map(|(kid, _)| *kid)
+        .collect();
+    assert!(last.len() >= POOL + used.len(), "the pool was refilled");
+    assert_eq!(
+        live, used,
+        "once the API has stopped, the only keys left are those events are sealed under"
+    );
 }
 
 #[tokio::test]

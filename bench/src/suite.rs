@@ -3,6 +3,7 @@
 //! fresh database) so that one step's leftovers do not weigh on the next.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use pipeline_tests::TestDatabase;
 use pipeline_tests::processes::{Broker, Service};
 use score_shared::config::KafkaArgs;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::load::{self, Latencies};
 use crate::overload::{OverloadRun, OverloadStep, Shape};
@@ -28,6 +30,8 @@ const PUBLISH_TIMEOUT: Duration = score_shared::kafka::DEFAULT_PUBLISH_TIMEOUT;
 const BENCH_ACCOUNT_PEPPER: &str = "c2NvcmUtYmVuY2gtcGVwcGVyLXNjb3JlLWJlbmNoLXA=";
 /// How long the raw producer reuses a data key: the API's default.
 const DATA_KEY_CACHE: Duration = Duration::from_secs(60);
+/// How many data keys the raw producer keeps ready: the API's default.
+const DATA_KEY_POOL: usize = 1024;
 
 /// Runs every step and gathers the figures.
 ///
@@ -85,7 +89,21 @@ fn sealing(topic: &str) -> Sealing {
         pepper: BENCH_ACCOUNT_PEPPER.parse().expect("a valid pepper"),
         keys_topic: pipeline_tests::keys_topic_of(topic),
         key_time_to_live: DATA_KEY_CACHE,
+        key_pool_size: DATA_KEY_POOL,
     }
+}
+
+/// Runs `work` while `publisher`'s key pool is kept full, as the ingest API
+/// keeps it; then tombstones the keys left.
+async fn with_key_pool<T>(publisher: &Publisher, work: impl Future<Output = T>) -> T {
+    let stop = CancellationToken::new();
+    let ((), out) = tokio::join!(publisher.keep_key_pool_full(&stop), async {
+        let out = work.await;
+        stop.cancel();
+        out
+    });
+    publisher.retire_pooled_keys(PUBLISH_TIMEOUT).await;
+    out
 }
 
 /// The event topic and its key topic, created as the ingest API creates
@@ -185,7 +203,11 @@ async fn ingest(settings: &Settings, broker: &Broker, figures: &mut Figures) -> 
     ensure_topics(&kafka).await?;
     let publisher = Publisher::new(&kafka, PUBLISH_TIMEOUT, sealing(topic))?;
     for in_flight in [settings.connections, settings.connections * 8] {
-        let seen = raw::produce(&publisher, in_flight, settings.warmup, settings.duration).await;
+        let seen = with_key_pool(
+            &publisher,
+            raw::produce(&publisher, in_flight, settings.warmup, settings.duration),
+        )
+        .await;
         eprintln!(
             "  raw producer, {in_flight} in flight: {:.0}/s",
             seen.throughput()
@@ -285,7 +307,7 @@ async fn catch_up(settings: &Settings, broker: &Broker) -> anyhow::Result<CatchU
     let kafka = kafka(settings, broker, topic);
     ensure_topics(&kafka).await?;
     let publisher = Publisher::new(&kafka, PUBLISH_TIMEOUT, sealing(topic))?;
-    let fill = raw::fill(&publisher, settings.backlog).await?;
+    let fill = with_key_pool(&publisher, raw::fill(&publisher, settings.backlog)).await?;
     drop(publisher);
     eprintln!(
         "  appended in {:.1} s ({:.0}/s)",

@@ -11,6 +11,9 @@ use score_shared::personal::{PepperSettingError, PersonalDataArgs};
 /// submissions may be sealed under a forgotten key for as long as it stays
 /// cached, and a day is already far more than key writes need to be rare.
 pub const MAX_DATA_KEY_CACHE_SECONDS: u64 = 24 * 60 * 60;
+/// The largest `SCORES_DATA_KEY_POOL_SIZE`: a pooled key is a few hundred
+/// bytes, and the refill may have the whole pool in librdkafka's queue.
+pub const MAX_DATA_KEY_POOL_SIZE: u64 = 100_000;
 
 /// Validates score submissions and appends them to the event log.
 ///
@@ -179,6 +182,20 @@ pub struct Config {
     )]
     pub data_key_cache_seconds: u64,
 
+    /// How many data keys are written ahead of need and kept ready for
+    /// accounts that have none in use (at most 100000). Keys are written in
+    /// batches by a background task, so an account's first submission does
+    /// not wait for its key's write; when the pool runs dry (at start, or
+    /// when the broker cannot keep up) the submission writes its own key.
+    /// Unused keys are tombstoned when the API stops. 0: no pool.
+    #[arg(
+        long,
+        env = "SCORES_DATA_KEY_POOL_SIZE",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_DATA_KEY_POOL_SIZE)
+    )]
+    pub data_key_pool_size: u64,
+
     #[command(flatten)]
     pub personal: PersonalDataArgs,
 
@@ -263,13 +280,18 @@ impl Config {
         Duration::from_millis(self.publish_timeout_ms)
     }
 
+    /// How many data keys are kept ready (`SCORES_DATA_KEY_POOL_SIZE`).
+    pub fn data_key_pool_size(&self) -> usize {
+        usize::try_from(self.data_key_pool_size).unwrap_or(usize::MAX)
+    }
+
     /// How long a data key is reused (`SCORES_DATA_KEY_CACHE_SECONDS`).
     pub fn data_key_cache_ttl(&self) -> Duration {
         Duration::from_secs(self.data_key_cache_seconds)
     }
 
-    /// How the publisher seals events: the account pepper, the key topic
-    /// and the data key cache's time to live.
+    /// How the publisher seals events: the account pepper, the key topic,
+    /// the data key cache's time to live and the key pool's size.
     ///
     /// # Errors
     ///
@@ -281,6 +303,7 @@ impl Config {
             pepper: self.personal.pepper()?,
             keys_topic: self.personal.keys_topic.clone(),
             key_time_to_live: self.data_key_cache_ttl(),
+            key_pool_size: self.data_key_pool_size(),
         })
     }
 
@@ -410,6 +433,27 @@ mod tests {
             "86401",
         ]);
         assert!(too_long.is_err(), "a cache lifetime past a day is refused");
+    }
+
+    #[test]
+    fn a_thousand_and_twenty_four_keys_are_kept_ready_by_default_and_none_on_request() {
+        let config =
+            <Config as clap::Parser>::parse_from(["ingest-api", "--account-pepper", PEPPER]);
+        assert_eq!(config.sealing().expect("a pepper").key_pool_size, 1024);
+        let none = <Config as clap::Parser>::parse_from([
+            "ingest-api",
+            "--account-pepper",
+            PEPPER,
+            "--data-key-pool-size",
+            "0",
+        ]);
+        assert_eq!(none.sealing().expect("a pepper").key_pool_size, 0);
+        let too_many = <Config as clap::Parser>::try_parse_from([
+            "ingest-api",
+            "--data-key-pool-size",
+            "100001",
+        ]);
+        assert!(too_many.is_err(), "a pool past 100,000 keys is refused");
     }
 
     #[test]

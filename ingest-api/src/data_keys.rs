@@ -1,11 +1,11 @@
 //! The data keys submissions are sealed under, one per account at a time.
 //!
-//! Writing a key costs a round trip to the broker before the event's own,
-//! so a key is reused for the account's submissions for a while: it is kept
+//! An account's key is reused for its submissions for a while: it is kept
 //! in a bounded in-process cache ([`DataKeys`]) for the data key cache's
 //! time to live (`SCORES_DATA_KEY_CACHE_SECONDS`). A key enters the cache
-//! only once its write is acknowledged, and concurrent first submissions of
-//! one account wait for the same write, so they make one key.
+//! only once its write is acknowledged (it comes from the
+//! [`crate::key_pool`], or is written on the spot), and concurrent first
+//! submissions of one account wait for the same key.
 //!
 //! The time to live is short because `projector forget` tombstones an
 //! account's keys in the key topic and cannot reach this cache: until the
@@ -45,32 +45,30 @@ impl DataKeys {
     }
 
     /// The key to seal `account_ref`'s next event under: the cached one, or
-    /// else a new key, which `write` must make durable (write to the key
-    /// topic and see acknowledged) before it is cached and returned. While
-    /// one caller writes an account's new key, the others asking for that
-    /// account wait for the same write and get the same key.
+    /// else the key `new_key` gives, which must have been written to the
+    /// key topic and acknowledged; it is cached and returned. While one
+    /// caller gets an account's new key, the others asking for that account
+    /// wait for it and get the same key.
     ///
     /// # Errors
     ///
-    /// What `write` failed with; nothing is cached then, so the next call
-    /// for the account makes another key. Callers that waited on a failed
-    /// write get its error too.
-    pub async fn key_for<W, F, E>(
+    /// What `new_key` failed with; nothing is cached then, so the next call
+    /// for the account gets another key. Callers that waited on a failed
+    /// `new_key` get its error too.
+    pub async fn key_for<N, F, E>(
         &self,
         account_ref: AccountRef,
-        write: W,
+        new_key: N,
     ) -> Result<Arc<DataKey>, E>
     where
-        W: FnOnce(Arc<DataKey>) -> F,
-        F: Future<Output = Result<(), E>>,
+        N: FnOnce() -> F,
+        F: Future<Output = Result<Arc<DataKey>, E>>,
         E: Clone + Send + Sync + 'static,
     {
         self.cache
-            .try_get_with(account_ref, async move {
-                let key = Arc::new(DataKey::generate(account_ref));
-                write(Arc::clone(&key)).await?;
-                Ok(key)
-            })
+            // `new_key` is called only on a miss: it may take a key from the
+            // pool.
+            .try_get_with(account_ref, async move { new_key().await })
             .await
             .map_err(|shared: Arc<E>| E::clone(&shared))
     }
@@ -93,23 +91,23 @@ mod tests {
         AccountRef::of(&pepper, number)
     }
 
-    /// The key for `number`, written (and counted in `writes`) if need be.
+    /// The key for `number`, a new one (counted in `writes`) if need be.
     async fn key_counted(keys: &DataKeys, number: &str, writes: &AtomicUsize) -> Arc<DataKey> {
         keys.key_for(account(number), counted_write(writes, Duration::ZERO))
             .await
             .expect("written")
     }
 
-    /// A write that succeeds after `delay`, counting its calls.
+    /// A new key, written after `delay`, counting the calls.
     fn counted_write<'a>(
         writes: &'a AtomicUsize,
         delay: Duration,
-    ) -> impl FnOnce(Arc<DataKey>) -> futures::future::BoxFuture<'a, Result<(), String>> {
-        move |_key| {
+    ) -> impl FnOnce() -> futures::future::BoxFuture<'a, Result<Arc<DataKey>, String>> {
+        move || {
             Box::pin(async move {
                 writes.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(delay).await;
-                Ok(())
+                Ok(Arc::new(DataKey::generate()))
             })
         }
     }
@@ -157,47 +155,48 @@ mod tests {
 
         assert_eq!(writes.load(Ordering::SeqCst), 2);
         assert_ne!(one.kid, other.kid);
-        assert_eq!(one.account_ref, account("13800138000"));
-        assert_eq!(other.account_ref, account("13900139000"));
     }
 
     #[tokio::test]
-    async fn the_key_handed_out_is_the_key_that_was_written() {
+    async fn the_key_handed_out_is_the_new_key_given_and_a_hit_asks_for_none() {
         let keys = DataKeys::new(Duration::from_secs(60));
-        let written = std::sync::Mutex::new(None);
+        let given = Arc::new(DataKey::generate());
 
         let key = keys
-            .key_for(account("13800138000"), |key: Arc<DataKey>| {
-                *written.lock().unwrap() = Some(key.kid);
-                async { Ok::<(), String>(()) }
+            .key_for(account("13800138000"), || {
+                let given = Arc::clone(&given);
+                async move { Ok::<_, String>(given) }
             })
             .await
             .expect("written");
+        let again = keys
+            .key_for(account("13800138000"), || async {
+                panic!("a cached key is not asked for again")
+            })
+            .await
+            .map_err(|never: String| never);
 
-        assert_eq!(*written.lock().unwrap(), Some(key.kid));
+        assert_eq!(key.kid, given.kid);
+        assert_eq!(again.expect("cached").kid, given.kid);
     }
 
     #[tokio::test]
-    async fn a_key_whose_write_failed_is_never_handed_out_and_the_next_submission_writes_another() {
+    async fn a_failed_new_key_is_not_cached_and_the_next_submission_asks_for_another() {
         let keys = DataKeys::new(Duration::from_secs(60));
-        let failed_kid = std::sync::Mutex::new(None);
-
         let failed = keys
-            .key_for(account("13800138000"), |key: Arc<DataKey>| {
-                *failed_kid.lock().unwrap() = Some(key.kid);
-                async { Err("the broker refused it".to_owned()) }
+            .key_for(account("13800138000"), || async {
+                Err::<Arc<DataKey>, _>("the broker refused it".to_owned())
             })
             .await;
         let writes = AtomicUsize::new(0);
-        let next = key_counted(&keys, "13800138000", &writes).await;
+        key_counted(&keys, "13800138000", &writes).await;
 
         assert_eq!(failed.unwrap_err(), "the broker refused it");
         assert_eq!(
             writes.load(Ordering::SeqCst),
             1,
-            "the failed key was not cached"
+            "the failure was not cached"
         );
-        assert_ne!(Some(next.kid), *failed_kid.lock().unwrap());
     }
 
     #[tokio::test]
@@ -206,11 +205,11 @@ mod tests {
         let writes = AtomicUsize::new(0);
 
         let got = futures::future::join_all((0..8).map(|_| {
-            keys.key_for(account("13800138000"), |_key: Arc<DataKey>| {
+            keys.key_for(account("13800138000"), || {
                 writes.fetch_add(1, Ordering::SeqCst);
                 async {
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    Err::<(), _>("not acknowledged".to_owned())
+                    Err::<Arc<DataKey>, _>("not acknowledged".to_owned())
                 }
             })
         }))

@@ -47,6 +47,7 @@ pub mod data_keys;
 pub mod error;
 pub mod handlers;
 pub mod idempotency;
+pub mod key_pool;
 pub mod limits;
 pub mod memory;
 pub mod observe;

@@ -18,14 +18,17 @@
 //! not in the log or may be.
 //!
 //! Events are sealed (see [`score_shared::personal`]): named by the
-//! account's reference, their personal fields encrypted under a data key of
-//! the account. A new key is written to the key topic, through the same
-//! producer, and acknowledged before any event sealed under it is sent, so
-//! that a reader who finds no key for an event once it has read the key
-//! topic to its end knows the key was forgotten. Keys are reused for a
-//! while ([`crate::data_keys`]). The key's write and the event's share one
-//! deadline, the publish timeout plus [`FENCE_MARGIN`]: a submission is
-//! answered within it, and a 2xx only once both are acknowledged.
+//! account's reference, their personal fields encrypted under a data key
+//! handed to the account. Every key is written to the key topic, through
+//! the same producer, and acknowledged before any event sealed under it is
+//! sent, so that a reader who finds no key for an event once it has read
+//! the key topic to its end knows the key was forgotten. Keys are written
+//! ahead of need, in batches, by a background task ([`crate::key_pool`]),
+//! and an account's key is reused for a while ([`crate::data_keys`]); only
+//! an account's first submission that finds the pool empty writes its key
+//! on its own path. That write and the event's share one deadline, the
+//! publish timeout plus [`FENCE_MARGIN`]: a submission is answered within
+//! it, and a 2xx only once both are acknowledged.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,8 +44,10 @@ use rdkafka::{ClientContext, Message};
 use score_shared::config::KafkaArgs;
 use score_shared::{AccountRef, DataKey, Pepper, ScoreSubmitted};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use crate::data_keys::DataKeys;
+use crate::key_pool::KeyPool;
 
 /// Where an acknowledged event landed in the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +115,27 @@ pub struct Sealing {
     pub keys_topic: String,
     /// How long a written key is reused for its account's submissions.
     pub key_time_to_live: Duration,
+    /// How many acknowledged keys are kept ready for new accounts (0: none,
+    /// every new account's key is written on its request's path).
+    pub key_pool_size: usize,
+}
+
+/// Where a data key was written: by the pool's refill, or on a request's
+/// path (the pool was empty).
+#[derive(Clone, Copy, Debug)]
+enum KeyPath {
+    Pool,
+    Request,
+}
+
+impl KeyPath {
+    /// The `path` label of `data_key_writes_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Pool => "pool",
+            Self::Request => "request",
+        }
+    }
 }
 
 /// The `outcome` label of `kafka_produce_total` for a successful send.
@@ -133,6 +159,7 @@ pub struct Publisher {
     keys_topic: Arc<str>,
     pepper: Arc<Pepper>,
     data_keys: DataKeys,
+    key_pool: Arc<KeyPool>,
     timeout: Duration,
 }
 
@@ -159,12 +186,13 @@ impl Publisher {
     /// once (a 503) rather than held
     /// ([`score_shared::kafka::bounded_producer_config`]).
     ///
-    /// A submission sends its data key and then its event, one after the
-    /// other; but librdkafka counts a message until just after its delivery
-    /// report has been handed over, so for a moment the key may still count
-    /// while the event is queued. Give twice the number of submissions
-    /// admitted at once, or a full budget of first submissions may see a
-    /// spurious `QueueFull`.
+    /// A submission that writes its own data key sends the key and then its
+    /// event, one after the other; but librdkafka counts a message until
+    /// just after its delivery report has been handed over, so for a moment
+    /// the key may still count while the event is queued. And the key
+    /// pool's refill may have up to its capacity in the queue. Give twice
+    /// the number of submissions admitted at once plus the pool's capacity,
+    /// or a full budget of submissions may see a spurious `QueueFull`.
     ///
     /// # Errors
     ///
@@ -198,6 +226,7 @@ impl Publisher {
             keys_topic: sealing.keys_topic.as_str().into(),
             pepper: Arc::new(sealing.pepper),
             data_keys: DataKeys::new(sealing.key_time_to_live),
+            key_pool: Arc::new(KeyPool::new(sealing.key_pool_size)),
             timeout,
         })
     }
@@ -205,8 +234,9 @@ impl Publisher {
     /// Appends `event` sealed ([`ScoreSubmitted::seal`], version 3) under a
     /// data key of its account, keyed by the account's reference so that
     /// one account's events stay in order on one partition without its
-    /// number in clear. When the account has no key in use, a new one is
-    /// written to the key topic first, and the event is sent only once the
+    /// number in clear. When the account has no key in use, it is handed
+    /// one from the key pool, or, when the pool is empty, a new one is
+    /// written to the key topic first and the event is sent only once the
     /// broker acknowledged the key. The records carry no Kafka headers: the
     /// envelope holds the event's type and version.
     ///
@@ -241,11 +271,11 @@ impl Publisher {
             .data_key(account_ref, deadline)
             .await
             .map_err(|error| PublishError::KeyNotWritten(error.code()))?;
-        let sealed = event.seal(&key);
+        let sealed = event.seal(account_ref, &key);
         self.send(
             &self.topic,
             &sealed.record_key(),
-            &sealed.encode(),
+            Some(&sealed.encode()),
             deadline,
         )
         .await
@@ -258,33 +288,20 @@ impl Publisher {
     }
 
     /// The data key to seal `account_ref`'s event under: the one in use, or
-    /// a new one once the broker acknowledged it, by `deadline`.
+    /// one from the pool, or else a new one once the broker acknowledged
+    /// it, by `deadline`.
     async fn data_key(
         &self,
         account_ref: AccountRef,
         deadline: tokio::time::Instant,
     ) -> Result<Arc<DataKey>, PublishError> {
-        let lookup = self.data_keys.key_for(account_ref, |key| async move {
-            let written = self
-                .send(&self.keys_topic, &key.record_key(), &key.encode(), deadline)
-                .await;
-            let outcome = match &written {
-                Ok(_) => PERSISTED,
-                Err(error) => error.outcome(),
-            };
-            metrics::counter!("data_key_writes_total", "outcome" => outcome).increment(1);
-            match &written {
-                Ok(receipt) => tracing::debug!(
-                    kid = %key.kid,
-                    partition = receipt.partition,
-                    offset = receipt.offset,
-                    "data key written"
-                ),
-                Err(error) => {
-                    tracing::warn!(kid = %key.kid, error = %error, outcome, "data key not written")
-                }
+        let lookup = self.data_keys.key_for(account_ref, || async move {
+            if let Some(key) = self.key_pool.take() {
+                return Ok(key);
             }
-            written.map(|_receipt| ())
+            let key = Arc::new(DataKey::generate());
+            self.write_key(&key, KeyPath::Request, deadline).await?;
+            Ok(key)
         });
         // A request waiting for another's write of the same key is bounded
         // by its own deadline as well.
@@ -294,12 +311,97 @@ impl Publisher {
         }
     }
 
+    /// Writes `key` to the key topic by `deadline`, counting it in
+    /// `data_key_writes_total` under `path`.
+    async fn write_key(
+        &self,
+        key: &DataKey,
+        path: KeyPath,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), PublishError> {
+        let written = self
+            .send(
+                &self.keys_topic,
+                &key.record_key(),
+                Some(&key.encode()),
+                deadline,
+            )
+            .await;
+        let outcome = match &written {
+            Ok(_) => PERSISTED,
+            Err(error) => error.outcome(),
+        };
+        metrics::counter!("data_key_writes_total", "outcome" => outcome, "path" => path.label())
+            .increment(1);
+        match &written {
+            Ok(receipt) => tracing::debug!(
+                kid = %key.kid,
+                partition = receipt.partition,
+                offset = receipt.offset,
+                "data key written"
+            ),
+            Err(error) => {
+                tracing::warn!(kid = %key.kid, error = %error, outcome, "data key not written");
+            }
+        }
+        written.map(|_receipt| ())
+    }
+
+    /// Keeps the key pool full until `stop` (a round under way is
+    /// finished); each key's write has the publish timeout's deadline.
+    pub async fn keep_key_pool_full(&self, stop: &CancellationToken) {
+        self.key_pool
+            .keep_full(
+                |key| async move {
+                    let deadline = tokio::time::Instant::now() + self.fence();
+                    self.write_key(&key, KeyPath::Pool, deadline).await
+                },
+                stop,
+            )
+            .await;
+    }
+
+    /// Keys ready in the pool.
+    pub fn pooled_keys(&self) -> usize {
+        self.key_pool.len()
+    }
+
+    /// Empties the key pool and writes a tombstone for each key no account
+    /// was given, waiting up to `timeout`: the key topic keeps no key no
+    /// event is sealed under. Call once nothing is served any more and the
+    /// pool is no longer kept full. Returns the tombstones acknowledged.
+    pub async fn retire_pooled_keys(&self, timeout: Duration) -> usize {
+        let unused = self.key_pool.drain();
+        if unused.is_empty() {
+            return 0;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let retired = futures::future::join_all(unused.iter().map(|key| async move {
+            self.send(&self.keys_topic, &key.record_key(), None, deadline)
+                .await
+        }))
+        .await;
+        let acknowledged = retired.iter().filter(|sent| sent.is_ok()).count();
+        if acknowledged == unused.len() {
+            tracing::info!(keys = acknowledged, "unused data keys tombstoned");
+        } else {
+            tracing::warn!(
+                keys = unused.len(),
+                acknowledged,
+                "not every unused data key's tombstone was acknowledged; those keys stay in \
+                 the key topic, sealing nothing"
+            );
+        }
+        acknowledged
+    }
+
     /// Sends one record and waits for its delivery report until `deadline`.
+    /// A record without `payload` is a tombstone.
     async fn send(
         &self,
         topic: &str,
         key: &str,
-        payload: &[u8],
+        payload: Option<&[u8]>,
         deadline: tokio::time::Instant,
     ) -> Result<Receipt, PublishError> {
         // Nothing is sent once the deadline has passed (a key acknowledged
@@ -311,9 +413,10 @@ impl Publisher {
             ));
         }
         let (report_to, report) = oneshot::channel();
-        let record = BaseRecord::with_opaque_to(topic, Box::new(report_to))
-            .key(key)
-            .payload(payload);
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(report_to)).key(key);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
         // Enqueueing never blocks: a full local queue is refused at once, and
         // a refused record never left this process.
         self.producer.send(record).map_err(|(error, _record)| {
@@ -500,10 +603,13 @@ impl Drop for InFlight {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use rdkafka::mocking::MockCluster;
     use score_shared::event::new_event_id;
     use score_shared::{Channel, RawSubmission, Submission, ValidationRules};
     use serde_json::json;
+    use uuid::Uuid;
 
     use super::*;
 
@@ -677,16 +783,49 @@ mod tests {
         }
     }
 
+    /// No key pool: each new account's key is written on its path.
     fn sealing() -> Sealing {
+        sealing_with_pool(0)
+    }
+
+    fn sealing_with_pool(key_pool_size: usize) -> Sealing {
         Sealing {
             pepper: pepper(),
             keys_topic: KEYS_TOPIC.to_owned(),
             key_time_to_live: Duration::from_secs(60),
+            key_pool_size,
         }
     }
 
     fn publisher(bootstrap: String, options: &[&str]) -> Publisher {
         Publisher::new(&kafka_args(bootstrap, options), TIMEOUT, sealing()).expect("a producer")
+    }
+
+    /// Runs the key pool's refill until `until` holds (for at most five
+    /// seconds), then stops it.
+    async fn refill_until(publisher: &Publisher, until: impl Fn(&Publisher) -> bool) {
+        let stop = CancellationToken::new();
+        let watch = async {
+            for _ in 0..500 {
+                if until(publisher) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            stop.cancel();
+        };
+        tokio::join!(publisher.keep_key_pool_full(&stop), watch);
+    }
+
+    /// The key records of `stored` (key topic records), by kid.
+    fn key_records(stored: &[Stored]) -> Vec<score_shared::personal::KeyRecord> {
+        stored
+            .iter()
+            .map(|record| {
+                score_shared::personal::KeyRecord::decode(&record.key, record.payload.as_deref())
+                    .expect("a key record")
+            })
+            .collect()
     }
 
     fn event() -> ScoreSubmitted {
@@ -780,13 +919,13 @@ mod tests {
     /// stops counting an acknowledged one just after its delivery report
     /// has been handed over.
     async fn settle(publisher: &Publisher) {
-        for _ in 0..100 {
+        for _ in 0..500 {
             if publisher.queue_depth() == 0 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("messages still queued after a second");
+        panic!("messages still queued after five seconds");
     }
 
     #[tokio::test]
@@ -925,7 +1064,6 @@ mod tests {
         else {
             panic!("a key, not a tombstone");
         };
-        assert_eq!(key.account_ref, account_ref);
         assert_eq!(key_record.key, key.record_key().into_bytes());
 
         let events = read_all(&bootstrap, TOPIC);
@@ -959,6 +1097,84 @@ mod tests {
             key_record.timestamp <= stored.timestamp,
             "the key was produced before the event"
         );
+    }
+
+    #[tokio::test]
+    async fn a_new_account_is_handed_a_pooled_key_written_before_and_the_pool_refills() {
+        let cluster = mock_cluster();
+        let bootstrap = cluster.bootstrap_servers();
+        let publisher = Publisher::new(
+            &kafka_args(bootstrap.clone(), &[]),
+            TIMEOUT,
+            sealing_with_pool(4),
+        )
+        .expect("a producer");
+        refill_until(&publisher, |publisher| publisher.pooled_keys() == 4).await;
+        let pooled: Vec<Uuid> = key_records(&read_all(&bootstrap, KEYS_TOPIC))
+            .into_iter()
+            .map(|record| match record {
+                score_shared::personal::KeyRecord::Key(key) => key.kid,
+                other => panic!("a key, not {other:?}"),
+            })
+            .collect();
+        assert_eq!(pooled.len(), 4);
+
+        publisher.publish(&event()).await.expect("persisted");
+
+        assert_eq!(
+            read_all(&bootstrap, KEYS_TOPIC).len(),
+            4,
+            "the submission wrote no key of its own"
+        );
+        let events = read_all(&bootstrap, TOPIC);
+        let Ok(score_shared::Event::SealedScore(sealed)) =
+            score_shared::event::decode(events[0].payload.as_deref().expect("a payload"))
+        else {
+            panic!("a sealed event");
+        };
+        assert!(pooled.contains(&sealed.kid), "sealed under a pooled key");
+        assert_eq!(publisher.pooled_keys(), 3);
+        refill_until(&publisher, |publisher| publisher.pooled_keys() == 4).await;
+        assert_eq!(
+            read_all(&bootstrap, KEYS_TOPIC).len(),
+            5,
+            "the taken key replaced"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_keys_left_in_the_pool_are_tombstoned_when_retired() {
+        let cluster = mock_cluster();
+        let bootstrap = cluster.bootstrap_servers();
+        let publisher = Publisher::new(
+            &kafka_args(bootstrap.clone(), &[]),
+            TIMEOUT,
+            sealing_with_pool(3),
+        )
+        .expect("a producer");
+        refill_until(&publisher, |publisher| publisher.pooled_keys() == 3).await;
+
+        let retired = publisher.retire_pooled_keys(TIMEOUT).await;
+
+        assert_eq!(retired, 3);
+        assert_eq!(publisher.pooled_keys(), 0);
+        let records = key_records(&read_all(&bootstrap, KEYS_TOPIC));
+        let written: HashSet<Uuid> = records
+            .iter()
+            .filter_map(|record| match record {
+                score_shared::personal::KeyRecord::Key(key) => Some(key.kid),
+                score_shared::personal::KeyRecord::Forgotten { .. } => None,
+            })
+            .collect();
+        let tombstoned: HashSet<Uuid> = records
+            .iter()
+            .filter_map(|record| match record {
+                score_shared::personal::KeyRecord::Forgotten { kid } => Some(*kid),
+                score_shared::personal::KeyRecord::Key(_) => None,
+            })
+            .collect();
+        assert_eq!(written.len(), 3);
+        assert_eq!(tombstoned, written, "every unused key has its tombstone");
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@ use score_shared::config::KafkaArgs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::handlers::AppState;
@@ -94,12 +95,16 @@ impl Application {
             .context("invalid validation settings")?;
         // Before anything records a metric.
         score_shared::telemetry::metrics();
-        // Two messages a submission: its data key's may still be counted
-        // while its event is queued (see `with_queue_limit`).
+        // Two messages a submission (its data key's may still be counted
+        // while its event is queued), and the key pool's refill (see
+        // `with_queue_limit`).
         let publisher = Publisher::with_queue_limit(
             &config.kafka,
             config.publish_timeout(),
-            config.max_in_flight_writes.saturating_mul(2),
+            config
+                .max_in_flight_writes
+                .saturating_mul(2)
+                .saturating_add(config.data_key_pool_size()),
             sealing,
         )?;
         // Connects on first use: MySQL being down never stops the start.
@@ -194,6 +199,12 @@ impl Application {
                 }
             }
         });
+        let stop_key_pool = CancellationToken::new();
+        let key_pool = tokio::spawn({
+            let publisher = publisher.clone();
+            let stop = stop_key_pool.clone();
+            async move { publisher.keep_key_pool_full(&stop).await }
+        });
         let refresh_readiness = tokio::spawn(
             self.readiness_probe
                 .refresh_forever(publisher.clone(), readiness::REFRESH_INTERVAL),
@@ -261,6 +272,13 @@ impl Application {
         forget_idle.abort();
         refresh_readiness.abort();
         release_memory.abort();
+        // The refill's last round is bounded by the publish timeout; what it
+        // wrote is in the pool, and every key still there is tombstoned.
+        stop_key_pool.cancel();
+        if let Err(error) = key_pool.await {
+            tracing::warn!(error = %error, "the key pool's refill task failed");
+        }
+        publisher.retire_pooled_keys(self.shutdown_flush).await;
         tracing::info!("flushing the producer");
         publisher.flush(self.shutdown_flush).await;
         let _ = stop_metrics.send(());

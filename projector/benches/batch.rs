@@ -36,9 +36,9 @@ fn records(keys: &Keys) -> Vec<LogRecord> {
             };
             let submission = Submission::parse(&raw, &ValidationRules::default()).expect("valid");
             let event = ScoreSubmitted::new(new_event_id(), Channel::LegacyForm, &submission);
-            let key = DataKey::generate(AccountRef::of(&pepper(), &event.acc_nbr));
+            let key = DataKey::generate();
             keys.insert(key.clone());
-            let sealed = event.seal(&key);
+            let sealed = event.seal(AccountRef::of(&pepper(), &event.acc_nbr), &key);
             let partition = i32::try_from(i).expect("small") % PARTITIONS;
             LogRecord {
                 partition,

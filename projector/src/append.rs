@@ -143,7 +143,7 @@ impl SealingAppender {
             if let Pending::Rating(_, account_ref) = pending {
                 let account_ref = *account_ref;
                 self.keys.entry(account_ref).or_insert_with(|| {
-                    let key = DataKey::generate(account_ref);
+                    let key = DataKey::generate();
                     new_keys.push(key.clone());
                     key
                 });
@@ -165,7 +165,7 @@ impl SealingAppender {
         for pending in chunk {
             let delivery = match pending {
                 Pending::Rating(event, account_ref) => {
-                    let sealed = event.seal(&self.keys[&account_ref]);
+                    let sealed = event.seal(account_ref, &self.keys[&account_ref]);
                     let key = sealed.record_key();
                     let payload = sealed.encode();
                     let record = FutureRecord::to(&self.topic)

@@ -360,14 +360,16 @@ mod tests {
     fn a_sealed_event_opens_with_its_key_and_names_its_account() {
         let decoder = test_decoder();
         let original = submitted("13800138000");
-        let key = score_shared::DataKey::generate(AccountRef::of(&pepper(), "13800138000"));
+        let account = AccountRef::of(&pepper(), "13800138000");
+        let key = score_shared::DataKey::generate();
         decoder.keys.insert(key.clone());
-        let Decoded::Row(rating) = decoder.decode(&payload_record(original.seal(&key).encode()))
+        let Decoded::Row(rating) =
+            decoder.decode(&payload_record(original.seal(account, &key).encode()))
         else {
             panic!("a sealed event with its key opens")
         };
         assert_eq!(rating.event, original);
-        assert_eq!(rating.account_ref, key.account_ref);
+        assert_eq!(rating.account_ref, account);
         assert!(!rating.forgotten);
     }
 
@@ -375,13 +377,15 @@ mod tests {
     fn a_sealed_event_whose_key_is_gone_is_a_forgotten_rating() {
         let decoder = test_decoder();
         let original = submitted("13800138000");
-        let key = score_shared::DataKey::generate(AccountRef::of(&pepper(), "13800138000"));
-        let Decoded::Row(rating) = decoder.decode(&payload_record(original.seal(&key).encode()))
+        let account = AccountRef::of(&pepper(), "13800138000");
+        let key = score_shared::DataKey::generate();
+        let Decoded::Row(rating) =
+            decoder.decode(&payload_record(original.seal(account, &key).encode()))
         else {
             panic!("a sealed event without its key is still a rating")
         };
         assert!(rating.forgotten);
-        assert_eq!(rating.event.acc_nbr, key.account_ref.placeholder());
+        assert_eq!(rating.event.acc_nbr, account.placeholder());
         assert_eq!(rating.event.grade1, 5);
         assert!(rating.event.txt1.is_empty());
     }
@@ -392,9 +396,11 @@ mod tests {
         let other: score_shared::Pepper = "EBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBA="
             .parse()
             .unwrap();
-        let key = score_shared::DataKey::generate(AccountRef::of(&other, "13800138000"));
+        let key = score_shared::DataKey::generate();
         decoder.keys.insert(key.clone());
-        let sealed = submitted("13800138000").seal(&key).encode();
+        let sealed = submitted("13800138000")
+            .seal(AccountRef::of(&other, "13800138000"), &key)
+            .encode();
         let Decoded::DeadLetter(reason) = decoder.decode(&payload_record(sealed)) else {
             panic!("a sealed account that is not its reference must not be projected")
         };

@@ -1,37 +1,47 @@
 //! `projector forget`: forgets people, in the log and in every projection.
 //!
-//! For each account number given:
+//! For the account numbers given:
 //!
-//! 1. The request is journaled in `erasure_request` (so `status` counts it
-//!    as pending until every projection has applied it).
-//! 2. Every data key of the account still in the key topic gets a
-//!    tombstone: from then on no reader can open its sealed events, and
-//!    once the broker's cleaner has compacted the key topic the keys are
-//!    gone from its disks.
-//! 3. An `AccountForgotten` event is appended to the log, keyed by the
-//!    account reference so it lands after the account's events on their
-//!    partition.
+//! 1. The event log is read from its beginning to its end, for the data
+//!    key ids the accounts' sealed events name (their record key is the
+//!    account reference, their key id is in clear). Keys are written ahead
+//!    of need and name no account, so the log is where an account's keys
+//!    are found.
+//! 2. For each account: the request is journaled in `erasure_request` (so
+//!    `status` counts it as pending until every projection has applied
+//!    it); every key found gets a tombstone in the key topic, and from then
+//!    on no reader can open those events (once the broker's cleaner has
+//!    compacted the key topic the keys are gone from its disks); then an
+//!    `AccountForgotten` event is appended, keyed by the account reference
+//!    so that it lands after the account's events on their partition.
+//! 3. The log is read again from where the first read ended to its new
+//!    end: an ingest API may have handed the account a new key while the
+//!    first read ran. Any such key is tombstoned too and a further erasure
+//!    appended (journaled like the first), until a read finds no new key.
 //! 4. Unless `--no-wait`, it waits until every projection's position on
-//!    that partition has passed the event: then no table holds the number
-//!    or its comments.
+//!    the partition has passed the account's last erasure: then no table
+//!    holds the number or its comments.
 //!
-//! A re-run for the same number is safe: no key is left to tombstone, and a
-//! second erasure event changes nothing more.
+//! A re-run for the same number is safe: its keys are tombstoned again
+//! (a no-op for compaction), and a second erasure changes nothing more.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use score_shared::event::{self, Event};
 use score_shared::{AccountForgotten, AccountRef, masked};
 use serde::Serialize;
 use sqlx::MySqlPool;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::batch::LogRecord;
 use crate::config::ForgetArgs;
-use crate::keys::KeyRing;
+use crate::log_reader::{LogReader, Start};
 use crate::projection::{self, TableSet};
 use crate::{db, store};
 
@@ -39,6 +49,15 @@ use crate::{db, store};
 const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the projections' positions are read while waiting.
 const POLL_EVERY: Duration = Duration::from_millis(200);
+/// Records taken at a time while reading the log.
+const READ_BATCH: usize = 5000;
+/// How long a read of the log may wait for records it knows are there.
+const READ_WAIT: Duration = Duration::from_secs(30);
+/// How many times the log is read again for keys handed out meanwhile.
+const MAX_LATE_READS: usize = 5;
+/// What a stopped forget has done.
+const STOPPED: &str = "stopped while reading the log: run the same command again (a re-run \
+                       is safe)";
 
 /// What forgetting one account did.
 #[derive(Clone, Debug, Serialize)]
@@ -46,7 +65,11 @@ pub struct Forgotten {
     /// The number, masked.
     pub account: String,
     pub account_ref: AccountRef,
+    /// The account's last erasure event (the only one unless a key was
+    /// handed out while the log was read).
     pub erasure_event_id: Uuid,
+    /// Erasure events appended for the account.
+    pub erasures: usize,
     pub keys_forgotten: usize,
     pub partition: i32,
     pub offset: i64,
@@ -65,15 +88,22 @@ pub fn render(forgotten: &Forgotten, json: bool) -> String {
     } else {
         format!("applied by {}", forgotten.applied_by.join(", "))
     };
+    let erasure = if forgotten.erasures > 1 {
+        format!(
+            "{} erasures, the last {}",
+            forgotten.erasures, forgotten.erasure_event_id
+        )
+    } else {
+        format!("erasure {}", forgotten.erasure_event_id)
+    };
     format!(
-        "{}: forgotten ({}; erasure {} at partition {} offset {}; {applied})",
+        "{}: forgotten ({}; {erasure} at partition {} offset {}; {applied})",
         forgotten.account,
         counted(
             forgotten.keys_forgotten,
             "data key tombstoned",
             "data keys tombstoned"
         ),
-        forgotten.erasure_event_id,
         forgotten.partition,
         forgotten.offset,
     )
@@ -110,14 +140,89 @@ pub fn accounts(args: &ForgetArgs) -> anyhow::Result<Vec<String>> {
     Ok(accounts)
 }
 
+/// The data keys the events of some accounts are sealed under, as found in
+/// the log so far, and which of them have been tombstoned.
+#[derive(Debug)]
+struct KeysInUse {
+    /// The accounts looked for, by record key (the reference in hex).
+    wanted: HashMap<Vec<u8>, AccountRef>,
+    found: HashMap<AccountRef, BTreeSet<Uuid>>,
+    tombstoned: BTreeSet<Uuid>,
+}
+
+impl KeysInUse {
+    fn new(accounts: impl IntoIterator<Item = AccountRef>) -> Self {
+        Self {
+            wanted: accounts
+                .into_iter()
+                .map(|account| (account.to_string().into_bytes(), account))
+                .collect(),
+            found: HashMap::new(),
+            tombstoned: BTreeSet::new(),
+        }
+    }
+
+    /// Notes the keys of the sealed events in `records` that belong to a
+    /// wanted account: keyed by its reference and naming it.
+    fn note(&mut self, records: &[LogRecord]) {
+        for record in records {
+            let Some(account) = record.key.as_deref().and_then(|key| self.wanted.get(key)) else {
+                continue;
+            };
+            if let Some(Ok(Event::SealedScore(sealed))) =
+                record.payload.as_deref().map(event::decode)
+                && sealed.account_ref == *account
+            {
+                self.found.entry(*account).or_default().insert(sealed.kid);
+            }
+        }
+    }
+
+    /// The keys of `account` found and not yet handed out for a tombstone;
+    /// they count as tombstoned from now on.
+    fn not_yet_tombstoned(&mut self, account: AccountRef) -> Vec<Uuid> {
+        let fresh: Vec<Uuid> = self
+            .found
+            .get(&account)
+            .into_iter()
+            .flatten()
+            .filter(|kid| !self.tombstoned.contains(kid))
+            .copied()
+            .collect();
+        self.tombstoned.extend(&fresh);
+        fresh
+    }
+}
+
+/// Reads `reader` to the end it last looked at, noting keys in `keys`.
+async fn read_keys(
+    reader: &mut LogReader,
+    keys: &mut KeysInUse,
+    stop: &CancellationToken,
+    message: &str,
+) -> anyhow::Result<()> {
+    let progress = crate::import::progress_bar(reader.total().max(0) as u64, message, "records");
+    while let Some(records) = reader
+        .next_to_the_end(READ_BATCH, READ_WAIT, stop, STOPPED)
+        .await?
+    {
+        progress.inc(records.len() as u64);
+        keys.note(&records);
+    }
+    progress.finish_and_clear();
+    Ok(())
+}
+
 /// Forgets every account of `args`, reporting each as it is done.
 ///
 /// # Errors
 ///
-/// No pepper, an unknown projection, an unreachable broker or MySQL, or a
-/// projection that has not applied an erasure within `--wait-seconds`.
+/// No pepper, an unknown projection, an unreachable broker or MySQL, a
+/// `stop`, or a projection that has not applied an erasure within
+/// `--wait-seconds`.
 pub async fn forget(
     args: &ForgetArgs,
+    stop: &CancellationToken,
     mut report: impl FnMut(&Forgotten),
 ) -> anyhow::Result<Vec<Forgotten>> {
     let accounts = accounts(args)?;
@@ -130,31 +235,116 @@ pub async fn forget(
     let pool = db::pool(&args.database)?;
     db::migrate(&args.database, &pool).await?;
     score_shared::kafka::ensure_topic(&args.kafka).await?;
-    let producer: FutureProducer =
-        score_shared::kafka::producer_config(&args.kafka, BROKER_TIMEOUT)
+    score_shared::kafka::ensure_keys_topic(&args.kafka, &args.personal.keys_topic).await?;
+    let writer = Writer {
+        producer: score_shared::kafka::producer_config(&args.kafka, BROKER_TIMEOUT)
             .create()
-            .context("creating the Kafka producer")?;
+            .context("creating the Kafka producer")?,
+        pool: &pool,
+        topic: &args.kafka.topic,
+        keys_topic: &args.personal.keys_topic,
+        reason: &args.reason,
+    };
 
-    let refs: Vec<(String, AccountRef)> = accounts
+    let mut forgotten: Vec<Forgotten> = accounts
         .iter()
-        .map(|account| (account.clone(), AccountRef::of(&pepper, account)))
+        .map(|account| Forgotten {
+            account: masked(account),
+            account_ref: AccountRef::of(&pepper, account),
+            erasure_event_id: Uuid::nil(),
+            erasures: 0,
+            keys_forgotten: 0,
+            partition: 0,
+            offset: 0,
+            applied_by: Vec::new(),
+        })
         .collect();
-    let wanted: BTreeSet<AccountRef> = refs.iter().map(|(_, r)| *r).collect();
-    // The key topic read to its end now: every key not tombstoned.
-    let ring = KeyRing::new(&args.kafka, &args.personal)?;
-    ring.catch_up().await?;
-    let mut keys = ring.keys().kids_of(&wanted);
+    let mut keys = KeysInUse::new(forgotten.iter().map(|f| f.account_ref));
+    let mut reader = LogReader::open(&args.kafka, "forget", Start::Beginning).await?;
+    read_keys(
+        &mut reader,
+        &mut keys,
+        stop,
+        "reading the log for data keys",
+    )
+    .await?;
+    for account in &mut forgotten {
+        let kids = keys.not_yet_tombstoned(account.account_ref);
+        writer.forget(account, &kids).await?;
+    }
+    // Keys an ingest API handed out while the log was read.
+    let mut late_reads = 0;
+    loop {
+        reader.look_at_the_end(&args.kafka).await?;
+        read_keys(
+            &mut reader,
+            &mut keys,
+            stop,
+            "reading what was appended meanwhile",
+        )
+        .await?;
+        let mut late = 0;
+        for account in &mut forgotten {
+            let kids = keys.not_yet_tombstoned(account.account_ref);
+            if !kids.is_empty() {
+                late += kids.len();
+                writer.forget(account, &kids).await?;
+            }
+        }
+        if late == 0 {
+            break;
+        }
+        late_reads += 1;
+        tracing::info!(
+            keys = late,
+            "tombstoned keys handed out while the log was read"
+        );
+        if late_reads == MAX_LATE_READS {
+            bail!(
+                "new data keys kept appearing for these accounts while the log was read \
+                 ({MAX_LATE_READS} times): each was tombstoned and followed by an erasure; run the \
+                 same command again once their submissions stop"
+            );
+        }
+    }
 
-    let mut done = Vec::with_capacity(refs.len());
-    for (account, account_ref) in refs {
-        let erasure = AccountForgotten::new(account_ref, args.reason.clone());
-        let kids = keys.remove(&account_ref).unwrap_or_default();
-        journal(&pool, &erasure, kids.len()).await?;
-        for kid in &kids {
-            let record_key = score_shared::personal::key_record_key(&account_ref, *kid);
+    for account in &mut forgotten {
+        if !args.no_wait {
+            account.applied_by = wait_for_projections(
+                &pool,
+                &args.kafka.topic,
+                &projections,
+                account.partition,
+                account.offset,
+                Duration::from_secs(args.wait_seconds),
+            )
+            .await?;
+        }
+        report(account);
+    }
+    Ok(forgotten)
+}
+
+/// Writes an account's erasure to the log and the journal.
+struct Writer<'a> {
+    producer: FutureProducer,
+    pool: &'a MySqlPool,
+    topic: &'a str,
+    keys_topic: &'a str,
+    reason: &'a str,
+}
+
+impl Writer<'_> {
+    /// Journals an erasure of `account`, tombstones `kids`, then appends
+    /// the erasure, and notes it in `account`.
+    async fn forget(&self, account: &mut Forgotten, kids: &[Uuid]) -> anyhow::Result<()> {
+        let erasure = AccountForgotten::new(account.account_ref, self.reason);
+        journal(self.pool, &erasure, kids.len()).await?;
+        for kid in kids {
+            let record_key = score_shared::personal::key_record_key(*kid);
             let tombstone: FutureRecord<'_, str, [u8]> =
-                FutureRecord::to(&args.personal.keys_topic).key(&record_key);
-            producer
+                FutureRecord::to(self.keys_topic).key(&record_key);
+            self.producer
                 .send(tombstone, Timeout::After(BROKER_TIMEOUT))
                 .await
                 .map_err(|(error, _)| error)
@@ -162,45 +352,29 @@ pub async fn forget(
         }
         let payload = erasure.encode();
         let record_key = erasure.record_key();
-        let event = FutureRecord::to(&args.kafka.topic)
+        let event = FutureRecord::to(self.topic)
             .key(&record_key)
             .payload(&payload);
-        let delivered = producer
+        let delivered = self
+            .producer
             .send(event, Timeout::After(BROKER_TIMEOUT))
             .await
             .map_err(|(error, _)| error)
             .context("appending the AccountForgotten event")?;
         tracing::info!(
-            account = %masked(&account),
+            account = %account.account,
             keys = kids.len(),
             partition = delivered.partition,
             offset = delivered.offset,
             "account forgotten in the log"
         );
-        let mut forgotten = Forgotten {
-            account: masked(&account),
-            account_ref,
-            erasure_event_id: erasure.event_id,
-            keys_forgotten: kids.len(),
-            partition: delivered.partition,
-            offset: delivered.offset,
-            applied_by: Vec::new(),
-        };
-        if !args.no_wait {
-            forgotten.applied_by = wait_for_projections(
-                &pool,
-                &args.kafka.topic,
-                &projections,
-                delivered.partition,
-                delivered.offset,
-                Duration::from_secs(args.wait_seconds),
-            )
-            .await?;
-        }
-        report(&forgotten);
-        done.push(forgotten);
+        account.erasure_event_id = erasure.event_id;
+        account.erasures += 1;
+        account.keys_forgotten += kids.len();
+        account.partition = delivered.partition;
+        account.offset = delivered.offset;
+        Ok(())
     }
-    Ok(done)
 }
 
 /// Notes the request in `erasure_request` before anything is written to
@@ -300,6 +474,93 @@ mod tests {
         assert_eq!(counted(1, "account", "accounts"), "1 account");
         assert_eq!(counted(0, "account", "accounts"), "0 accounts");
         assert_eq!(counted(2, "account", "accounts"), "2 accounts");
+    }
+
+    fn pepper() -> score_shared::Pepper {
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+            .parse()
+            .unwrap()
+    }
+
+    /// A record as the ingest API appends a rating of `number` sealed
+    /// under `key`, at `offset`.
+    fn sealed_rating(number: &str, key: &score_shared::DataKey, offset: i64) -> LogRecord {
+        let raw = score_shared::RawSubmission {
+            acc_nbr: Some(number.into()),
+            grades: [Some(5.into()), Some(4.into()), Some(3.into())],
+            texts: [Some("好".into()), Some(String::new().into()), None],
+            scene: None,
+        };
+        let submission =
+            score_shared::Submission::parse(&raw, &score_shared::ValidationRules::default())
+                .expect("valid");
+        let event = score_shared::ScoreSubmitted::new(
+            score_shared::event::new_event_id(),
+            score_shared::Channel::LegacyForm,
+            &submission,
+        );
+        let sealed = event.seal(AccountRef::of(&pepper(), number), key);
+        LogRecord {
+            partition: 0,
+            offset,
+            key: Some(sealed.record_key().into_bytes()),
+            payload: Some(sealed.encode()),
+        }
+    }
+
+    #[test]
+    fn an_accounts_keys_are_found_in_its_sealed_events_and_nobody_elses() {
+        let wanted = AccountRef::of(&pepper(), "13800138000");
+        let mut keys = KeysInUse::new([wanted]);
+        let (first, second, others) = (
+            score_shared::DataKey::generate(),
+            score_shared::DataKey::generate(),
+            score_shared::DataKey::generate(),
+        );
+        let mut misfiled = sealed_rating("13900139000", &others, 3);
+        misfiled.key = Some(wanted.to_string().into_bytes());
+        let erasure = AccountForgotten::new(wanted, "ticket 1");
+        keys.note(&[
+            sealed_rating("13800138000", &first, 0),
+            sealed_rating("13900139000", &others, 1),
+            sealed_rating("13800138000", &first, 2),
+            misfiled,
+            LogRecord {
+                partition: 0,
+                offset: 4,
+                key: Some(erasure.record_key().into_bytes()),
+                payload: Some(erasure.encode()),
+            },
+            sealed_rating("13800138000", &second, 5),
+        ]);
+        assert_eq!(
+            keys.not_yet_tombstoned(wanted),
+            BTreeSet::from([first.kid, second.kid])
+                .into_iter()
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_key_is_handed_out_for_a_tombstone_once_and_a_key_found_later_on_its_own() {
+        let wanted = AccountRef::of(&pepper(), "13800138000");
+        let mut keys = KeysInUse::new([wanted]);
+        let (early, late) = (
+            score_shared::DataKey::generate(),
+            score_shared::DataKey::generate(),
+        );
+        keys.note(&[sealed_rating("13800138000", &early, 0)]);
+        assert_eq!(keys.not_yet_tombstoned(wanted), [early.kid]);
+        assert_eq!(keys.not_yet_tombstoned(wanted), Vec::<Uuid>::new());
+        keys.note(&[
+            sealed_rating("13800138000", &early, 1),
+            sealed_rating("13800138000", &late, 2),
+        ]);
+        assert_eq!(keys.not_yet_tombstoned(wanted), [late.kid]);
+        assert_eq!(
+            keys.not_yet_tombstoned(AccountRef::of(&pepper(), "13900139000")),
+            Vec::<Uuid>::new()
+        );
     }
 
     #[test]

@@ -174,7 +174,11 @@ pub async fn import_legacy(
         std::fs::File::create(&args.report)
             .with_context(|| format!("creating the report {}", args.report.display()))?,
     );
-    let progress = progress_bar(total.max(0) as u64, &format!("importing {}", args.table));
+    let progress = progress_bar(
+        total.max(0) as u64,
+        &format!("importing {}", args.table),
+        "rows",
+    );
     let mut summary = ImportSummary {
         report: args.report.clone(),
         ..ImportSummary::default()
@@ -387,7 +391,11 @@ async fn earlier_log(
     if reader.is_done() {
         return Ok(earlier);
     }
-    let progress = progress_bar(total.max(0) as u64, "reading the log for earlier imports");
+    let progress = progress_bar(
+        total.max(0) as u64,
+        "reading the log for earlier imports",
+        "records",
+    );
     while let Some(records) = reader
         .next_to_the_end(
             SCAN_BATCH,
@@ -419,13 +427,14 @@ async fn earlier_log(
     Ok(earlier)
 }
 
-/// A progress bar on stderr, drawn only when stderr is a terminal.
-fn progress_bar(length: u64, message: &str) -> ProgressBar {
+/// A progress bar on stderr, drawn only when stderr is a terminal,
+/// counting `length` things called `unit`.
+pub(crate) fn progress_bar(length: u64, message: &str, unit: &str) -> ProgressBar {
     let progress = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr());
     progress.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {human_pos}/{human_len} rows, {per_sec}, ETA {eta}",
-        )
+        ProgressStyle::with_template(&format!(
+            "{{msg}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit}, {{per_sec}}, ETA {{eta}}"
+        ))
         .expect("a valid template")
         .progress_chars("=> "),
     );

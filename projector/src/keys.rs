@@ -10,7 +10,7 @@
 //! tombstone was read, or compaction has removed both). The decoder then
 //! projects the event as forgotten.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use anyhow::Context;
 use score_shared::config::KafkaArgs;
 use score_shared::event::{ACCOUNT_FORGOTTEN, SEALED_SCORE_VERSION};
 use score_shared::personal::{KeyRecord, PersonalDataArgs};
-use score_shared::{AccountRef, DataKey, Pepper};
+use score_shared::{DataKey, Pepper};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -80,21 +80,6 @@ impl Keys {
             .read()
             .expect("the key map is never poisoned")
             .contains_key(&kid)
-    }
-
-    /// The ids of the keys held for each of `accounts` that has any.
-    pub fn kids_of(&self, accounts: &BTreeSet<AccountRef>) -> HashMap<AccountRef, Vec<Uuid>> {
-        let mut kids: HashMap<AccountRef, Vec<Uuid>> = HashMap::new();
-        for key in self
-            .known
-            .read()
-            .expect("the key map is never poisoned")
-            .values()
-            .filter(|key| accounts.contains(&key.account_ref))
-        {
-            kids.entry(key.account_ref).or_default().push(key.kid);
-        }
-        kids
     }
 
     /// Keys held.
@@ -281,8 +266,6 @@ fn key_need(payload: &[u8]) -> Option<KeyNeed> {
 
 #[cfg(test)]
 mod tests {
-    use score_shared::AccountRef;
-
     use super::*;
 
     fn pepper() -> Pepper {
@@ -303,8 +286,8 @@ mod tests {
     #[test]
     fn a_tombstone_removes_the_key_it_names_and_only_that_one() {
         let keys = Keys::new(pepper());
-        let one = DataKey::generate(AccountRef::of(&pepper(), "13800138000"));
-        let two = DataKey::generate(AccountRef::of(&pepper(), "13800138001"));
+        let one = DataKey::generate();
+        let two = DataKey::generate();
         keys.absorb(&[key_record(0, &one, false), key_record(1, &two, false)]);
         assert_eq!(keys.get(one.kid), Some(one.clone()));
         let absorbed = keys.absorb(&[key_record(2, &one, true)]);
@@ -312,26 +295,6 @@ mod tests {
         assert_eq!(keys.get(one.kid), None);
         assert_eq!(keys.get(two.kid), Some(two));
         assert_eq!(keys.len(), 1);
-    }
-
-    #[test]
-    fn the_keys_of_given_accounts_are_found_by_account() {
-        let keys = Keys::new(pepper());
-        let one = AccountRef::of(&pepper(), "13800138000");
-        let other = AccountRef::of(&pepper(), "13800138001");
-        let (first, second, others) = (
-            DataKey::generate(one),
-            DataKey::generate(one),
-            DataKey::generate(other),
-        );
-        keys.absorb(&[
-            key_record(0, &first, false),
-            key_record(1, &second, false),
-            key_record(2, &others, false),
-            key_record(3, &second, true),
-        ]);
-        let found = keys.kids_of(&BTreeSet::from([one]));
-        assert_eq!(found, HashMap::from([(one, vec![first.kid])]));
     }
 
     #[test]

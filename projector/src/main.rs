@@ -42,7 +42,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Forget(args) => {
             score_shared::telemetry::init(args.log.log_format);
             let json = args.json;
-            let done = forget::forget(&args, |forgotten| {
+            let stop = cancelled_on_signal();
+            let done = forget::forget(&args, &stop, |forgotten| {
                 println!("{}", forget::render(forgotten, json));
             })
             .await?;

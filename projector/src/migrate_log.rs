@@ -136,8 +136,8 @@ pub async fn migrate_log(
                     event_ids.insert(rating.event_id);
                     let account_ref = appender.account_of(&rating);
                     if forgotten.contains(&account_ref) {
-                        let unwritten = DataKey::generate(account_ref);
-                        let sealed = rating.seal(&unwritten);
+                        let unwritten = DataKey::generate();
+                        let sealed = rating.seal(account_ref, &unwritten);
                         appender
                             .raw(Some(sealed.record_key().into_bytes()), sealed.encode())
                             .await?;

@@ -288,12 +288,8 @@ pub struct SealedScore {
 /// Why a [`SealedScore`] could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum UnsealError {
-    #[error("event sealed under data key {sealed_under} of account {account_ref}, not key {given}")]
-    WrongKey {
-        sealed_under: Uuid,
-        account_ref: AccountRef,
-        given: Uuid,
-    },
+    #[error("event sealed under data key {sealed_under}, not key {given}")]
+    WrongKey { sealed_under: Uuid, given: Uuid },
     #[error(transparent)]
     Open(#[from] OpenError),
     #[error("the sealed personal fields are malformed: {0}")]
@@ -301,9 +297,11 @@ pub enum UnsealError {
 }
 
 impl ScoreSubmitted {
-    /// The event with its personal fields sealed under `key`, which must be
-    /// a key of this event's account (its reference is taken from the key).
-    pub fn seal(&self, key: &DataKey) -> SealedScore {
+    /// The event with its personal fields sealed under `key`, named by
+    /// `account_ref`, which must be this event's account's reference
+    /// ([`AccountRef::of`] its number): the key is used for that account
+    /// only, and the reference is bound into the sealed value.
+    pub fn seal(&self, account_ref: AccountRef, key: &DataKey) -> SealedScore {
         let personal = PersonalFields {
             acc_nbr: self.acc_nbr.clone(),
             txt1: self.txt1.clone(),
@@ -312,7 +310,7 @@ impl ScoreSubmitted {
             submission_digest: self.submission_digest(),
         };
         let plaintext = serde_json::to_vec(&personal).expect("strings serialize");
-        let context = seal_context(self.event_id, &key.account_ref, key.kid);
+        let context = seal_context(self.event_id, &account_ref, key.kid);
         SealedScore {
             event_id: self.event_id,
             occurred_at: self.occurred_at,
@@ -322,7 +320,7 @@ impl ScoreSubmitted {
             grade3: self.grade3,
             scene: self.scene.clone(),
             request_id: self.request_id.clone(),
-            account_ref: key.account_ref,
+            account_ref,
             kid: key.kid,
             sealed: key.seal(&context, &plaintext),
         }
@@ -352,10 +350,9 @@ impl SealedScore {
     /// [`UnsealError`] when `key` is not the event's key or the sealed bytes
     /// do not open under it.
     pub fn open(&self, key: &DataKey) -> Result<ScoreSubmitted, UnsealError> {
-        if key.kid != self.kid || key.account_ref != self.account_ref {
+        if key.kid != self.kid {
             return Err(UnsealError::WrongKey {
                 sealed_under: self.kid,
-                account_ref: self.account_ref,
                 given: key.kid,
             });
         }
@@ -609,18 +606,19 @@ mod tests {
         assert!(without.get("request_id").is_none());
     }
 
-    fn key_for(event: &ScoreSubmitted) -> DataKey {
+    fn account_of(event: &ScoreSubmitted) -> AccountRef {
         let pepper: crate::personal::Pepper = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
             .parse()
             .unwrap();
-        DataKey::generate(AccountRef::of(&pepper, &event.acc_nbr))
+        AccountRef::of(&pepper, &event.acc_nbr)
     }
 
     #[test]
     fn a_sealed_event_opens_to_the_event_it_was_sealed_from_and_shows_nothing_personal() {
         let original = event();
-        let key = key_for(&original);
-        let sealed = original.seal(&key);
+        let account = account_of(&original);
+        let key = DataKey::generate();
+        let sealed = original.seal(account, &key);
         let bytes = sealed.encode();
         let text = String::from_utf8(bytes.clone()).unwrap();
         for personal in [
@@ -634,21 +632,23 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(value["version"], 3);
         assert_eq!(value["grade1"], 5);
-        assert_eq!(value["account_ref"], key.account_ref.to_string());
+        assert_eq!(value["account_ref"], account.to_string());
+        assert_eq!(value["kid"], key.kid.to_string());
         let Event::SealedScore(decoded) = decode(&bytes).unwrap() else {
             panic!("a sealed event")
         };
         assert_eq!(decoded, sealed);
-        assert_eq!(decoded.record_key(), key.account_ref.to_string());
+        assert_eq!(decoded.record_key(), account.to_string());
         assert_eq!(decoded.open(&key).unwrap(), original);
     }
 
     #[test]
     fn a_sealed_event_does_not_open_under_another_key_or_moved_to_another_event() {
         let original = event();
-        let key = key_for(&original);
-        let sealed = original.seal(&key);
-        let other = key_for(&original);
+        let account = account_of(&original);
+        let key = DataKey::generate();
+        let sealed = original.seal(account, &key);
+        let other = DataKey::generate();
         assert!(matches!(
             sealed.open(&other),
             Err(UnsealError::WrongKey { .. })
@@ -656,14 +656,23 @@ mod tests {
         let mut moved = sealed.clone();
         moved.event_id = new_event_id();
         assert!(matches!(moved.open(&key), Err(UnsealError::Open(_))));
+        let mut renamed = sealed.clone();
+        renamed.account_ref = account_of(&ScoreSubmitted {
+            acc_nbr: "13900139000".into(),
+            ..original.clone()
+        });
+        assert!(
+            matches!(renamed.open(&key), Err(UnsealError::Open(_))),
+            "sealed for one account, it opens for no other"
+        );
     }
 
     #[test]
     fn a_forgotten_event_keeps_grades_time_and_channel_under_a_placeholder() {
         let original = event();
-        let key = key_for(&original);
-        let forgotten = original.seal(&key).forgotten();
-        assert_eq!(forgotten.acc_nbr, key.account_ref.placeholder());
+        let account = account_of(&original);
+        let forgotten = original.seal(account, &DataKey::generate()).forgotten();
+        assert_eq!(forgotten.acc_nbr, account.placeholder());
         assert_eq!(
             [forgotten.grade1, forgotten.grade2, forgotten.grade3],
             [5, 4, 3]
@@ -679,15 +688,15 @@ mod tests {
 
     #[test]
     fn an_erasure_names_the_account_by_reference_only() {
-        let key = key_for(&event());
-        let erasure = AccountForgotten::new(key.account_ref, "ticket 42");
+        let account = account_of(&event());
+        let erasure = AccountForgotten::new(account, "ticket 42");
         let bytes = erasure.encode();
         assert!(!String::from_utf8_lossy(&bytes).contains("13800138000"));
         let Event::AccountForgotten(decoded) = decode(&bytes).unwrap() else {
             panic!("an erasure")
         };
         assert_eq!(decoded, erasure);
-        assert_eq!(decoded.record_key(), key.account_ref.to_string());
+        assert_eq!(decoded.record_key(), account.to_string());
     }
 
     #[test]

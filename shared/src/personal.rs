@@ -6,12 +6,16 @@
 //!   key of its events, so that one account's events stay on one partition
 //!   without the number in clear.
 //! - The phone number, the comments and the submission digest of an event
-//!   are sealed (AES-256-GCM) under a [`DataKey`] of that account, a random
-//!   key with an id (`kid`) of its own.
-//! - Data keys live in a compacted topic, one record per key, keyed
-//!   `<account ref>/<kid>` ([`DataKey::record_key`]). Forgetting an account
-//!   writes a tombstone for each of its keys; once the broker's cleaner has
-//!   run, nothing can open its events again.
+//!   are sealed (AES-256-GCM) under a [`DataKey`], a random key with an id
+//!   (`kid`) of its own, used for one account only. The account is bound
+//!   into every sealed value (with the event id and the key id), and each
+//!   sealed event names its key id in clear.
+//! - Data keys live in a compacted topic, one record per key, keyed by the
+//!   key id alone ([`DataKey::record_key`]): a key can be written before it
+//!   is known which account it will serve, so writers keep keys ready ahead
+//!   of need. Forgetting an account finds its key ids in its events and
+//!   writes a tombstone for each; once the broker's cleaner has run,
+//!   nothing can open its events again.
 //!
 //! A key is written, and acknowledged, before any event sealed under it, so
 //! a reader that has read the key topic to its end after reading an event
@@ -38,8 +42,9 @@ pub const PLACEHOLDER_PREFIX: &str = "forgotten-";
 pub const MIN_PEPPER_BYTES: usize = 32;
 /// The `type` of a data key record in the key topic.
 pub const DATA_KEY: &str = "DataKey";
-/// The version of a data key record this code writes and reads.
-pub const DATA_KEY_VERSION: u32 = 1;
+/// The version of a data key record this code writes and reads (2: keyed
+/// by key id alone, bound to no account).
+pub const DATA_KEY_VERSION: u32 = 2;
 /// The length of an AES-GCM nonce, written before the ciphertext.
 const NONCE_BYTES: usize = 12;
 
@@ -263,11 +268,12 @@ impl<'de> Deserialize<'de> for AccountRef {
     }
 }
 
-/// A random AES-256 key sealing some of one account's events.
+/// A random AES-256 key sealing some of one account's events. The key
+/// itself names no account: whoever hands it out uses it for one account
+/// only, and the account is bound into everything sealed under it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DataKey {
     pub kid: Uuid,
-    pub account_ref: AccountRef,
     pub created_at: DateTime<Utc>,
     key: [u8; 32],
 }
@@ -284,20 +290,19 @@ pub enum OpenError {
 }
 
 impl DataKey {
-    /// A new random key for `account_ref`.
-    pub fn generate(account_ref: AccountRef) -> Self {
+    /// A new random key.
+    pub fn generate() -> Self {
         Self {
             kid: Uuid::now_v7(),
-            account_ref,
             created_at: Utc::now().trunc_subsecs(6),
             key: Key::<Aes256Gcm>::generate().into(),
         }
     }
 
-    /// The record key of this data key in the key topic. All of an
-    /// account's keys share its prefix.
+    /// The record key of this data key in the key topic, and of its
+    /// tombstone: the key id ([`key_record_key`]).
     pub fn record_key(&self) -> String {
-        key_record_key(&self.account_ref, self.kid)
+        key_record_key(self.kid)
     }
 
     /// Seals `plaintext` under a fresh random nonce; `context` (not secret,
@@ -353,7 +358,6 @@ impl DataKey {
         serde_json::to_vec(&KeyRecordBody {
             record_type: DATA_KEY.to_owned(),
             version: DATA_KEY_VERSION,
-            account_ref: self.account_ref,
             kid: self.kid,
             created_at: self.created_at,
             key: BASE64.encode(self.key),
@@ -366,15 +370,15 @@ impl fmt::Debug for DataKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DataKey")
             .field("kid", &self.kid)
-            .field("account_ref", &self.account_ref)
             .field("created_at", &self.created_at)
             .finish_non_exhaustive()
     }
 }
 
-/// The record key of data key `kid` of `account_ref` in the key topic.
-pub fn key_record_key(account_ref: &AccountRef, kid: Uuid) -> String {
-    format!("{account_ref}/{kid}")
+/// The record key of data key `kid` in the key topic: the key id,
+/// hyphenated.
+pub fn key_record_key(kid: Uuid) -> String {
+    kid.hyphenated().to_string()
 }
 
 #[derive(Serialize, Deserialize)]
@@ -382,7 +386,6 @@ struct KeyRecordBody {
     #[serde(rename = "type")]
     record_type: String,
     version: u32,
-    account_ref: AccountRef,
     kid: Uuid,
     created_at: DateTime<Utc>,
     key: String,
@@ -393,14 +396,14 @@ struct KeyRecordBody {
 pub enum KeyRecord {
     /// A data key.
     Key(DataKey),
-    /// A tombstone: the key `kid` of `account_ref` is forgotten.
-    Forgotten { account_ref: AccountRef, kid: Uuid },
+    /// A tombstone: the key `kid` is forgotten.
+    Forgotten { kid: Uuid },
 }
 
 /// Why a record of the key topic could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyRecordError {
-    #[error("a key record's key must be `<account ref>/<kid>`")]
+    #[error("a key record's key must be a key id (a hyphenated UUID)")]
     BadRecordKey,
     #[error("a key record is not a {DATA_KEY} v{DATA_KEY_VERSION} JSON object: {0}")]
     BadBody(String),
@@ -416,13 +419,12 @@ impl KeyRecord {
     ///
     /// [`KeyRecordError`] when the record was not written by this code.
     pub fn decode(record_key: &[u8], payload: Option<&[u8]>) -> Result<Self, KeyRecordError> {
-        let (account_ref, kid) = std::str::from_utf8(record_key)
+        let kid: Uuid = std::str::from_utf8(record_key)
             .ok()
-            .and_then(|key| key.split_once('/'))
-            .and_then(|(account_ref, kid)| Some((account_ref.parse().ok()?, kid.parse().ok()?)))
+            .and_then(|key| Uuid::try_parse(key).ok())
             .ok_or(KeyRecordError::BadRecordKey)?;
         let Some(payload) = payload else {
-            return Ok(Self::Forgotten { account_ref, kid });
+            return Ok(Self::Forgotten { kid });
         };
         let body: KeyRecordBody = serde_json::from_slice(payload)
             .map_err(|error| KeyRecordError::BadBody(error.to_string()))?;
@@ -437,12 +439,11 @@ impl KeyRecord {
             .ok()
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or_else(|| KeyRecordError::BadBody("the key is not 32 bytes of base64".into()))?;
-        if body.account_ref != account_ref || body.kid != kid {
+        if body.kid != kid {
             return Err(KeyRecordError::Mismatch);
         }
         Ok(Self::Key(DataKey {
             kid,
-            account_ref,
             created_at: body.created_at,
             key,
         }))
@@ -539,8 +540,7 @@ mod tests {
 
     #[test]
     fn sealed_bytes_open_only_with_their_key_and_context() {
-        let account = AccountRef::of(&pepper(), "13800138000");
-        let key = DataKey::generate(account);
+        let key = DataKey::generate();
         let sealed = key.seal(b"event 1", "服務很好".as_bytes());
         assert!(!String::from_utf8_lossy(&sealed).contains("服務很好"));
         assert_eq!(
@@ -551,7 +551,7 @@ mod tests {
             key.open(b"event 2", &sealed),
             Err(OpenError::Rejected { .. })
         ));
-        let other = DataKey::generate(account);
+        let other = DataKey::generate();
         assert!(other.open(b"event 1", &sealed).is_err());
         let mut altered = sealed.clone();
         *altered.last_mut().unwrap() ^= 1;
@@ -569,8 +569,12 @@ mod tests {
 
     #[test]
     fn a_key_record_round_trips_and_its_tombstone_names_the_key() {
-        let key = DataKey::generate(AccountRef::of(&pepper(), "13800138000"));
+        let key = DataKey::generate();
         let record_key = key.record_key();
+        assert_eq!(record_key, key.kid.hyphenated().to_string());
+        let body: serde_json::Value = serde_json::from_slice(&key.encode()).unwrap();
+        assert_eq!(body["version"], 2);
+        assert!(body.get("account_ref").is_none(), "{body}");
         let read = KeyRecord::decode(record_key.as_bytes(), Some(&key.encode())).unwrap();
         assert_eq!(read, KeyRecord::Key(key.clone()));
         let KeyRecord::Key(read) = read else {
@@ -580,26 +584,31 @@ mod tests {
         assert_eq!(read.open(b"c", &sealed).unwrap(), b"secret");
         assert_eq!(
             KeyRecord::decode(record_key.as_bytes(), None).unwrap(),
-            KeyRecord::Forgotten {
-                account_ref: key.account_ref,
-                kid: key.kid
-            }
+            KeyRecord::Forgotten { kid: key.kid }
         );
         assert!(format!("{key:?}").contains("DataKey") && !format!("{key:?}").contains("key:"));
     }
 
     #[test]
     fn a_key_record_that_does_not_match_its_record_key_is_refused() {
-        let key = DataKey::generate(AccountRef::of(&pepper(), "13800138000"));
-        let other = DataKey::generate(AccountRef::of(&pepper(), "13800138001"));
+        let key = DataKey::generate();
+        let other = DataKey::generate();
         assert!(matches!(
             KeyRecord::decode(other.record_key().as_bytes(), Some(&key.encode())),
             Err(KeyRecordError::Mismatch)
         ));
         assert!(matches!(
-            KeyRecord::decode(b"no-slash", None),
+            KeyRecord::decode(b"not-a-key-id", None),
             Err(KeyRecordError::BadRecordKey)
         ));
+        let account = AccountRef::of(&pepper(), "13800138000");
+        assert!(
+            matches!(
+                KeyRecord::decode(format!("{account}/{}", key.kid).as_bytes(), None),
+                Err(KeyRecordError::BadRecordKey)
+            ),
+            "a key record names no account"
+        );
         assert!(matches!(
             KeyRecord::decode(key.record_key().as_bytes(), Some(b"{}")),
             Err(KeyRecordError::BadBody(_))
@@ -610,7 +619,7 @@ mod tests {
         #[test]
         fn anything_sealed_opens_to_itself(plaintext in proptest::collection::vec(any::<u8>(), 0..512),
                                            context in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let key = DataKey::generate(AccountRef::of(&pepper(), "13800138000"));
+            let key = DataKey::generate();
             let sealed = key.seal(&context, &plaintext);
             prop_assert_eq!(key.open(&context, &sealed).unwrap(), plaintext);
         }

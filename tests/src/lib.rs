@@ -564,6 +564,7 @@ pub fn api_config(kafka: &KafkaArgs) -> ingest_api::Config {
         // its own.
         rate_limit_refused_reads_per_client_per_minute: 0,
         data_key_cache_seconds: 60,
+        data_key_pool_size: 1024,
         personal: test_personal_data(&keys_topic_of(&kafka.topic)),
         kafka: kafka.clone(),
         validation: ValidationArgs::default(),

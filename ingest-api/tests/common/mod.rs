@@ -48,6 +48,7 @@ pub fn sealing() -> Sealing {
         pepper: TEST_PEPPER.parse().expect("a valid pepper"),
         keys_topic: "unused-keys".to_owned(),
         key_time_to_live: Duration::from_secs(60),
+        key_pool_size: 0,
     }
 }
 
