@@ -275,7 +275,7 @@ pub async fn forget(
     // Keys an ingest API handed out while the log was read.
     let mut late_reads = 0;
     loop {
-        reader.look_at_the_end(&args.kafka).await?;
+        reader.look_at_the_end().await?;
         read_keys(
             &mut reader,
             &mut keys,

@@ -190,7 +190,7 @@ impl KeyRing {
             *reader = Some(LogReader::open(&self.kafka, "keys", Start::Beginning).await?);
         }
         let reader = reader.as_mut().expect("opened above");
-        reader.look_at_the_end(&self.kafka).await?;
+        reader.look_at_the_end().await?;
         let mut absorbed = Absorbed::default();
         while !reader.is_done() {
             let records = reader
@@ -222,18 +222,51 @@ impl KeyRing {
     /// # Errors
     ///
     /// As [`Self::catch_up`]; the batch must not be decoded then.
+    ///
+    /// Keys are usually written well before their first event (writers keep
+    /// keys ready ahead of need), so a key not held is first looked for in
+    /// what the key topic's consumer has already fetched; only if it is
+    /// still missing does the ring look at the topic's end and read to it.
     pub async fn ready_for(&self, records: &[LogRecord]) -> anyhow::Result<()> {
-        let needed = records
+        let needs: Vec<KeyNeed> = records
             .iter()
             .filter_map(|record| key_need(record.payload.as_deref()?))
-            .any(|need| match need {
-                KeyNeed::Key(kid) => !self.keys.knows(kid),
+            .collect();
+        let missing = |keys: &Keys| {
+            needs.iter().any(|need| match need {
+                KeyNeed::Key(kid) => !keys.knows(*kid),
                 KeyNeed::Tombstones => true,
-            });
-        if needed {
-            self.catch_up().await?;
+            })
+        };
+        if !missing(&self.keys) {
+            return Ok(());
         }
-        Ok(())
+        if !needs.contains(&KeyNeed::Tombstones) {
+            self.read_what_is_fetched().await?;
+            if !missing(&self.keys) {
+                return Ok(());
+            }
+        }
+        self.catch_up().await
+    }
+
+    /// Absorbs the key records the consumer has already fetched, without
+    /// waiting for more (nothing when the ring has not read the topic yet).
+    async fn read_what_is_fetched(&self) -> anyhow::Result<()> {
+        let mut reader = self.reader.lock().await;
+        let Some(reader) = reader.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            let records = reader
+                .next_batch(READ_BATCH, Duration::ZERO, Duration::ZERO)
+                .await
+                .context("reading the key topic")?;
+            if records.is_empty() {
+                return Ok(());
+            }
+            self.keys.absorb(&records);
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! partition to that end.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,6 +18,7 @@ use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use score_shared::config::KafkaArgs;
+use score_shared::kafka::LogMetadata;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -100,6 +102,8 @@ pub enum Start {
 /// had when the reader last looked ([`LogReader::look_at_the_end`]).
 pub struct LogReader {
     consumer: StreamConsumer,
+    /// Kept for every look at the end: a client is costly to make.
+    metadata: Arc<LogMetadata>,
     topic: String,
     /// The high watermark of each partition at the last look.
     ends: BTreeMap<i32, i64>,
@@ -122,7 +126,8 @@ impl LogReader {
         let consumer: StreamConsumer = score_shared::kafka::consumer_config(kafka, &group)
             .create()
             .context("creating a Kafka consumer to read the log")?;
-        let marks = watermarks(kafka).await?;
+        let metadata = Arc::new(LogMetadata::new(kafka)?);
+        let marks = watermarks(&metadata).await?;
         let mut next = BTreeMap::new();
         let mut assignment = TopicPartitionList::new();
         for (partition, (low, _)) in &marks {
@@ -144,6 +149,7 @@ impl LogReader {
             .sum();
         Ok(Self {
             consumer,
+            metadata,
             topic: kafka.topic.clone(),
             ends,
             next,
@@ -182,11 +188,8 @@ impl LogReader {
     /// # Errors
     ///
     /// When the broker does not answer.
-    pub async fn look_at_the_end(
-        &mut self,
-        kafka: &KafkaArgs,
-    ) -> anyhow::Result<&BTreeMap<i32, i64>> {
-        self.ends = watermarks(kafka)
+    pub async fn look_at_the_end(&mut self) -> anyhow::Result<&BTreeMap<i32, i64>> {
+        self.ends = watermarks(&self.metadata)
             .await?
             .into_iter()
             .map(|(partition, (_, high))| (partition, high))
@@ -287,7 +290,7 @@ pub async fn records_at(
     kafka: &KafkaArgs,
     offsets: &BTreeMap<i32, i64>,
 ) -> anyhow::Result<RecordsAt> {
-    let marks = watermarks(kafka).await?;
+    let marks = watermarks(&Arc::new(LogMetadata::new(kafka)?)).await?;
     let mut found = RecordsAt {
         watermarks: marks.clone(),
         records: BTreeMap::new(),
@@ -339,9 +342,9 @@ pub async fn records_at(
 }
 
 /// Every partition's low and high watermark, read off the async runtime.
-async fn watermarks(kafka: &KafkaArgs) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
-    let kafka = kafka.clone();
-    tokio::task::spawn_blocking(move || score_shared::kafka::watermarks(&kafka, METADATA_TIMEOUT))
+async fn watermarks(metadata: &Arc<LogMetadata>) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+    let metadata = Arc::clone(metadata);
+    tokio::task::spawn_blocking(move || metadata.watermarks(METADATA_TIMEOUT))
         .await
         .context("the watermark task")?
         .context("reading the topic's watermarks")

@@ -171,7 +171,7 @@ pub async fn rebuild(
             projection.name()
         )
     })?;
-    let targets = rebuild.reader.look_at_the_end(&args.kafka).await?.clone();
+    let targets = rebuild.reader.look_at_the_end().await?.clone();
     rebuild.catch_up(targets, stop).await?;
     let positions = rebuild.shadow_positions().await?;
     rebuild.progress.finish_and_clear();
