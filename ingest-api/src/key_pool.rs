@@ -150,6 +150,28 @@ fn record_level(ready: usize) {
     metrics::gauge!("data_key_pool_keys").set(ready as f64);
 }
 
+/// Runs what `keep` makes until `done` holds (checked every 10 ms, for at
+/// most five seconds), then cancels the token `keep` was given and waits
+/// for it to finish. For tests of the pool's refill.
+#[cfg(test)]
+pub(crate) async fn run_until<K, F>(keep: K, done: impl Fn() -> bool)
+where
+    K: FnOnce(CancellationToken) -> F,
+    F: Future<Output = ()>,
+{
+    let stop = CancellationToken::new();
+    let watch = async {
+        for _ in 0..500 {
+            if done() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+    };
+    tokio::join!(keep(stop.clone()), watch);
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -157,24 +179,17 @@ mod tests {
 
     use super::*;
 
-    /// Runs `keep_full` with `write` until `until` holds (checked every
-    /// 10 ms, for at most two seconds), then stops it.
+    /// Runs `keep_full` with `write` until `until` holds, then stops it.
     async fn fill_until<W, F>(pool: &KeyPool, write: W, until: impl Fn(&KeyPool) -> bool)
     where
         W: Fn(Arc<DataKey>) -> F,
         F: Future<Output = Result<(), String>>,
     {
-        let stop = CancellationToken::new();
-        let watch = async {
-            for _ in 0..200 {
-                if until(pool) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            stop.cancel();
-        };
-        tokio::join!(pool.keep_full(write, &stop), watch);
+        run_until(
+            |stop| async move { pool.keep_full(write, &stop).await },
+            || until(pool),
+        )
+        .await;
     }
 
     fn counted<'a>(

@@ -30,6 +30,10 @@ use crate::log_reader::{LogReader, Start};
 const READ_BATCH: usize = 5000;
 /// How long a read of the key topic waits for records it knows are there.
 const READ_WAIT: Duration = Duration::from_secs(1);
+/// The key topic's consumer asks the broker for at least this much per
+/// fetch, or what it has after [`KEY_FETCH_WAIT_MS`].
+const KEY_FETCH_MIN_BYTES: &str = "65536";
+const KEY_FETCH_WAIT_MS: &str = "100";
 /// How long reading the key topic to its end may take before the batch is
 /// held back and the read tried again.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -153,6 +157,21 @@ impl KeyRing {
         let pepper = personal.pepper()?;
         let mut kafka = kafka.clone();
         kafka.topic = personal.keys_topic.clone();
+        // Fewer, fuller fetches (the operator's options still win): keys
+        // are written ahead of need, so what the consumer has fetched
+        // usually holds them, and one fetch per 64 KiB or 100 ms rather
+        // than one per handful of keys spares the broker.
+        kafka.kafka_options.splice(
+            0..0,
+            [
+                ("fetch.min.bytes", KEY_FETCH_MIN_BYTES),
+                ("fetch.wait.max.ms", KEY_FETCH_WAIT_MS),
+            ]
+            .map(|(key, value)| score_shared::config::KeyValue {
+                key: key.to_owned(),
+                value: value.to_owned(),
+            }),
+        );
         Ok(Self {
             keys: Keys::new(pepper),
             kafka,
