@@ -16,7 +16,8 @@ use sqlx::{Connection, MySql, MySqlConnection, MySqlPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{
-    self, DeadLetterReason, Decoded, Decoder, Gap, LogRecord, PlanContext, Rating, Standing,
+    self, DeadLetterReason, Decoded, DecodedBatch, Decoder, Gap, LogRecord, PlanContext, Rating,
+    Standing,
 };
 use crate::identity::{LogMismatch, Predecessors, RecordDigest};
 use crate::projection::{self, Projected, Projection, TableSet};
@@ -130,6 +131,9 @@ pub struct BatchJob<'a> {
     pub topic: &'a str,
     pub records: &'a [LogRecord],
     pub decoder: &'a Decoder,
+    /// The batch already decoded (when it is applied to several
+    /// projections); records not in it are decoded by `decoder`.
+    pub decoded: Option<&'a DecodedBatch>,
     pub accepted_gaps: &'a [Gap],
     /// The last record the reader read before this batch, by partition.
     pub predecessors: &'a Predecessors,
@@ -285,7 +289,10 @@ async fn apply_in_transaction(
         .collect();
     for record in to_apply {
         let decoded = match job.mode {
-            Mode::Project => job.decoder.decode(record),
+            Mode::Project => job
+                .decoded
+                .and_then(|decoded| decoded.get(record))
+                .unwrap_or_else(|| job.decoder.decode(record)),
             Mode::DeadLetter(reason) => Decoded::DeadLetter(reason.clone()),
         };
         match decoded {

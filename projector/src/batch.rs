@@ -185,7 +185,7 @@ fn standing(
 }
 
 /// What one record becomes in the projection.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Decoded {
     Row(Rating),
     /// An account to remove from the projection's tables.
@@ -229,6 +229,20 @@ impl DeadLetterReason {
     }
 }
 
+/// A batch's records decoded once, for every projection the batch is
+/// applied to: opening a sealed event (AES-GCM, an HMAC, validation) is
+/// the projector's main work per record. Valid while the keys do not
+/// change, that is, for one batch after [`crate::keys::KeyRing::ready_for`].
+#[derive(Debug, Default)]
+pub struct DecodedBatch(HashMap<(i32, i64), Decoded>);
+
+impl DecodedBatch {
+    /// What `record` decoded to, if it is one of the batch's.
+    pub fn get(&self, record: &LogRecord) -> Option<Decoded> {
+        self.0.get(&(record.partition, record.offset)).cloned()
+    }
+}
+
 /// Decodes and validates records with the same rules the ingest API uses,
 /// accepting the configured event versions, opening sealed events with the
 /// keys read so far (the caller makes the [`crate::keys::KeyRing`] ready
@@ -248,6 +262,16 @@ impl Decoder {
             accepted_versions: event::SCORE_SUBMITTED_VERSIONS.to_vec(),
             keys,
         }
+    }
+
+    /// What each of `records` becomes.
+    pub fn decode_all(&self, records: &[LogRecord]) -> DecodedBatch {
+        DecodedBatch(
+            records
+                .iter()
+                .map(|record| ((record.partition, record.offset), self.decode(record)))
+                .collect(),
+        )
     }
 
     /// What `record` becomes.
@@ -371,6 +395,36 @@ mod tests {
         assert_eq!(rating.event, original);
         assert_eq!(rating.account_ref, account);
         assert!(!rating.forgotten);
+    }
+
+    #[test]
+    fn a_batch_decoded_once_gives_each_record_what_decoding_it_gives() {
+        let decoder = test_decoder();
+        let account = AccountRef::of(&pepper(), "13800138000");
+        let key = score_shared::DataKey::generate();
+        decoder.keys.insert(key.clone());
+        let mut records = vec![
+            payload_record(submitted("13800138000").seal(account, &key).encode()),
+            payload_record(b"not an event".to_vec()),
+        ];
+        records[1].offset = 1;
+
+        let decoded = decoder.decode_all(&records);
+
+        let Some(Decoded::Row(rating)) = decoded.get(&records[0]) else {
+            panic!("the sealed rating is in the batch")
+        };
+        let Decoded::Row(again) = decoder.decode(&records[0]) else {
+            panic!("it decodes")
+        };
+        assert_eq!(rating, again);
+        assert!(matches!(
+            decoded.get(&records[1]),
+            Some(Decoded::DeadLetter(reason)) if reason.kind == "undecodable"
+        ));
+        let mut elsewhere = records[0].clone();
+        elsewhere.offset = 7;
+        assert!(decoded.get(&elsewhere).is_none(), "not one of the batch");
     }
 
     #[test]

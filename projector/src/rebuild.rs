@@ -393,6 +393,7 @@ impl<'a> Rebuild<'a> {
                 topic: &self.args.kafka.topic,
                 records: &records,
                 decoder: self.decoder,
+                decoded: None,
                 accepted_gaps: &accepted,
                 predecessors: &self.read,
                 mode: Mode::Project,

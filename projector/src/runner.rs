@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, Backoff, BatchJob, BatchReport, Halt, Locking, Mode};
-use crate::batch::{Decoder, LogRecord};
+use crate::batch::{DecodedBatch, Decoder, LogRecord};
 use crate::config::RunArgs;
 use crate::gaps::GapTracker;
 use crate::identity::{self, LogMismatch, Predecessors, StoredPosition};
@@ -307,11 +307,14 @@ impl Projector {
         if !self.keys_ready_for(records, stop).await {
             return Ok(false);
         }
+        // Decoded once for all projections (the keys stay as they are
+        // until the next batch).
+        let decoded = (self.projections.len() > 1).then(|| self.decoder.decode_all(records));
         let mut seek_to: HashMap<i32, i64> = HashMap::new();
         let mut slowest: HashMap<i32, i64> = HashMap::new();
-        for (projection, tables) in &self.projections {
+        for target in &self.projections {
             let Some(report) = self
-                .apply_to_projection(*projection, tables, records, gaps, read, stop)
+                .apply_to_projection(target, records, decoded.as_ref(), gaps, read, stop)
                 .await?
             else {
                 return Ok(false);
@@ -366,13 +369,14 @@ impl Projector {
     /// confirm a gap.
     async fn apply_to_projection(
         &self,
-        projection: &'static dyn Projection,
-        tables: &TableSet,
+        (projection, tables): &(&'static dyn Projection, TableSet),
         records: &[LogRecord],
+        decoded: Option<&DecodedBatch>,
         gaps: &mut GapTracker,
         read: &Predecessors,
         stop: &CancellationToken,
     ) -> Result<Option<BatchReport>, LogMismatch> {
+        let projection = *projection;
         let accepted = gaps.accepted(projection.name());
         let job = BatchJob {
             projection,
@@ -380,6 +384,7 @@ impl Projector {
             topic: &self.args.kafka.topic,
             records,
             decoder: &self.decoder,
+            decoded,
             accepted_gaps: &accepted,
             predecessors: read,
             mode: Mode::Project,
