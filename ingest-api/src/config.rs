@@ -166,9 +166,9 @@ pub struct Config {
     pub rate_limit_refused_reads_per_client_per_minute: u32,
 
     /// How long a data key is reused for an account's submissions, in
-    /// seconds (at most 86400). A key is written to the key topic on an
-    /// account's first submission and then kept in this process's cache
-    /// (at most 100,000 accounts) for this long. Short on purpose: `projector
+    /// seconds (at most 86400). An account's first submission is handed a
+    /// key (from the key pool, or written on the spot) that is then kept in
+    /// this process's cache (at most 100,000 accounts) for this long. Short on purpose: `projector
     /// forget` tombstones an account's keys in the key topic but cannot reach
     /// this cache, so a submission made up to this long after a forget may be
     /// sealed under a forgotten key, and such an event is projected as
