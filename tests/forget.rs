@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use pipeline_tests::console::{ConsoleRecord, console_consume};
+use pipeline_tests::http_client;
 use pipeline_tests::processes::bin_dir;
 use pipeline_tests::{
     ACCOUNT_SUMMARY_CONTENT, GRADE_CONTENT, RunningApi, RunningProjector, TEST_ACCOUNT_PEPPER,
@@ -28,13 +29,6 @@ const PHONE: &str = "13912345678";
 const OTHER: &str = "13700000001";
 const COMMENTS: [&str; 2] = ["我的私密評論，只屬於我", "另一條私密評論"];
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("an HTTP client")
-}
 
 /// Rates `PHONE` through `/score` (the mini-program's form) and `/v1/scores`,
 /// and `OTHER` once; returns `PHONE`'s results token.
@@ -259,7 +253,7 @@ async fn a_forgotten_person_leaves_no_trace_in_mysql_or_the_log_and_their_grades
     let database = TestDatabase::create().await;
     let api = RunningApi::start_with(patient_results_config(&topic.kafka, &database)).await;
     let projector = RunningProjector::start(&topic.kafka, &database, &unique_group());
-    let client = client();
+    let client = http_client();
     let pepper = TEST_ACCOUNT_PEPPER.parse().expect("a pepper");
     let account_ref = AccountRef::of(&pepper, PHONE);
 

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use pipeline_tests::http_client;
 use pipeline_tests::proxy::CuttableProxy;
 use pipeline_tests::{
     RunningApi, RunningProjector, TestDatabase, TestTopic, api_config, eventually, kafka_args,
@@ -36,19 +37,12 @@ struct DeadLetter {
     error: String,
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("an HTTP client")
-}
-
 async fn post_v1(
     api: &RunningApi,
     body: &Value,
     idempotency_key: Option<&str>,
 ) -> reqwest::Response {
-    let mut request = client().post(api.url("/v1/scores")).json(body);
+    let mut request = http_client().post(api.url("/v1/scores")).json(body);
     if let Some(key) = idempotency_key {
         request = request.header("Idempotency-Key", key);
     }
@@ -74,7 +68,7 @@ async fn the_mini_programs_request_byte_for_byte_lands_as_one_row() {
         ["5", "\"4\"", "3"],
         ["服務很好", "", "👍 fast"],
     );
-    let response = client()
+    let response = http_client()
         .post(api.url("/score"))
         .header("content-type", "application/x-www-form-urlencoded")
         .header("chartset", "utf-8")
@@ -179,7 +173,7 @@ async fn v1_answers_202_and_the_same_idempotency_key_yields_one_row() {
 
 /// Posts the mini-program's form to `/score` with an `Idempotency-Key`.
 async fn post_legacy(api: &RunningApi, body: String, idempotency_key: &str) -> reqwest::Response {
-    client()
+    http_client()
         .post(api.url("/score"))
         .header("content-type", "application/x-www-form-urlencoded")
         .header("chartset", "utf-8")
@@ -311,7 +305,7 @@ async fn chinese_emoji_and_sql_lookalikes_round_trip_byte_exact() {
         "\"quoted\" \\ back\tslash\nnew line <script>alert(1)</script>",
     ];
     let body = legacy_form_body("+8613800138000", ["1", "2", "3"], texts);
-    let response = client()
+    let response = http_client()
         .post(api.url("/score"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(body)
@@ -437,7 +431,7 @@ async fn each_broken_rule_is_a_400_naming_the_field_and_appends_nothing() {
             .iter()
             .map(|(name, value)| (name.clone(), value.to_string()))
             .collect();
-        let response = client()
+        let response = http_client()
             .post(api.url("/score"))
             .form(&form)
             .send()
@@ -469,7 +463,7 @@ async fn each_broken_rule_is_a_400_naming_the_field_and_appends_nothing() {
             r#"{"acc_nbr":"\"13800138000\"","grade1":5,"grade2":5,"grade3":5,"txt1":"\"\\ud800\""}"#,
         ),
     ] {
-        let response = client()
+        let response = http_client()
             .post(api.url("/score"))
             .header("content-type", content_type)
             .body(body)
@@ -678,7 +672,7 @@ async fn an_unreachable_broker_is_a_503_within_the_configured_bound() {
         "took {elapsed:?}"
     );
 
-    let response = client()
+    let response = http_client()
         .post(api.url("/score"))
         .form(&[
             ("acc_nbr", "\"13800138000\""),
@@ -692,7 +686,7 @@ async fn an_unreachable_broker_is_a_503_within_the_configured_bound() {
     assert_eq!(response.status(), 503);
     assert_eq!(response.text().await.unwrap(), "\"數據提交失敗\"");
 
-    let ready = client().get(api.url("/readyz")).send().await.unwrap();
+    let ready = http_client().get(api.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     api.stop().await;
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ingest_api::read_token::ResultsTokens;
+use pipeline_tests::http_client;
 use pipeline_tests::processes::{Service, free_port, wait_for_port};
 use pipeline_tests::{
     RunningApi, RunningProjector, TestDatabase, TestTopic, legacy_form_body, metric_sample,
@@ -20,13 +21,6 @@ use serde_json::{Value, json};
 
 /// Another key, 32 bytes, for keys that rotate.
 const OTHER_KEY: &str = "b3RoZXIta2V5LW90aGVyLWtleS1vdGhlci1rZXktb3RoZXI=";
-
-fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("an HTTP client")
-}
 
 /// What a client sees of an answer: status, headers (but the date and the
 /// request id, which differ on every answer) and the body's bytes.
@@ -137,7 +131,7 @@ async fn only_the_token_of_an_accounts_submission_reads_it_and_every_other_read_
     let database = TestDatabase::create().await;
     let api = RunningApi::start_with(patient_results_config(&topic.kafka, &database)).await;
     let projector = RunningProjector::start(&topic.kafka, &database, &unique_group());
-    let client = client();
+    let client = http_client();
     let rated = "13600000001";
     let unrated = "13600000002";
     let someone_else = "13600000003";
@@ -291,7 +285,7 @@ async fn a_rotated_key_keeps_reading_until_it_is_retired_then_its_tokens_are_ref
     let topic = TestTopic::create(1).await;
     let database = TestDatabase::create().await;
     let projector = RunningProjector::start(&topic.kafka, &database, &unique_group());
-    let client = client();
+    let client = http_client();
     let account = "13600000011";
     let old_keys = pipeline_tests::TEST_RESULTS_TOKEN_KEYS.to_owned();
     let with_keys = |keys: String| ingest_api::Config {
@@ -370,7 +364,7 @@ async fn refused_reads_beyond_the_clients_limit_are_a_429_and_counted_while_vali
         ),
     ]);
     wait_for_port(metrics_port, Duration::from_secs(30), "the API's metrics");
-    let client = client();
+    let client = http_client();
     let account = "13600000021";
     let submitted = client
         .post(format!("{base}/v1/scores"))

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use pipeline_tests::http_client;
 use pipeline_tests::processes::free_port;
 use pipeline_tests::{
     RunningApi, RunningProjector, TestDatabase, TestTopic, api_config, api_config_with_results,
@@ -12,13 +13,6 @@ use pipeline_tests::{
 };
 use reqwest::Client;
 use serde_json::{Value, json};
-
-fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("an HTTP client")
-}
 
 /// Posts the mini-program's form to `/score`, exactly as `wx.request`
 /// sends it, and returns the answer's consistency and results tokens.
@@ -104,7 +98,7 @@ async fn every_submission_is_in_the_results_read_right_after_with_its_token() {
     let database = TestDatabase::create().await;
     let api = RunningApi::start_with(api_config_with_results(&topic.kafka, &database)).await;
     let projector = RunningProjector::start(&topic.kafka, &database, &unique_group());
-    let client = client();
+    let client = http_client();
     let account = "13900000001";
 
     // The mini-program's own calls: the form, then /graderesult.
@@ -184,7 +178,7 @@ async fn a_query_waits_for_the_projection_and_says_stale_when_it_does_not_get_th
     })
     .await;
     let patient = RunningApi::start_with(patient_results_config(&topic.kafka, &database)).await;
-    let client = client();
+    let client = http_client();
     let account = "13900000002";
     let accepted = submit_v1(
         &client,
@@ -229,7 +223,7 @@ async fn pages_walk_an_accounts_submissions_newest_first_without_gaps_or_repeats
     let database = TestDatabase::create().await;
     let api = RunningApi::start_with(api_config_with_results(&topic.kafka, &database)).await;
     let projector = RunningProjector::start(&topic.kafka, &database, &unique_group());
-    let client = client();
+    let client = http_client();
     let account = "13900000003";
     let mut submitted = Vec::new();
     let mut last_token = String::new();
@@ -284,7 +278,7 @@ async fn an_account_without_submissions_has_empty_results() {
     // A token for the number, as a submission would have been answered.
     let token = pipeline_tests::results_token_for("+8613900000004");
     let (status, consistency, page) = get_json(
-        &client(),
+        &http_client(),
         api.url("/v1/accounts/%2B8613900000004/scores"),
         &token,
     )
@@ -314,7 +308,7 @@ async fn submissions_go_on_and_the_api_stays_ready_while_the_results_database_is
         ..api_config(&topic.kafka)
     })
     .await;
-    let client = client();
+    let client = http_client();
     let ready = client
         .get(api.url("/readyz"))
         .send()
@@ -389,7 +383,7 @@ async fn a_key_reused_through_another_instance_is_a_dead_letter_and_its_token_re
     let first_api = patient_api(&topic, &database).await;
     let second_api = patient_api(&topic, &database).await;
     let projector = RunningProjector::start(&topic.kafka, &database, &unique_group());
-    let client = client();
+    let client = http_client();
     let account = "13900000006";
     let key = "rating-2026-12-03-0001";
 
@@ -506,7 +500,7 @@ async fn a_submission_the_projector_dead_letters_reads_rejected_until_it_is_retr
             .collect(),
         stricter,
     );
-    let client = client();
+    let client = http_client();
     let account = "13900000007";
     let url = |token: &str| api.url(&format!("/v1/accounts/{account}/scores?after={token}"));
 

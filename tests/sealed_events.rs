@@ -8,6 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use pipeline_tests::http_client;
 use pipeline_tests::{
     RunningApi, TEST_ACCOUNT_PEPPER, TestTopic, api_config, keys_topic_of, legacy_form_body,
 };
@@ -33,13 +34,6 @@ struct Record {
 
 fn pepper() -> Pepper {
     TEST_ACCOUNT_PEPPER.parse().expect("the test pepper")
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("an HTTP client")
 }
 
 /// Every record `topic` holds now, from the beginning of each partition to
@@ -134,7 +128,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 }
 
 async fn post_v1(api: &RunningApi, body: &Value) -> Value {
-    let response = client()
+    let response = http_client()
         .post(api.url("/v1/scores"))
         .json(body)
         .send()
@@ -154,7 +148,7 @@ async fn events_are_sealed_keyed_by_the_account_reference_and_open_with_a_key_wr
     // The legacy door, as the mini-program sends it.
     let legacy_phone = "13800138001";
     let legacy_texts = ["服務很好，謝謝！", "", "下次還會再來 seal-me-legacy"];
-    let legacy = client()
+    let legacy = http_client()
         .post(api.url("/score"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(legacy_form_body(

@@ -141,6 +141,14 @@ impl KeyPath {
 /// The `outcome` label of `kafka_produce_total` for a successful send.
 const PERSISTED: &str = "persisted";
 
+/// The `outcome` label of a send's answer.
+fn outcome_of(answer: &Result<Receipt, PublishError>) -> &'static str {
+    match answer {
+        Ok(_) => PERSISTED,
+        Err(error) => error.outcome(),
+    }
+}
+
 /// How much longer than the publish timeout a request waits for its
 /// delivery report. librdkafka's `message.timeout.ms` (set up to a second
 /// below the publish timeout, since librdkafka looks for expired messages
@@ -254,10 +262,7 @@ impl Publisher {
     pub async fn publish(&self, event: &ScoreSubmitted) -> Result<Receipt, PublishError> {
         let started = Instant::now();
         let answer = self.append(event).await;
-        let outcome = match &answer {
-            Ok(_) => PERSISTED,
-            Err(error) => error.outcome(),
-        };
+        let outcome = outcome_of(&answer);
         metrics::counter!("kafka_produce_total", "outcome" => outcome).increment(1);
         metrics::histogram!("kafka_produce_duration_seconds", "outcome" => outcome)
             .record(started.elapsed().as_secs_f64());
@@ -327,10 +332,7 @@ impl Publisher {
                 deadline,
             )
             .await;
-        let outcome = match &written {
-            Ok(_) => PERSISTED,
-            Err(error) => error.outcome(),
-        };
+        let outcome = outcome_of(&written);
         metrics::counter!("data_key_writes_total", "outcome" => outcome, "path" => path.label())
             .increment(1);
         match &written {

@@ -28,7 +28,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use score_shared::event::{self, Event};
@@ -194,25 +194,6 @@ impl KeysInUse {
     }
 }
 
-/// Reads `reader` to the end it last looked at, noting keys in `keys`.
-async fn read_keys(
-    reader: &mut LogReader,
-    keys: &mut KeysInUse,
-    stop: &CancellationToken,
-    message: &str,
-) -> anyhow::Result<()> {
-    let progress = crate::import::progress_bar(reader.total().max(0) as u64, message, "records");
-    while let Some(records) = reader
-        .next_to_the_end(READ_BATCH, READ_WAIT, stop, STOPPED)
-        .await?
-    {
-        progress.inc(records.len() as u64);
-        keys.note(&records);
-    }
-    progress.finish_and_clear();
-    Ok(())
-}
-
 /// Forgets every account of `args`, reporting each as it is done.
 ///
 /// # Errors
@@ -261,52 +242,50 @@ pub async fn forget(
         .collect();
     let mut keys = KeysInUse::new(forgotten.iter().map(|f| f.account_ref));
     let mut reader = LogReader::open(&args.kafka, "forget", Start::Beginning).await?;
-    read_keys(
-        &mut reader,
-        &mut keys,
-        stop,
-        "reading the log for data keys",
-    )
-    .await?;
-    for account in &mut forgotten {
-        let kids = keys.not_yet_tombstoned(account.account_ref);
-        writer.forget(account, &kids).await?;
-    }
-    // Keys an ingest API handed out while the log was read.
-    let mut late_reads = 0;
-    loop {
-        reader.look_at_the_end().await?;
-        read_keys(
-            &mut reader,
-            &mut keys,
-            stop,
-            "reading what was appended meanwhile",
-        )
-        .await?;
+    // The whole log, then what was appended meanwhile: keys an ingest API
+    // handed an account while it was read, until a read finds none.
+    let mut all_forgotten = false;
+    for read in 0..=MAX_LATE_READS {
+        let message = if read == 0 {
+            "reading the log for data keys"
+        } else {
+            reader.look_at_the_end().await?;
+            "reading what was appended meanwhile"
+        };
+        reader
+            .read_to_the_end(READ_BATCH, READ_WAIT, stop, STOPPED, message, |records| {
+                keys.note(records);
+            })
+            .await?;
         let mut late = 0;
         for account in &mut forgotten {
             let kids = keys.not_yet_tombstoned(account.account_ref);
-            if !kids.is_empty() {
-                late += kids.len();
+            // Every account's erasure after the first read; after a later
+            // one, another for an account handed a new key.
+            if account.erasures == 0 || !kids.is_empty() {
+                if account.erasures > 0 {
+                    late += kids.len();
+                }
                 writer.forget(account, &kids).await?;
             }
         }
-        if late == 0 {
+        if read > 0 && late == 0 {
+            all_forgotten = true;
             break;
         }
-        late_reads += 1;
-        tracing::info!(
-            keys = late,
-            "tombstoned keys handed out while the log was read"
-        );
-        if late_reads == MAX_LATE_READS {
-            bail!(
-                "new data keys kept appearing for these accounts while the log was read \
-                 ({MAX_LATE_READS} times): each was tombstoned and followed by an erasure; run the \
-                 same command again once their submissions stop"
+        if late > 0 {
+            tracing::info!(
+                keys = late,
+                "tombstoned keys handed out while the log was read"
             );
         }
     }
+    ensure!(
+        all_forgotten,
+        "new data keys kept appearing for these accounts while the log was read \
+         ({MAX_LATE_READS} times): each was tombstoned and followed by an erasure; run the \
+         same command again once their submissions stop"
+    );
 
     for account in &mut forgotten {
         if !args.no_wait {

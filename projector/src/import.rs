@@ -28,7 +28,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use chrono::{NaiveDateTime, SubsecRound, TimeZone};
 use futures::stream::TryStreamExt;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use score_shared::event::{ACCOUNT_FORGOTTEN, legacy_import_event_id};
 use score_shared::{
     AccountRef, Channel, FieldError, RawSubmission, ScoreSubmitted, Submission, masked,
@@ -174,7 +173,7 @@ pub async fn import_legacy(
         std::fs::File::create(&args.report)
             .with_context(|| format!("creating the report {}", args.report.display()))?,
     );
-    let progress = progress_bar(
+    let progress = crate::progress::bar(
         total.max(0) as u64,
         &format!("importing {}", args.table),
         "rows",
@@ -391,33 +390,27 @@ async fn earlier_log(
     if reader.is_done() {
         return Ok(earlier);
     }
-    let progress = progress_bar(
-        total.max(0) as u64,
-        "reading the log for earlier imports",
-        "records",
-    );
-    while let Some(records) = reader
-        .next_to_the_end(
+    reader
+        .read_to_the_end(
             SCAN_BATCH,
             BROKER_TIMEOUT,
             stop,
             "import stopped while reading the log; nothing was appended",
+            "reading the log for earlier imports",
+            |records| {
+                let probes = records.iter().filter_map(|record| {
+                    serde_json::from_slice::<Probe>(record.payload.as_deref()?).ok()
+                });
+                for probe in probes {
+                    if probe.event_type.as_deref() == Some(ACCOUNT_FORGOTTEN) {
+                        earlier.forgotten.extend(probe.account_ref);
+                    } else if probe.channel.as_deref() == Some(Channel::LegacyImport.as_str()) {
+                        earlier.imported.extend(probe.event_id);
+                    }
+                }
+            },
         )
-        .await?
-    {
-        progress.inc(records.len() as u64);
-        let probes = records
-            .iter()
-            .filter_map(|record| serde_json::from_slice::<Probe>(record.payload.as_deref()?).ok());
-        for probe in probes {
-            if probe.event_type.as_deref() == Some(ACCOUNT_FORGOTTEN) {
-                earlier.forgotten.extend(probe.account_ref);
-            } else if probe.channel.as_deref() == Some(Channel::LegacyImport.as_str()) {
-                earlier.imported.extend(probe.event_id);
-            }
-        }
-    }
-    progress.finish_and_clear();
+        .await?;
     tracing::info!(
         events = total,
         earlier_imports = earlier.imported.len(),
@@ -425,21 +418,6 @@ async fn earlier_log(
         "read the log"
     );
     Ok(earlier)
-}
-
-/// A progress bar on stderr, drawn only when stderr is a terminal,
-/// counting `length` things called `unit`.
-pub(crate) fn progress_bar(length: u64, message: &str, unit: &str) -> ProgressBar {
-    let progress = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr());
-    progress.set_style(
-        ProgressStyle::with_template(&format!(
-            "{{msg}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit}, {{per_sec}}, ETA {{eta}}"
-        ))
-        .expect("a valid template")
-        .progress_chars("=> "),
-    );
-    progress.set_message(message.to_owned());
-    progress
 }
 
 #[cfg(test)]

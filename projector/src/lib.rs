@@ -42,6 +42,7 @@ pub mod keys;
 pub mod log_reader;
 pub mod migrate_log;
 pub mod observe;
+pub mod progress;
 pub mod projection;
 pub mod readiness;
 pub mod rebuild;

@@ -168,6 +168,15 @@ impl LogReader {
         self.total
     }
 
+    /// Records between where the reader is and the ends of the last look.
+    pub fn remaining(&self) -> u64 {
+        self.ends
+            .iter()
+            .map(|(partition, end)| (end - self.next.get(partition).copied().unwrap_or(0)).max(0))
+            .sum::<i64>()
+            .unsigned_abs()
+    }
+
     /// Partitions not yet read to their end.
     pub fn unfinished(&self) -> BTreeSet<i32> {
         self.ends
@@ -248,6 +257,31 @@ impl LogReader {
             );
         }
         Ok(Some(records))
+    }
+
+    /// Reads to the ends of the last look as [`Self::next_to_the_end`]
+    /// does, handing each batch to `each`, with a progress bar on a
+    /// terminal labelled `message`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::next_to_the_end`].
+    pub async fn read_to_the_end(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        stop: &CancellationToken,
+        stopped: &str,
+        message: &str,
+        mut each: impl FnMut(&[LogRecord]),
+    ) -> anyhow::Result<()> {
+        let progress = crate::progress::bar(self.remaining(), message, "records");
+        while let Some(records) = self.next_to_the_end(max, wait, stop, stopped).await? {
+            progress.inc(records.len() as u64);
+            each(&records);
+        }
+        progress.finish_and_clear();
+        Ok(())
     }
 
     /// Reads `partition` again from `offset`.

@@ -221,18 +221,24 @@ async fn forgotten_accounts(
 ) -> anyhow::Result<HashSet<AccountRef>> {
     let mut reader = LogReader::open(&args.kafka, "migrate-scan", Start::Beginning).await?;
     let mut forgotten = HashSet::new();
-    while let Some(records) = reader
-        .next_to_the_end(READ_BATCH, READ_WAIT, stop, STOPPED)
-        .await?
-    {
-        for record in records {
-            if let Some(Ok(Event::AccountForgotten(erasure))) =
-                record.payload.as_deref().map(event::decode)
-            {
-                forgotten.insert(erasure.account_ref);
-            }
-        }
-    }
+    reader
+        .read_to_the_end(
+            READ_BATCH,
+            READ_WAIT,
+            stop,
+            STOPPED,
+            "reading the log for erasures",
+            |records| {
+                for record in records {
+                    if let Some(Ok(Event::AccountForgotten(erasure))) =
+                        record.payload.as_deref().map(event::decode)
+                    {
+                        forgotten.insert(erasure.account_ref);
+                    }
+                }
+            },
+        )
+        .await?;
     Ok(forgotten)
 }
 
@@ -251,21 +257,27 @@ async fn verify(
     let mut reader = LogReader::open(destination, "migrate-verify", Start::Beginning).await?;
     let mut count = 0;
     let mut found = HashSet::with_capacity(event_ids.len());
-    while let Some(records) = reader
-        .next_to_the_end(READ_BATCH, READ_WAIT, stop, STOPPED)
-        .await?
-    {
-        for record in records {
-            count += 1;
-            if let Some(probe) = record
-                .payload
-                .as_deref()
-                .and_then(|payload| serde_json::from_slice::<Probe>(payload).ok())
-            {
-                found.insert(probe.event_id);
-            }
-        }
-    }
+    reader
+        .read_to_the_end(
+            READ_BATCH,
+            READ_WAIT,
+            stop,
+            STOPPED,
+            "reading the new topic back",
+            |records| {
+                for record in records {
+                    count += 1;
+                    if let Some(probe) = record
+                        .payload
+                        .as_deref()
+                        .and_then(|payload| serde_json::from_slice::<Probe>(payload).ok())
+                    {
+                        found.insert(probe.event_id);
+                    }
+                }
+            },
+        )
+        .await?;
     ensure!(
         count == expected,
         "the new topic holds {count} records; {expected} were appended"

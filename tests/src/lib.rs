@@ -701,6 +701,15 @@ impl RunningProjector {
     }
 }
 
+/// An HTTP client for the tests' requests to the API: a request gets a
+/// minute before the client gives up.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("an HTTP client")
+}
+
 /// Sends `count` valid submissions to `/v1/scores` at once, for accounts
 /// `{prefix}000000`, `{prefix}000001`, …, and returns the acknowledged event
 /// ids. Every one must be acknowledged with 202.
@@ -709,10 +718,7 @@ pub async fn submit_many(
     prefix: &str,
     count: usize,
 ) -> std::collections::HashSet<String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("an HTTP client");
+    let client = http_client();
     let requests = (0..count).map(|i| {
         let client = client.clone();
         let url = api.url("/v1/scores");
