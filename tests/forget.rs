@@ -9,13 +9,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use pipeline_tests::console::{ConsoleRecord, console_consume};
-use pipeline_tests::http_client;
 use pipeline_tests::processes::bin_dir;
 use pipeline_tests::{
     ACCOUNT_SUMMARY_CONTENT, GRADE_CONTENT, RunningApi, RunningProjector, TEST_ACCOUNT_PEPPER,
     TestDatabase, TestTopic, keys_topic_of, legacy_form_body, patient_results_config, rebuild_args,
     unique_group,
 };
+use pipeline_tests::{accepted_v1, http_client};
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -45,28 +45,20 @@ async fn rate(client: &Client, api: &RunningApi) -> String {
         .await
         .expect("the API answers");
     assert_eq!(legacy.status(), 200);
-    let v1 = client
-        .post(api.url("/v1/scores"))
-        .json(
-            &json!({"acc_nbr": PHONE, "grade1": 2, "grade2": 3, "grade3": 4, "txt2": COMMENTS[1]}),
-        )
-        .send()
-        .await
-        .expect("the API answers");
-    assert_eq!(v1.status(), 202);
+    let v1 = accepted_v1(
+        api,
+        &json!({"acc_nbr": PHONE, "grade1": 2, "grade2": 3, "grade3": 4, "txt2": COMMENTS[1]}),
+    )
+    .await;
     let token = v1.headers()["x-results-token"]
         .to_str()
         .expect("ASCII")
         .to_owned();
-    let other = client
-        .post(api.url("/v1/scores"))
-        .json(
-            &json!({"acc_nbr": OTHER, "grade1": 1, "grade2": 1, "grade3": 1, "txt1": "別人的評論"}),
-        )
-        .send()
-        .await
-        .expect("the API answers");
-    assert_eq!(other.status(), 202);
+    accepted_v1(
+        api,
+        &json!({"acc_nbr": OTHER, "grade1": 1, "grade2": 1, "grade3": 1, "txt1": "別人的評論"}),
+    )
+    .await;
     token
 }
 
@@ -349,15 +341,11 @@ async fn a_forgotten_person_leaves_no_trace_in_mysql_or_the_log_and_their_grades
     // A rating the same API instance seals right after, under the key it
     // still holds (within SCORES_DATA_KEY_CACHE_SECONDS), is forgotten too:
     // the projector read the tombstones before anything after the erasure.
-    let late = client
-        .post(api.url("/v1/scores"))
-        .json(
-            &json!({"acc_nbr": PHONE, "grade1": 1, "grade2": 1, "grade3": 1, "txt3": COMMENTS[0]}),
-        )
-        .send()
-        .await
-        .expect("the API answers");
-    assert_eq!(late.status(), 202);
+    accepted_v1(
+        &api,
+        &json!({"acc_nbr": PHONE, "grade1": 1, "grade2": 1, "grade3": 1, "txt3": COMMENTS[0]}),
+    )
+    .await;
     database.await_grade_rows(4, LIMIT).await;
     let traces = mysql_traces(&database, &needles).await;
     assert!(traces.is_empty(), "after a late rating: {traces:?}");

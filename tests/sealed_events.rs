@@ -128,14 +128,11 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 }
 
 async fn post_v1(api: &RunningApi, body: &Value) -> Value {
-    let response = http_client()
-        .post(api.url("/v1/scores"))
-        .json(body)
-        .send()
+    pipeline_tests::accepted_v1(api, body)
         .await
-        .expect("the API answers");
-    assert_eq!(response.status(), 202);
-    response.json().await.expect("a JSON answer")
+        .json()
+        .await
+        .expect("a JSON answer")
 }
 
 #[tokio::test]

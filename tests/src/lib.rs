@@ -710,6 +710,18 @@ pub fn http_client() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
+/// Posts `body` to the API's `/v1/scores`, which must accept it (202).
+pub async fn accepted_v1(api: &RunningApi, body: &serde_json::Value) -> reqwest::Response {
+    let response = http_client()
+        .post(api.url("/v1/scores"))
+        .json(body)
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(response.status(), 202);
+    response
+}
+
 /// Sends `count` valid submissions to `/v1/scores` at once, for accounts
 /// `{prefix}000000`, `{prefix}000001`, …, and returns the acknowledged event
 /// ids. Every one must be acknowledged with 202.
