@@ -17,7 +17,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use score_shared::event::{self, Event};
-use score_shared::personal::{KeyRecord, PersonalDataArgs};
+use score_shared::personal::{KeyRecord, MAX_BLOCK_KEYS, PersonalDataArgs};
 use score_shared::{AccountRef, Channel, DataKey, Pepper, SealedScore};
 use serde_json::{Value, json};
 
@@ -99,14 +99,18 @@ async fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
     .expect("the reading task")
 }
 
-/// The data keys in the key topic's records, with their records (the
-/// topic must hold no tombstone).
+/// The data keys in the key topic's records (blocks of keys), each with
+/// its block's record (the topic must hold no tombstone).
 fn data_keys(records: &[Record]) -> Vec<(DataKey, Record)> {
     records
         .iter()
-        .map(|record| {
+        .flat_map(|record| {
             match KeyRecord::decode(&record.key, Some(&record.payload)).expect("a key record") {
-                KeyRecord::Key(key) => (key, record.clone()),
+                KeyRecord::Block(block) => block
+                    .into_keys()
+                    .into_iter()
+                    .map(|key| (key, record.clone()))
+                    .collect::<Vec<_>>(),
                 KeyRecord::Forgotten { .. } => panic!("a tombstone in the key topic"),
             }
         })
@@ -221,10 +225,15 @@ async fn events_are_sealed_keyed_by_the_account_reference_and_open_with_a_key_wr
             .iter()
             .find(|(key, _)| key.kid == sealed.kid)
             .unwrap_or_else(|| panic!("no data key {} in the key topic", sealed.kid));
+        let KeyRecord::Block(block) =
+            KeyRecord::decode(&key_record.key, Some(&key_record.payload)).expect("a key record")
+        else {
+            panic!("a block, not a tombstone")
+        };
         assert_eq!(
             key_record.key,
-            key.kid.to_string().into_bytes(),
-            "a key record is keyed by its key id"
+            block.id().to_string().into_bytes(),
+            "a key record is keyed by its block's id"
         );
         assert!(
             !contains(&key_record.key, &record_key) && !contains(&key_record.payload, &record_key),
@@ -345,8 +354,9 @@ async fn a_second_submission_within_the_time_to_live_reuses_the_accounts_key() {
 }
 
 #[tokio::test]
-async fn new_accounts_get_keys_written_ahead_and_the_unused_ones_are_tombstoned_at_stop() {
-    const POOL: usize = 8;
+async fn new_accounts_get_keys_written_ahead_in_blocks_and_unused_blocks_are_tombstoned_at_stop() {
+    // Two blocks of the most keys a block holds.
+    const POOL: usize = 2 * MAX_BLOCK_KEYS;
     let topic = TestTopic::create(3).await;
     let keys_topic = keys_topic_of(topic.name());
     let api = RunningApi::start_with(ingest_api::Config {
@@ -356,10 +366,11 @@ async fn new_accounts_get_keys_written_ahead_and_the_unused_ones_are_tombstoned_
     .await;
     // The pool fills in the background once the API runs.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let written_ahead = loop {
-        let keys = data_keys(&read_topic(&topic.kafka.kafka_brokers, &keys_topic).await);
+    let (written_ahead, block_records) = loop {
+        let records = read_topic(&topic.kafka.kafka_brokers, &keys_topic).await;
+        let keys = data_keys(&records);
         if keys.len() >= POOL {
-            break keys;
+            break (keys, records.len());
         }
         assert!(
             Instant::now() < deadline,
@@ -368,6 +379,7 @@ async fn new_accounts_get_keys_written_ahead_and_the_unused_ones_are_tombstoned_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    assert_eq!(block_records, 2, "{POOL} keys written as two records");
     let ahead: BTreeSet<_> = written_ahead.iter().map(|(key, _)| key.kid).collect();
 
     for phone in ["13800138020", "13800138021", "13800138022"] {
@@ -384,32 +396,38 @@ async fn new_accounts_get_keys_written_ahead_and_the_unused_ones_are_tombstoned_
         used.is_subset(&ahead),
         "every new account was handed a key written before its submission"
     );
+    let used_blocks: BTreeSet<Vec<u8>> = written_ahead
+        .iter()
+        .filter(|(key, _)| used.contains(&key.kid))
+        .map(|(_, record)| record.key.clone())
+        .collect();
+    assert_eq!(
+        used_blocks.len(),
+        1,
+        "keys are handed out oldest first, from one block"
+    );
 
     api.stop().await;
 
-    // Folded as compaction folds it: the last record of each key id.
+    // Folded as compaction folds it: the last record of each block.
     let mut last = HashMap::new();
     for record in read_topic(&topic.kafka.kafka_brokers, &keys_topic).await {
-        let kid = match KeyRecord::decode(
+        KeyRecord::decode(
             &record.key,
             Some(record.payload.as_slice()).filter(|payload| !payload.is_empty()),
         )
-        .expect("a key record")
-        {
-            KeyRecord::Key(key) => key.kid,
-            KeyRecord::Forgotten { kid } => kid,
-        };
-        last.insert(kid, !record.payload.is_empty());
+        .expect("a key record");
+        last.insert(record.key.clone(), !record.payload.is_empty());
     }
-    let live: BTreeSet<_> = last
+    let live: BTreeSet<Vec<u8>> = last
         .iter()
-        .filter(|(_, is_key)| **is_key)
-        .map(|(kid, _)| *kid)
+        .filter(|(_, is_block)| **is_block)
+        .map(|(block, _)| block.clone())
         .collect();
-    assert!(last.len() >= POOL + used.len(), "the pool was refilled");
+    assert_eq!(last.len(), 2, "no block written but the pool's first two");
     assert_eq!(
-        live, used,
-        "once the API has stopped, the only keys left are those events are sealed under"
+        live, used_blocks,
+        "once the API has stopped, the only blocks left are the one keys were handed out from"
     );
 }
 

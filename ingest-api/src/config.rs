@@ -12,7 +12,8 @@ use score_shared::personal::{PepperSettingError, PersonalDataArgs};
 /// cached, and a day is already far more than key writes need to be rare.
 pub const MAX_DATA_KEY_CACHE_SECONDS: u64 = 24 * 60 * 60;
 /// The largest `SCORES_DATA_KEY_POOL_SIZE`: a pooled key is a few hundred
-/// bytes, and the refill may have the whole pool in librdkafka's queue.
+/// bytes, and the refill may have the whole pool in librdkafka's queue (in
+/// blocks of up to 256 keys).
 pub const MAX_DATA_KEY_POOL_SIZE: u64 = 100_000;
 
 /// Validates score submissions and appends them to the event log.
@@ -183,11 +184,14 @@ pub struct Config {
     pub data_key_cache_seconds: u64,
 
     /// How many data keys are written ahead of need and kept ready for
-    /// accounts that have none in use (at most 100000). Keys are written in
-    /// batches by a background task, so an account's first submission does
-    /// not wait for its key's write; when the pool runs dry (at start, or
-    /// when the broker cannot keep up) the submission writes its own key.
-    /// Unused keys are tombstoned when the API stops. 0: no pool.
+    /// accounts that have none in use (at most 100000). Keys are written by
+    /// a background task in blocks of up to 256 (one key topic record
+    /// each), a block once a block's worth was handed out, so an account's
+    /// first submission does not wait for its key's write; when the pool
+    /// runs dry (at start, or when the broker cannot keep up) the
+    /// submission writes its own key (a block of one). Blocks none of
+    /// whose keys was handed out are tombstoned when the API stops. 0: no
+    /// pool.
     #[arg(
         long,
         env = "SCORES_DATA_KEY_POOL_SIZE",

@@ -7,10 +7,11 @@
 //! [`crate::key_pool`], or is written on the spot), and concurrent first
 //! submissions of one account wait for the same key.
 //!
-//! The time to live is short because `projector forget` tombstones an
-//! account's keys in the key topic and cannot reach this cache: until the
-//! entry expires, the account's new submissions are still sealed under the
-//! forgotten key, and the projector projects those events as forgotten.
+//! The time to live is short because `projector forget` removes an
+//! account's keys from the key topic (it rewrites their blocks without
+//! them) and cannot reach this cache: until the entry expires, the
+//! account's new submissions are still sealed under the forgotten key, and
+//! the projector projects those events as forgotten.
 
 use std::future::Future;
 use std::sync::Arc;

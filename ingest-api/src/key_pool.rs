@@ -1,42 +1,138 @@
-//! Data keys written ahead of need, so that an account's first submission
-//! does not wait for its key's write.
+//! Data keys written ahead of need, in blocks, so that an account's first
+//! submission does not wait for its key's write.
 //!
-//! A key record names no account (`score_shared::personal`), so a key can
-//! be written before anyone knows which account it will serve. The
-//! [`KeyPool`] holds keys whose writes the broker has acknowledged; a
-//! background task ([`KeyPool::keep_full`]) writes as many as were taken
-//! since its last round, all at once, so the writes are batched and never
-//! on a request's path. A submission that finds the pool empty (at start,
-//! or when the broker cannot keep up) writes its key itself, as before:
-//! the pool changes when a key is written, never whether it is written
-//! before the first event sealed under it.
+//! A key names no account (`score_shared::personal`), so keys can be
+//! written before anyone knows which accounts they will serve, many to a
+//! record: a [`KeyBlock`] of up to [`MAX_BLOCK_KEYS`] keys is one record of
+//! the key topic. The [`KeyPool`] holds keys whose block the broker has
+//! acknowledged, and hands them out oldest first, each once, to one
+//! account. A background task ([`KeyPool::keep_full`]) writes whole blocks
+//! of [`KeyPool::block_keys`] keys (the capacity, at most
+//! [`MAX_BLOCK_KEYS`]): as soon as at least one block's worth is missing,
+//! it writes as many whole blocks as are missing, all at once, never on a
+//! request's path. So, once filled, the pool holds more than its capacity
+//! less one block and never more than its capacity, and the key topic gets
+//! one record per block rather than one per account. A submission that
+//! finds the pool empty (at start, or when the broker cannot keep up)
+//! writes a block of one key itself, as before: the pool changes when a
+//! key is written, never whether it is written before the first event
+//! sealed under it.
 //!
-//! Each key is handed out once, to one account. Keys left in the pool when
-//! the process stops are returned by [`KeyPool::drain`] for their
-//! tombstones, so a restart leaves no unused keys in the key topic (a crash
-//! leaves at most the pool's capacity).
+//! Only `projector forget` ever rewrites a block, and only a block that
+//! holds a key some event is sealed under. So the pool remembers which
+//! block each of its keys came from: when the process stops,
+//! [`KeyPool::drain`] tells the blocks none of whose keys was handed out,
+//! which can be tombstoned safely (nothing is sealed under them, and no
+//! forget will ever rewrite them), and how many keys are left unused in
+//! blocks partly handed out, which stay in the key topic, sealing nothing.
+//! Keys are handed out oldest first, so only the oldest block can be
+//! partly handed out: a restart leaves fewer than one block's unused keys
+//! behind (a crash, at most the pool's capacity).
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use score_shared::DataKey;
+use score_shared::personal::MAX_BLOCK_KEYS;
+use score_shared::{DataKey, KeyBlock};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// How long the refill waits after a round in which a write failed (the
 /// broker is down or refusing), before it tries again.
 pub const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
-/// Acknowledged data keys, each to be handed to one account. Shared by
-/// reference: one pool per process.
+/// Acknowledged data keys, each to be handed to one account, with the
+/// blocks they came from. Shared by reference: one pool per process.
 #[derive(Debug)]
 pub struct KeyPool {
-    /// Oldest first: keys are handed out in the order they were written.
-    ready: Mutex<VecDeque<Arc<DataKey>>>,
+    ready: Mutex<Ready>,
     capacity: usize,
     taken: Notify,
+}
+
+/// What [`KeyPool::drain`] found left in the pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unused {
+    /// The blocks none of whose keys was handed out, oldest first: no event
+    /// is sealed under them and no forget will ever rewrite them, so their
+    /// tombstones are safe.
+    pub blocks: Vec<Uuid>,
+    /// The keys never handed out of blocks that were partly handed out:
+    /// those blocks stay in the key topic (events are sealed under their
+    /// other keys), and these keys seal nothing.
+    pub keys_left_in_used_blocks: usize,
+}
+
+/// The keys ready, by block, oldest block first.
+#[derive(Debug, Default)]
+struct Ready {
+    /// Never an empty block: one is dropped with its last key.
+    blocks: VecDeque<PooledBlock>,
+    /// The keys of all `blocks`.
+    keys: usize,
+}
+
+/// The keys of one acknowledged block that are still in the pool.
+#[derive(Debug)]
+struct PooledBlock {
+    id: Uuid,
+    /// How many keys the block was written with.
+    written: usize,
+    /// Its keys not handed out yet, in the block's order.
+    keys: VecDeque<Arc<DataKey>>,
+}
+
+impl PooledBlock {
+    fn new(block: KeyBlock) -> Self {
+        let id = block.id();
+        let keys: VecDeque<Arc<DataKey>> = block.into_keys().into_iter().map(Arc::new).collect();
+        Self {
+            id,
+            written: keys.len(),
+            keys,
+        }
+    }
+
+    /// Whether none of its keys was handed out.
+    fn untouched(&self) -> bool {
+        self.keys.len() == self.written
+    }
+}
+
+impl Ready {
+    fn push(&mut self, block: KeyBlock) {
+        let block = PooledBlock::new(block);
+        if !block.keys.is_empty() {
+            self.keys += block.keys.len();
+            self.blocks.push_back(block);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Arc<DataKey>> {
+        let oldest = self.blocks.front_mut()?;
+        let key = oldest.keys.pop_front()?;
+        if oldest.keys.is_empty() {
+            self.blocks.pop_front();
+        }
+        self.keys -= 1;
+        Some(key)
+    }
+
+    fn drain(&mut self) -> Unused {
+        let mut unused = Unused::default();
+        for block in self.blocks.drain(..) {
+            if block.untouched() {
+                unused.blocks.push(block.id);
+            } else {
+                unused.keys_left_in_used_blocks += block.keys.len();
+            }
+        }
+        self.keys = 0;
+        unused
+    }
 }
 
 impl KeyPool {
@@ -56,9 +152,15 @@ impl KeyPool {
         self.capacity
     }
 
+    /// The keys of each block the refill writes: the capacity, at most
+    /// [`MAX_BLOCK_KEYS`].
+    pub fn block_keys(&self) -> usize {
+        self.capacity.min(MAX_BLOCK_KEYS)
+    }
+
     /// Keys ready to be handed out.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().keys
     }
 
     /// Whether no key is ready.
@@ -66,13 +168,13 @@ impl KeyPool {
         self.len() == 0
     }
 
-    /// The oldest key whose write was acknowledged, never handed out
-    /// before; `None` when the pool is empty.
+    /// The oldest key whose block's write was acknowledged, never handed
+    /// out before; `None` when the pool is empty.
     pub fn take(&self) -> Option<Arc<DataKey>> {
         let key = {
             let mut ready = self.lock();
-            let key = ready.pop_front();
-            record_level(ready.len());
+            let key = ready.pop();
+            record_level(ready.keys);
             key
         };
         if key.is_some() {
@@ -81,50 +183,38 @@ impl KeyPool {
         key
     }
 
-    /// Writes keys until `stop`: in each round, as many new keys as the
-    /// pool lacks, through `write` all at once (it must return only once
-    /// the broker has acknowledged the key, or failed); the acknowledged
-    /// ones join the pool. Then waits until a key is taken. After a round
+    /// Writes blocks of keys until `stop`. In each round where the pool
+    /// lacks at least one block's worth of keys ([`Self::block_keys`]), it
+    /// writes as many whole blocks as it lacks, through `write` all at once
+    /// (`write` must return only once the broker has acknowledged the
+    /// block's record, or failed); the keys of the acknowledged blocks join
+    /// the pool. Otherwise it waits until a key is taken. After a round
     /// with a failed write it pauses [`RETRY_PAUSE`]. A round under way
     /// when `stop` fires is finished, so that its acknowledged keys are in
     /// the pool for [`Self::drain`].
     pub async fn keep_full<W, F, E>(&self, write: W, stop: &CancellationToken)
     where
-        W: Fn(Arc<DataKey>) -> F,
+        W: Fn(Arc<KeyBlock>) -> F,
         F: Future<Output = Result<(), E>>,
     {
         if self.capacity == 0 {
             return;
         }
         while !stop.is_cancelled() {
-            let shortfall = self.capacity.saturating_sub(self.len());
-            if shortfall == 0 {
+            let blocks = self.capacity.saturating_sub(self.len()) / self.block_keys();
+            if blocks == 0 {
                 tokio::select! {
                     () = self.taken.notified() => continue,
                     () = stop.cancelled() => break,
                 }
             }
-            let keys: Vec<Arc<DataKey>> = (0..shortfall)
-                .map(|_| Arc::new(DataKey::generate()))
-                .collect();
-            let written =
-                futures::future::join_all(keys.iter().map(|key| write(Arc::clone(key)))).await;
-            let acknowledged: Vec<Arc<DataKey>> = keys
-                .into_iter()
-                .zip(written)
-                .filter_map(|(key, written)| written.is_ok().then_some(key))
-                .collect();
-            let failed = shortfall - acknowledged.len();
-            {
-                let mut ready = self.lock();
-                ready.extend(acknowledged);
-                record_level(ready.len());
-            }
+            let failed = self.refill(&write, blocks).await;
             if failed > 0 {
                 tracing::warn!(
                     failed,
-                    written = shortfall - failed,
-                    "data keys for the pool not written; trying again shortly"
+                    written = blocks - failed,
+                    keys_per_block = self.block_keys(),
+                    "data key blocks for the pool not written; trying again shortly"
                 );
                 tokio::select! {
                     () = tokio::time::sleep(RETRY_PAUSE) => {}
@@ -134,14 +224,39 @@ impl KeyPool {
         }
     }
 
-    /// Empties the pool: the keys no account was given.
-    pub fn drain(&self) -> Vec<Arc<DataKey>> {
+    /// One round: writes `blocks` new blocks through `write` at once and
+    /// adds the keys of the acknowledged ones. Returns how many failed.
+    async fn refill<W, F, E>(&self, write: &W, blocks: usize) -> usize
+    where
+        W: Fn(Arc<KeyBlock>) -> F,
+        F: Future<Output = Result<(), E>>,
+    {
+        let blocks: Vec<Arc<KeyBlock>> = (0..blocks)
+            .map(|_| Arc::new(KeyBlock::generate(self.block_keys())))
+            .collect();
+        let written =
+            futures::future::join_all(blocks.iter().map(|block| write(Arc::clone(block)))).await;
+        let mut failed = 0;
         let mut ready = self.lock();
-        record_level(0);
-        ready.drain(..).collect()
+        for (block, written) in blocks.into_iter().zip(written) {
+            match written {
+                Ok(()) => ready.push(Arc::unwrap_or_clone(block)),
+                Err(_) => failed += 1,
+            }
+        }
+        record_level(ready.keys);
+        failed
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<DataKey>>> {
+    /// Empties the pool: the blocks none of whose keys was handed out, and
+    /// how many keys are left in the others ([`Unused`]).
+    pub fn drain(&self) -> Unused {
+        let mut ready = self.lock();
+        record_level(0);
+        ready.drain()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ready> {
         self.ready.lock().expect("the key pool is never poisoned")
     }
 }
@@ -182,7 +297,7 @@ mod tests {
     /// Runs `keep_full` with `write` until `until` holds, then stops it.
     async fn fill_until<W, F>(pool: &KeyPool, write: W, until: impl Fn(&KeyPool) -> bool)
     where
-        W: Fn(Arc<DataKey>) -> F,
+        W: Fn(Arc<KeyBlock>) -> F,
         F: Future<Output = Result<(), String>>,
     {
         run_until(
@@ -192,32 +307,138 @@ mod tests {
         .await;
     }
 
-    fn counted<'a>(
-        writes: &'a AtomicUsize,
-    ) -> impl Fn(Arc<DataKey>) -> futures::future::BoxFuture<'a, Result<(), String>> {
-        move |_key| {
-            Box::pin(async move {
-                writes.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            })
+    /// Runs `keep_full` with `write` for 100 ms, long enough for a round
+    /// it had to make.
+    async fn refill_briefly<W, F>(pool: &KeyPool, write: W)
+    where
+        W: Fn(Arc<KeyBlock>) -> F,
+        F: Future<Output = Result<(), String>>,
+    {
+        let started = std::time::Instant::now();
+        fill_until(pool, write, |_| {
+            started.elapsed() >= Duration::from_millis(100)
+        })
+        .await;
+    }
+
+    /// A write that succeeds and keeps each block written, in call order.
+    fn recorded(
+        written: &Mutex<Vec<KeyBlock>>,
+    ) -> impl Fn(Arc<KeyBlock>) -> futures::future::Ready<Result<(), String>> + '_ {
+        move |block| {
+            written.lock().unwrap().push((*block).clone());
+            futures::future::ready(Ok(()))
         }
     }
 
-    #[tokio::test]
-    async fn the_pool_fills_to_its_capacity_and_no_further() {
-        let pool = KeyPool::new(8);
-        let writes = AtomicUsize::new(0);
+    /// The number of keys of each block in `written`.
+    fn sizes(written: &Mutex<Vec<KeyBlock>>) -> Vec<usize> {
+        written
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|block| block.keys().len())
+            .collect()
+    }
 
-        fill_until(&pool, counted(&writes), |pool| pool.len() == 8).await;
-
-        assert_eq!(pool.len(), 8);
-        assert_eq!(writes.load(Ordering::SeqCst), 8);
+    /// Takes `count` keys, which must be there.
+    fn take(pool: &KeyPool, count: usize) -> Vec<Arc<DataKey>> {
+        (0..count)
+            .map(|_| pool.take().expect("a key in the pool"))
+            .collect()
     }
 
     #[tokio::test]
-    async fn every_key_taken_is_written_again_and_none_is_handed_out_twice() {
+    async fn the_pool_fills_to_its_capacity_in_one_block_and_no_further() {
+        let pool = KeyPool::new(8);
+        let written = Mutex::new(Vec::new());
+
+        fill_until(&pool, recorded(&written), |pool| pool.len() == 8).await;
+        refill_briefly(&pool, recorded(&written)).await;
+
+        assert_eq!(pool.len(), 8);
+        assert_eq!(sizes(&written), [8], "one record of eight keys");
+    }
+
+    #[tokio::test]
+    async fn a_refill_round_writes_as_many_whole_blocks_as_are_missing() {
+        // 600 keys: blocks of 256, of which two fit at first.
+        let pool = KeyPool::new(600);
+        assert_eq!(pool.block_keys(), MAX_BLOCK_KEYS);
+        let written = Mutex::new(Vec::new());
+
+        fill_until(&pool, recorded(&written), |pool| pool.len() == 512).await;
+        refill_briefly(&pool, recorded(&written)).await;
+
+        assert_eq!(
+            sizes(&written),
+            [256, 256],
+            "88 missing is less than a block"
+        );
+        assert_eq!(pool.len(), 512);
+
+        // 255 missing: still less than a block.
+        take(&pool, 167);
+        refill_briefly(&pool, recorded(&written)).await;
+        assert_eq!(written.lock().unwrap().len(), 2);
+
+        // 256 missing: one block, and the pool is at its capacity.
+        take(&pool, 1);
+        fill_until(&pool, recorded(&written), |pool| pool.len() == 600).await;
+        refill_briefly(&pool, recorded(&written)).await;
+        assert_eq!(sizes(&written), [256, 256, 256]);
+        assert_eq!(pool.len(), 600);
+    }
+
+    #[tokio::test]
+    async fn the_blocks_of_a_round_are_written_at_once() {
+        let pool = KeyPool::new(2 * MAX_BLOCK_KEYS);
+        // Each write waits for the other: one after the other, neither
+        // would ever finish.
+        let both_sent = tokio::sync::Barrier::new(2);
+        let write = |_block: Arc<KeyBlock>| {
+            let both_sent = &both_sent;
+            async move {
+                both_sent.wait().await;
+                Ok::<(), String>(())
+            }
+        };
+
+        let filled = tokio::time::timeout(
+            Duration::from_secs(2),
+            fill_until(&pool, write, |pool| pool.len() == 2 * MAX_BLOCK_KEYS),
+        )
+        .await;
+
+        assert!(filled.is_ok(), "the second block's write never began");
+        assert_eq!(pool.len(), 2 * MAX_BLOCK_KEYS);
+    }
+
+    #[tokio::test]
+    async fn a_shortfall_of_less_than_a_block_writes_nothing() {
         let pool = KeyPool::new(4);
-        let writes = AtomicUsize::new(0);
+        let written = Mutex::new(Vec::new());
+        fill_until(&pool, recorded(&written), |pool| pool.len() == 4).await;
+
+        take(&pool, 3);
+        refill_briefly(&pool, recorded(&written)).await;
+
+        assert_eq!(sizes(&written), [4], "three taken of a block of four");
+        assert_eq!(pool.len(), 1);
+
+        take(&pool, 1);
+        fill_until(&pool, recorded(&written), |pool| pool.len() == 4).await;
+        assert_eq!(
+            sizes(&written),
+            [4, 4],
+            "a block once a block's worth was taken"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_block_is_written_for_each_blocks_worth_taken_and_no_key_is_handed_out_twice() {
+        let pool = KeyPool::new(4);
+        let written = Mutex::new(Vec::new());
         let mut handed_out = HashSet::new();
         let stop = CancellationToken::new();
         let take_twelve = async {
@@ -236,67 +457,114 @@ mod tests {
             }
             stop.cancel();
         };
-        tokio::join!(pool.keep_full(counted(&writes), &stop), take_twelve);
+        tokio::join!(pool.keep_full(recorded(&written), &stop), take_twelve);
 
         assert_eq!(pool.len(), 4);
-        assert_eq!(writes.load(Ordering::SeqCst), 16, "twelve taken, four kept");
-        let kept: HashSet<_> = pool.drain().iter().map(|key| key.kid).collect();
+        assert_eq!(sizes(&written), [4, 4, 4, 4], "twelve taken, four kept");
+        let written_kids: HashSet<Uuid> = written
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|block| block.keys().iter().map(|key| key.kid))
+            .collect();
+        assert!(handed_out.is_subset(&written_kids), "only written keys");
+        let kept: HashSet<Uuid> = take(&pool, 4).iter().map(|key| key.kid).collect();
         assert!(kept.is_disjoint(&handed_out));
     }
 
     #[tokio::test]
-    async fn a_key_whose_write_failed_never_joins_the_pool() {
-        let pool = KeyPool::new(6);
+    async fn a_block_whose_write_failed_never_joins_the_pool() {
+        let pool = KeyPool::new(3 * MAX_BLOCK_KEYS);
         let failed = Mutex::new(HashSet::new());
         let calls = AtomicUsize::new(0);
-        // Every other write fails, in the first round only.
-        let write = |key: Arc<DataKey>| {
-            let call = calls.fetch_add(1, Ordering::SeqCst);
-            let fails = call < 6 && call.is_multiple_of(2);
+        // The second block of the first round fails.
+        let write = |block: Arc<KeyBlock>| {
+            let fails = calls.fetch_add(1, Ordering::SeqCst) == 1;
             if fails {
-                failed.lock().unwrap().insert(key.kid);
+                failed
+                    .lock()
+                    .unwrap()
+                    .extend(block.keys().iter().map(|key| key.kid));
             }
-            async move {
-                if fails {
-                    Err("not acknowledged".to_owned())
-                } else {
-                    Ok(())
-                }
-            }
+            futures::future::ready(if fails {
+                Err("not acknowledged".to_owned())
+            } else {
+                Ok(())
+            })
         };
 
-        fill_until(&pool, write, |pool| pool.len() == 6).await;
+        fill_until(&pool, write, |pool| pool.len() == 3 * MAX_BLOCK_KEYS).await;
 
-        let held: HashSet<_> = pool.drain().iter().map(|key| key.kid).collect();
-        assert_eq!(held.len(), 6, "refilled after the pause");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            4,
+            "three blocks, then one again"
+        );
+        let held: HashSet<Uuid> = take(&pool, 3 * MAX_BLOCK_KEYS)
+            .iter()
+            .map(|key| key.kid)
+            .collect();
+        assert_eq!(held.len(), 3 * MAX_BLOCK_KEYS, "refilled after the pause");
+        assert_eq!(failed.lock().unwrap().len(), MAX_BLOCK_KEYS);
         assert!(held.is_disjoint(&failed.lock().unwrap()));
-        assert_eq!(failed.lock().unwrap().len(), 3);
     }
 
     #[tokio::test]
     async fn keys_are_handed_out_oldest_first() {
-        let pool = KeyPool::new(3);
-        let order = Mutex::new(Vec::new());
-        let write = |key: Arc<DataKey>| {
-            order.lock().unwrap().push(key.kid);
-            async { Ok::<(), String>(()) }
-        };
-        fill_until(&pool, write, |pool| pool.len() == 3).await;
+        let pool = KeyPool::new(2 * MAX_BLOCK_KEYS);
+        let written = Mutex::new(Vec::new());
+        fill_until(&pool, recorded(&written), |pool| {
+            pool.len() == 2 * MAX_BLOCK_KEYS
+        })
+        .await;
 
-        let taken: Vec<_> = std::iter::from_fn(|| pool.take().map(|key| key.kid)).collect();
+        let taken: Vec<Uuid> = std::iter::from_fn(|| pool.take().map(|key| key.kid)).collect();
 
-        assert_eq!(taken, *order.lock().unwrap());
+        let in_written_order: Vec<Uuid> = written
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|block| block.keys().iter().map(|key| key.kid))
+            .collect();
+        assert_eq!(taken, in_written_order);
     }
 
     #[tokio::test]
-    async fn a_drained_pool_is_empty_and_gives_back_what_it_held() {
+    async fn a_drain_reports_only_the_blocks_no_key_was_handed_out_of() {
+        let pool = KeyPool::new(3 * MAX_BLOCK_KEYS);
+        let written = Mutex::new(Vec::new());
+        fill_until(&pool, recorded(&written), |pool| {
+            pool.len() == 3 * MAX_BLOCK_KEYS
+        })
+        .await;
+        let ids: Vec<Uuid> = written.lock().unwrap().iter().map(KeyBlock::id).collect();
+        // The first block all handed out, the second ten of its keys.
+        take(&pool, MAX_BLOCK_KEYS + 10);
+
+        let unused = pool.drain();
+
+        assert_eq!(
+            unused,
+            Unused {
+                blocks: vec![ids[2]],
+                keys_left_in_used_blocks: MAX_BLOCK_KEYS - 10,
+            }
+        );
+        assert!(pool.is_empty());
+        assert!(pool.take().is_none());
+        assert_eq!(pool.drain(), Unused::default(), "drained once");
+    }
+
+    #[tokio::test]
+    async fn a_drained_untouched_pool_gives_back_all_its_blocks() {
         let pool = KeyPool::new(3);
-        let writes = AtomicUsize::new(0);
-        fill_until(&pool, counted(&writes), |pool| pool.len() == 3).await;
+        let written = Mutex::new(Vec::new());
+        fill_until(&pool, recorded(&written), |pool| pool.len() == 3).await;
 
-        let drained = pool.drain();
+        let unused = pool.drain();
 
-        assert_eq!(drained.len(), 3);
+        assert_eq!(unused.blocks, [written.lock().unwrap()[0].id()]);
+        assert_eq!(unused.keys_left_in_used_blocks, 0);
         assert!(pool.is_empty());
         assert!(pool.take().is_none());
     }
@@ -304,12 +572,12 @@ mod tests {
     #[tokio::test]
     async fn a_pool_of_no_keys_writes_none() {
         let pool = KeyPool::new(0);
-        let writes = AtomicUsize::new(0);
+        let written = Mutex::new(Vec::new());
 
-        pool.keep_full(counted(&writes), &CancellationToken::new())
+        pool.keep_full(recorded(&written), &CancellationToken::new())
             .await;
 
-        assert_eq!(writes.load(Ordering::SeqCst), 0);
+        assert!(written.lock().unwrap().is_empty());
         assert!(pool.take().is_none());
     }
 }

@@ -23,12 +23,14 @@
 //! the same producer, and acknowledged before any event sealed under it is
 //! sent, so that a reader who finds no key for an event once it has read
 //! the key topic to its end knows the key was forgotten. Keys are written
-//! ahead of need, in batches, by a background task ([`crate::key_pool`]),
-//! and an account's key is reused for a while ([`crate::data_keys`]); only
-//! an account's first submission that finds the pool empty writes its key
-//! on its own path. That write and the event's share one deadline, the
-//! publish timeout plus [`FENCE_MARGIN`]: a submission is answered within
-//! it, and a 2xx only once both are acknowledged.
+//! in blocks ([`KeyBlock`], one record of the key topic each): ahead of
+//! need, up to [`score_shared::personal::MAX_BLOCK_KEYS`] to a block, by a
+//! background task ([`crate::key_pool`]), and an account's key is reused
+//! for a while ([`crate::data_keys`]); only an account's first submission
+//! that finds the pool empty writes a block of its own, of one key, on its
+//! own path. That write and the event's share one deadline, the publish
+//! timeout plus [`FENCE_MARGIN`]: a submission is answered within it, and a
+//! 2xx only once both are acknowledged.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,12 +44,13 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message};
 use score_shared::config::KafkaArgs;
-use score_shared::{AccountRef, DataKey, Pepper, ScoreSubmitted};
+use score_shared::personal::block_record_key;
+use score_shared::{AccountRef, DataKey, KeyBlock, Pepper, ScoreSubmitted};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::data_keys::DataKeys;
-use crate::key_pool::KeyPool;
+use crate::key_pool::{KeyPool, Unused};
 
 /// Where an acknowledged event landed in the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,13 +118,14 @@ pub struct Sealing {
     pub keys_topic: String,
     /// How long a written key is reused for its account's submissions.
     pub key_time_to_live: Duration,
-    /// How many acknowledged keys are kept ready for new accounts (0: none,
-    /// every new account's key is written on its request's path).
+    /// How many acknowledged keys are kept ready for new accounts, written
+    /// in blocks of up to [`score_shared::personal::MAX_BLOCK_KEYS`] (0:
+    /// none, every new account's key is written on its request's path).
     pub key_pool_size: usize,
 }
 
-/// Where a data key was written: by the pool's refill, or on a request's
-/// path (the pool was empty).
+/// Where a block of data keys was written: by the pool's refill, or on a
+/// request's path (the pool was empty; a block of one key).
 #[derive(Clone, Copy, Debug)]
 enum KeyPath {
     Pool,
@@ -129,7 +133,8 @@ enum KeyPath {
 }
 
 impl KeyPath {
-    /// The `path` label of `data_key_writes_total`.
+    /// The `path` label of `data_key_writes_total`, which counts the
+    /// key topic's records written (blocks of keys, not keys).
     fn label(self) -> &'static str {
         match self {
             Self::Pool => "pool",
@@ -198,7 +203,8 @@ impl Publisher {
     /// event, one after the other; but librdkafka counts a message until
     /// just after its delivery report has been handed over, so for a moment
     /// the key may still count while the event is queued. And the key
-    /// pool's refill may have up to its capacity in the queue. Give twice
+    /// pool's refill may have its blocks in the queue, a record each (at
+    /// most the pool's capacity, in blocks of at least one key). Give twice
     /// the number of submissions admitted at once plus the pool's capacity,
     /// or a full budget of submissions may see a spurious `QueueFull`.
     ///
@@ -243,10 +249,10 @@ impl Publisher {
     /// data key of its account, keyed by the account's reference so that
     /// one account's events stay in order on one partition without its
     /// number in clear. When the account has no key in use, it is handed
-    /// one from the key pool, or, when the pool is empty, a new one is
-    /// written to the key topic first and the event is sent only once the
-    /// broker acknowledged the key. The records carry no Kafka headers: the
-    /// envelope holds the event's type and version.
+    /// one from the key pool, or, when the pool is empty, a new block of one
+    /// key is written to the key topic first and the event is sent only
+    /// once the broker acknowledged the block. The records carry no Kafka
+    /// headers: the envelope holds the event's type and version.
     ///
     /// Returns once the event's delivery report arrived, at most the publish
     /// timeout plus [`FENCE_MARGIN`] after the call, the key's write
@@ -293,8 +299,8 @@ impl Publisher {
     }
 
     /// The data key to seal `account_ref`'s event under: the one in use, or
-    /// one from the pool, or else a new one once the broker acknowledged
-    /// it, by `deadline`.
+    /// one from the pool, or else the key of a new block of one, once the
+    /// broker acknowledged the block, by `deadline`.
     async fn data_key(
         &self,
         account_ref: AccountRef,
@@ -304,9 +310,10 @@ impl Publisher {
             if let Some(key) = self.key_pool.take() {
                 return Ok(key);
             }
-            let key = Arc::new(DataKey::generate());
-            self.write_key(&key, KeyPath::Request, deadline).await?;
-            Ok(key)
+            let block = KeyBlock::generate(1);
+            self.write_block(&block, KeyPath::Request, deadline).await?;
+            let key = block.into_keys().into_iter().next();
+            Ok(Arc::new(key.expect("a block holds at least one key")))
         });
         // A request waiting for another's write of the same key is bounded
         // by its own deadline as well.
@@ -316,47 +323,53 @@ impl Publisher {
         }
     }
 
-    /// Writes `key` to the key topic by `deadline`, counting it in
-    /// `data_key_writes_total` under `path`.
-    async fn write_key(
+    /// Writes `block` to the key topic, one record, by `deadline`, counting
+    /// the record in `data_key_writes_total` under `path`.
+    async fn write_block(
         &self,
-        key: &DataKey,
+        block: &KeyBlock,
         path: KeyPath,
         deadline: tokio::time::Instant,
     ) -> Result<(), PublishError> {
         let written = self
             .send(
                 &self.keys_topic,
-                &key.record_key(),
-                Some(&key.encode()),
+                &block.record_key(),
+                Some(&block.encode()),
                 deadline,
             )
             .await;
         let outcome = outcome_of(&written);
         metrics::counter!("data_key_writes_total", "outcome" => outcome, "path" => path.label())
             .increment(1);
+        let keys = block.keys().len();
         match &written {
             Ok(receipt) => tracing::debug!(
-                kid = %key.kid,
+                block = %block.id(),
+                keys,
                 partition = receipt.partition,
                 offset = receipt.offset,
-                "data key written"
+                "data key block written"
             ),
-            Err(error) => {
-                tracing::warn!(kid = %key.kid, error = %error, outcome, "data key not written");
-            }
+            Err(error) => tracing::warn!(
+                block = %block.id(),
+                keys,
+                error = %error,
+                outcome,
+                "data key block not written"
+            ),
         }
         written.map(|_receipt| ())
     }
 
     /// Keeps the key pool full until `stop` (a round under way is
-    /// finished); each key's write has the publish timeout's deadline.
+    /// finished); each block's write has the publish timeout's deadline.
     pub async fn keep_key_pool_full(&self, stop: &CancellationToken) {
         self.key_pool
             .keep_full(
-                |key| async move {
+                |block| async move {
                     let deadline = tokio::time::Instant::now() + self.fence();
-                    self.write_key(&key, KeyPath::Pool, deadline).await
+                    self.write_block(&block, KeyPath::Pool, deadline).await
                 },
                 stop,
             )
@@ -368,30 +381,40 @@ impl Publisher {
         self.key_pool.len()
     }
 
-    /// Empties the key pool and writes a tombstone for each key no account
-    /// was given, waiting up to `timeout`: the key topic keeps no key no
-    /// event is sealed under. Call once nothing is served any more and the
-    /// pool is no longer kept full. Returns the tombstones acknowledged.
+    /// Empties the key pool and writes a tombstone for each block none of
+    /// whose keys was handed out, waiting up to `timeout`: no event is
+    /// sealed under such a block and no forget will ever rewrite it. A
+    /// block partly handed out stays (events are sealed under its other
+    /// keys); its unused keys seal nothing. Call once nothing is served any
+    /// more and the pool is no longer kept full. Returns the block
+    /// tombstones acknowledged.
     pub async fn retire_pooled_keys(&self, timeout: Duration) -> usize {
         let unused = self.key_pool.drain();
-        if unused.is_empty() {
+        if unused == Unused::default() {
             return 0;
         }
+        let kept = unused.keys_left_in_used_blocks;
         let deadline = tokio::time::Instant::now() + timeout;
-        let retired = futures::future::join_all(unused.iter().map(|key| async move {
-            self.send(&self.keys_topic, &key.record_key(), None, deadline)
+        let retired = futures::future::join_all(unused.blocks.iter().map(|block| async move {
+            self.send(&self.keys_topic, &block_record_key(*block), None, deadline)
                 .await
         }))
         .await;
         let acknowledged = retired.iter().filter(|sent| sent.is_ok()).count();
-        if acknowledged == unused.len() {
-            tracing::info!(keys = acknowledged, "unused data keys tombstoned");
+        if acknowledged == unused.blocks.len() {
+            tracing::info!(
+                blocks = acknowledged,
+                keys_left_in_used_blocks = kept,
+                "unused data key blocks tombstoned; the unused keys of blocks partly handed out \
+                 stay in the key topic, sealing nothing"
+            );
         } else {
             tracing::warn!(
-                keys = unused.len(),
+                blocks = unused.blocks.len(),
                 acknowledged,
-                "not every unused data key's tombstone was acknowledged; those keys stay in \
-                 the key topic, sealing nothing"
+                keys_left_in_used_blocks = kept,
+                "not every unused data key block's tombstone was acknowledged; those blocks stay \
+                 in the key topic, sealing nothing"
             );
         }
         acknowledged
@@ -609,6 +632,7 @@ mod tests {
 
     use rdkafka::mocking::MockCluster;
     use score_shared::event::new_event_id;
+    use score_shared::personal::{KeyRecord, MAX_BLOCK_KEYS};
     use score_shared::{Channel, RawSubmission, Submission, ValidationRules};
     use serde_json::json;
     use uuid::Uuid;
@@ -803,7 +827,8 @@ mod tests {
         Publisher::new(&kafka_args(bootstrap, options), TIMEOUT, sealing()).expect("a producer")
     }
 
-    /// A publisher with a pool of `keys` keys, filled.
+    /// A publisher with a pool of `keys` keys (at most one block's worth, or
+    /// whole blocks), filled.
     async fn filled_publisher(bootstrap: &str, keys: usize) -> Publisher {
         let publisher = Publisher::new(
             &kafka_args(bootstrap.to_owned(), &[]),
@@ -824,15 +849,72 @@ mod tests {
         .await;
     }
 
-    /// The key records of `stored` (key topic records), by kid.
-    fn key_records(stored: &[Stored]) -> Vec<score_shared::personal::KeyRecord> {
+    /// Runs the key pool's refill for 100 ms, long enough for a round it
+    /// had to make.
+    async fn refill_briefly(publisher: &Publisher) {
+        let started = Instant::now();
+        crate::key_pool::run_until(
+            |stop| async move { publisher.keep_key_pool_full(&stop).await },
+            || started.elapsed() >= Duration::from_millis(100),
+        )
+        .await;
+    }
+
+    /// The key records of `stored` (key topic records).
+    fn key_records(stored: &[Stored]) -> Vec<KeyRecord> {
         stored
             .iter()
             .map(|record| {
-                score_shared::personal::KeyRecord::decode(&record.key, record.payload.as_deref())
-                    .expect("a key record")
+                KeyRecord::decode(&record.key, record.payload.as_deref()).expect("a key record")
             })
             .collect()
+    }
+
+    /// The blocks written to the key topic, checked against their record
+    /// keys; there must be no tombstone.
+    fn key_blocks(bootstrap: &str) -> Vec<KeyBlock> {
+        let stored = read_all(bootstrap, KEYS_TOPIC);
+        stored
+            .iter()
+            .zip(key_records(&stored))
+            .map(|(stored, record)| match record {
+                KeyRecord::Block(block) => {
+                    assert_eq!(stored.key, block.record_key().into_bytes());
+                    block
+                }
+                KeyRecord::Forgotten { block } => panic!("a block, not the tombstone of {block}"),
+            })
+            .collect()
+    }
+
+    /// The ids of the blocks tombstoned in the key topic.
+    fn tombstoned_blocks(bootstrap: &str) -> HashSet<Uuid> {
+        key_records(&read_all(bootstrap, KEYS_TOPIC))
+            .into_iter()
+            .filter_map(|record| match record {
+                KeyRecord::Forgotten { block } => Some(block),
+                KeyRecord::Block(_) => None,
+            })
+            .collect()
+    }
+
+    /// The key ids the events of the event topic are sealed under, in
+    /// offset order within each partition.
+    fn sealing_kids(bootstrap: &str) -> Vec<Uuid> {
+        read_all(bootstrap, TOPIC)
+            .iter()
+            .map(|stored| {
+                let payload = stored.payload.as_deref().expect("a payload");
+                match score_shared::event::decode(payload) {
+                    Ok(score_shared::Event::SealedScore(sealed)) => sealed.kid,
+                    _ => panic!("a sealed event"),
+                }
+            })
+            .collect()
+    }
+
+    fn kids(block: &KeyBlock) -> HashSet<Uuid> {
+        block.keys().iter().map(|key| key.kid).collect()
     }
 
     fn event() -> ScoreSubmitted {
@@ -1064,18 +1146,12 @@ mod tests {
 
         let account_ref = AccountRef::of(&pepper(), ACCOUNT);
         let keys = read_all(&bootstrap, KEYS_TOPIC);
-        assert_eq!(keys.len(), 1, "one data key written");
+        assert_eq!(keys.len(), 1, "one block of data keys written");
         let key_record = &keys[0];
-        let score_shared::personal::KeyRecord::Key(key) =
-            score_shared::personal::KeyRecord::decode(
-                &key_record.key,
-                key_record.payload.as_deref(),
-            )
-            .expect("a key record")
-        else {
-            panic!("a key, not a tombstone");
+        let blocks = key_blocks(&bootstrap);
+        let [key] = blocks[0].keys() else {
+            panic!("a block of one key, not {}", blocks[0].keys().len());
         };
-        assert_eq!(key_record.key, key.record_key().into_bytes());
 
         let events = read_all(&bootstrap, TOPIC);
         assert_eq!(events.len(), 1);
@@ -1099,7 +1175,7 @@ mod tests {
         else {
             panic!("a sealed event");
         };
-        assert_eq!(sealed.open(&key).expect("opens under its key"), {
+        assert_eq!(sealed.open(key).expect("opens under its key"), {
             let mut expected = submitted.clone();
             expected.submission_digest = Some(submitted.submission_digest());
             expected
@@ -1111,69 +1187,141 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_new_account_is_handed_a_pooled_key_written_before_and_the_pool_refills() {
+    async fn a_new_account_finding_the_pool_empty_writes_a_block_of_one_key_before_its_event() {
         let cluster = mock_cluster();
         let bootstrap = cluster.bootstrap_servers();
-        let publisher = filled_publisher(&bootstrap, 4).await;
-        let pooled: Vec<Uuid> = key_records(&read_all(&bootstrap, KEYS_TOPIC))
-            .into_iter()
-            .map(|record| match record {
-                score_shared::personal::KeyRecord::Key(key) => key.kid,
-                other => panic!("a key, not {other:?}"),
-            })
-            .collect();
-        assert_eq!(pooled.len(), 4);
+        // A pool not filled yet, as at start.
+        let publisher = Publisher::new(
+            &kafka_args(bootstrap.clone(), &[]),
+            TIMEOUT,
+            sealing_with_pool(4),
+        )
+        .expect("a producer");
 
         publisher.publish(&event()).await.expect("persisted");
 
-        assert_eq!(
-            read_all(&bootstrap, KEYS_TOPIC).len(),
-            4,
-            "the submission wrote no key of its own"
+        let blocks = key_blocks(&bootstrap);
+        assert_eq!(blocks.len(), 1, "one record of its own");
+        assert_eq!(blocks[0].keys().len(), 1, "a block of one key");
+        assert_eq!(sealing_kids(&bootstrap), [blocks[0].keys()[0].kid]);
+        let (keys, events) = (
+            read_all(&bootstrap, KEYS_TOPIC),
+            read_all(&bootstrap, TOPIC),
         );
-        let events = read_all(&bootstrap, TOPIC);
-        let Ok(score_shared::Event::SealedScore(sealed)) =
-            score_shared::event::decode(events[0].payload.as_deref().expect("a payload"))
-        else {
-            panic!("a sealed event");
-        };
-        assert!(pooled.contains(&sealed.kid), "sealed under a pooled key");
-        assert_eq!(publisher.pooled_keys(), 3);
-        refill_until(&publisher, 4).await;
+        assert!(
+            keys[0].timestamp <= events[0].timestamp,
+            "the block was produced before the event"
+        );
+        assert_eq!(publisher.pooled_keys(), 0, "the pool is not filled by it");
+    }
+
+    #[tokio::test]
+    async fn new_accounts_are_handed_pooled_keys_and_a_block_is_written_once_a_blocks_worth_was_taken()
+     {
+        let cluster = mock_cluster();
+        let bootstrap = cluster.bootstrap_servers();
+        let publisher = filled_publisher(&bootstrap, 4).await;
+        let pooled = key_blocks(&bootstrap);
+        assert_eq!(pooled.len(), 1, "one record");
+        assert_eq!(pooled[0].keys().len(), 4);
+
+        publisher.publish(&event()).await.expect("persisted");
+        refill_briefly(&publisher).await;
+
         assert_eq!(
             read_all(&bootstrap, KEYS_TOPIC).len(),
-            5,
-            "the taken key replaced"
+            1,
+            "the submission wrote no key of its own, nor the refill for one key taken"
+        );
+        assert!(
+            kids(&pooled[0]).contains(&sealing_kids(&bootstrap)[0]),
+            "sealed under a pooled key"
+        );
+        assert_eq!(publisher.pooled_keys(), 3);
+
+        for account in ["13800000001", "13800000002", "13800000003"] {
+            publisher
+                .publish(&event_of(account, ""))
+                .await
+                .expect("persisted");
+        }
+        assert_eq!(publisher.pooled_keys(), 0);
+        assert_eq!(
+            read_all(&bootstrap, KEYS_TOPIC).len(),
+            1,
+            "all four from the pool"
+        );
+        refill_until(&publisher, 4).await;
+        let blocks = key_blocks(&bootstrap);
+        assert_eq!(blocks.len(), 2, "a block of four once four were taken");
+        assert_eq!(
+            blocks.iter().map(|block| block.keys().len()).sum::<usize>(),
+            8
         );
     }
 
     #[tokio::test]
-    async fn the_keys_left_in_the_pool_are_tombstoned_when_retired() {
+    async fn two_new_accounts_from_the_pool_get_different_keys_of_one_block_in_one_record() {
+        let cluster = mock_cluster();
+        let bootstrap = cluster.bootstrap_servers();
+        let publisher = filled_publisher(&bootstrap, 4).await;
+
+        publisher.publish(&event()).await.expect("persisted");
+        publisher
+            .publish(&event_of("13900139000", ""))
+            .await
+            .expect("persisted");
+
+        let blocks = key_blocks(&bootstrap);
+        assert_eq!(blocks.len(), 1, "one key topic record for both");
+        let sealed_under: HashSet<Uuid> = sealing_kids(&bootstrap).into_iter().collect();
+        assert_eq!(sealed_under.len(), 2, "a key per account");
+        assert!(sealed_under.is_subset(&kids(&blocks[0])));
+    }
+
+    #[tokio::test]
+    async fn the_blocks_of_an_untouched_pool_are_tombstoned_when_retired() {
         let cluster = mock_cluster();
         let bootstrap = cluster.bootstrap_servers();
         let publisher = filled_publisher(&bootstrap, 3).await;
+        let written = key_blocks(&bootstrap);
 
         let retired = publisher.retire_pooled_keys(TIMEOUT).await;
 
-        assert_eq!(retired, 3);
+        assert_eq!(retired, 1);
         assert_eq!(publisher.pooled_keys(), 0);
-        let records = key_records(&read_all(&bootstrap, KEYS_TOPIC));
-        let written: HashSet<Uuid> = records
+        assert_eq!(written.len(), 1);
+        assert_eq!(
+            tombstoned_blocks(&bootstrap),
+            HashSet::from([written[0].id()]),
+            "the unused block has its tombstone"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_blocks_no_key_was_handed_out_of_are_tombstoned_when_retired() {
+        let cluster = mock_cluster();
+        let bootstrap = cluster.bootstrap_servers();
+        let publisher = filled_publisher(&bootstrap, 2 * MAX_BLOCK_KEYS).await;
+        let written = key_blocks(&bootstrap);
+        assert_eq!(written.len(), 2);
+        publisher.publish(&event()).await.expect("persisted");
+        let sealed_under = sealing_kids(&bootstrap)[0];
+        let (used, unused): (Vec<&KeyBlock>, Vec<&KeyBlock>) = written
             .iter()
-            .filter_map(|record| match record {
-                score_shared::personal::KeyRecord::Key(key) => Some(key.kid),
-                score_shared::personal::KeyRecord::Forgotten { .. } => None,
-            })
-            .collect();
-        let tombstoned: HashSet<Uuid> = records
-            .iter()
-            .filter_map(|record| match record {
-                score_shared::personal::KeyRecord::Forgotten { kid } => Some(*kid),
-                score_shared::personal::KeyRecord::Key(_) => None,
-            })
-            .collect();
-        assert_eq!(written.len(), 3);
-        assert_eq!(tombstoned, written, "every unused key has its tombstone");
+            .partition(|block| kids(block).contains(&sealed_under));
+        assert_eq!((used.len(), unused.len()), (1, 1));
+
+        let retired = publisher.retire_pooled_keys(TIMEOUT).await;
+
+        assert_eq!(retired, 1);
+        assert_eq!(publisher.pooled_keys(), 0);
+        assert_eq!(
+            tombstoned_blocks(&bootstrap),
+            HashSet::from([unused[0].id()]),
+            "the block an event is sealed under stays"
+        );
+        assert_eq!(read_all(&bootstrap, KEYS_TOPIC).len(), 3);
     }
 
     #[tokio::test]

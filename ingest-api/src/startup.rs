@@ -273,7 +273,8 @@ impl Application {
         refresh_readiness.abort();
         release_memory.abort();
         // The refill's last round is bounded by the publish timeout; what it
-        // wrote is in the pool, and every key still there is tombstoned.
+        // wrote is in the pool, and every block none of whose keys was
+        // handed out is tombstoned.
         stop_key_pool.cancel();
         if let Err(error) = key_pool.await {
             tracing::warn!(error = %error, "the key pool's refill task failed");

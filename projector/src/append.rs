@@ -4,12 +4,12 @@
 //! every key written to the key topic, and acknowledged, before the first
 //! event sealed under it.
 //!
-//! Records are taken in chunks: the chunk's new keys are written and
-//! acknowledged first, then its records are enqueued in the order given
+//! Records are taken in chunks: the chunk's new keys are written, in blocks
+//! of up to `MAX_BLOCK_KEYS` (one record each), and acknowledged first, then its records are enqueued in the order given
 //! (librdkafka keeps that order within a partition; the producer is
 //! idempotent) and acknowledged before the next chunk.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,8 +17,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::future_producer::{Delivery, DeliveryFuture};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use score_shared::config::KafkaArgs;
+use score_shared::personal::MAX_BLOCK_KEYS;
 use score_shared::personal::PersonalDataArgs;
-use score_shared::{AccountRef, DataKey, Pepper, ScoreSubmitted};
+use score_shared::{AccountRef, DataKey, KeyBlock, Pepper, ScoreSubmitted};
 
 /// How long the broker gets to acknowledge an append.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -138,28 +139,33 @@ impl SealingAppender {
     /// acknowledged stays (see [`Self::appended`]).
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         let chunk = std::mem::take(&mut self.chunk);
-        let mut new_keys = Vec::new();
-        for pending in &chunk {
-            if let Pending::Rating(_, account_ref) = pending {
-                let account_ref = *account_ref;
-                self.keys.entry(account_ref).or_insert_with(|| {
-                    let key = DataKey::generate();
-                    new_keys.push(key.clone());
-                    key
-                });
-            }
-        }
-        let mut deliveries = Vec::with_capacity(new_keys.len());
-        for key in &new_keys {
-            let record_key = key.record_key();
-            let payload = key.encode();
+        let new_accounts: Vec<AccountRef> = chunk
+            .iter()
+            .filter_map(|pending| match pending {
+                Pending::Rating(_, account_ref) => Some(*account_ref),
+                Pending::Raw { .. } => None,
+            })
+            .filter(|account_ref| !self.keys.contains_key(account_ref))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let blocks: Vec<KeyBlock> = new_accounts
+            .chunks(MAX_BLOCK_KEYS)
+            .map(|accounts| KeyBlock::generate(accounts.len()))
+            .collect();
+        let mut deliveries = Vec::with_capacity(blocks.len());
+        for block in &blocks {
+            let record_key = block.record_key();
+            let payload = block.encode();
             let record = FutureRecord::to(&self.keys_topic)
                 .key(record_key.as_bytes())
                 .payload(payload.as_slice());
             deliveries.push(self.enqueue(record).await?);
         }
-        await_all(deliveries, "a data key").await?;
-        self.keys_written += new_keys.len() as u64;
+        await_all(deliveries, "a block of data keys").await?;
+        self.keys_written += new_accounts.len() as u64;
+        let new_keys = blocks.into_iter().flat_map(KeyBlock::into_keys);
+        self.keys.extend(new_accounts.into_iter().zip(new_keys));
 
         let mut deliveries = Vec::with_capacity(chunk.len());
         for pending in chunk {

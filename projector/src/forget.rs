@@ -7,32 +7,38 @@
 //!    account reference, their key id is in clear). Keys are written ahead
 //!    of need and name no account, so the log is where an account's keys
 //!    are found.
-//! 2. For each account: the request is journaled in `erasure_request` (so
+//! 2. For each account the request is journaled in `erasure_request` (so
 //!    `status` counts it as pending until every projection has applied
-//!    it); every key found gets a tombstone in the key topic, and from then
-//!    on no reader can open those events (once the broker's cleaner has
-//!    compacted the key topic the keys are gone from its disks); then an
-//!    `AccountForgotten` event is appended, keyed by the account reference
-//!    so that it lands after the account's events on their partition.
+//!    it). Then every key block holding one of the keys found is rewritten
+//!    without them (a tombstone when nothing is left), and from then on no
+//!    reader can open those events (once the broker's cleaner has compacted
+//!    the key topic, the old versions of the blocks are gone from its
+//!    disks). Rewrites take the key topic's lock ([`KeyTopicLock`]) and
+//!    read the key topic to its end first, so two `forget`s never undo each
+//!    other's rewrite. Then each account's `AccountForgotten` event is
+//!    appended, keyed by the account reference so that it lands after the
+//!    account's events on their partition.
 //! 3. The log is read again from where the first read ended to its new
 //!    end: an ingest API may have handed the account a new key while the
-//!    first read ran. Any such key is tombstoned too and a further erasure
+//!    first read ran. Any such key is forgotten too and a further erasure
 //!    appended (journaled like the first), until a read finds no new key.
 //! 4. Unless `--no-wait`, it waits until every projection's position on
 //!    the partition has passed the account's last erasure: then no table
 //!    holds the number or its comments.
 //!
-//! A re-run for the same number is safe: its keys are tombstoned again
-//! (a no-op for compaction), and a second erasure changes nothing more.
+//! A re-run for the same number is safe: no block holds its keys any more,
+//! so nothing is rewritten, and a second erasure changes nothing more.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use score_shared::config::KafkaArgs;
 use score_shared::event::{self, Event};
-use score_shared::{AccountForgotten, AccountRef, masked};
+use score_shared::personal::KeyRecord;
+use score_shared::{AccountForgotten, AccountRef, KeyBlock, masked};
 use serde::Serialize;
 use sqlx::MySqlPool;
 use tokio::time::Instant;
@@ -45,7 +51,8 @@ use crate::log_reader::{LogReader, Start};
 use crate::projection::{self, TableSet};
 use crate::{db, store};
 
-/// How long the broker gets to acknowledge a tombstone or the event.
+/// How long the broker gets to acknowledge a key block's rewrite or the
+/// event.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the projections' positions are read while waiting.
 const POLL_EVERY: Duration = Duration::from_millis(200);
@@ -53,6 +60,8 @@ const POLL_EVERY: Duration = Duration::from_millis(200);
 const READ_BATCH: usize = 5000;
 /// How long a read of the log may wait for records it knows are there.
 const READ_WAIT: Duration = Duration::from_secs(30);
+/// How long a `forget` waits for another to finish rewriting key blocks.
+const LOCK_WAIT: Duration = Duration::from_secs(120);
 /// How many times the log is read again for keys handed out meanwhile.
 const MAX_LATE_READS: usize = 5;
 /// What a stopped forget has done.
@@ -101,8 +110,8 @@ pub fn render(forgotten: &Forgotten, json: bool) -> String {
         forgotten.account,
         counted(
             forgotten.keys_forgotten,
-            "data key tombstoned",
-            "data keys tombstoned"
+            "data key forgotten",
+            "data keys forgotten"
         ),
         forgotten.partition,
         forgotten.offset,
@@ -141,13 +150,13 @@ pub fn accounts(args: &ForgetArgs) -> anyhow::Result<Vec<String>> {
 }
 
 /// The data keys the events of some accounts are sealed under, as found in
-/// the log so far, and which of them have been tombstoned.
+/// the log so far, and which of them have been forgotten.
 #[derive(Debug)]
 struct KeysInUse {
     /// The accounts looked for, by record key (the reference in hex).
     wanted: HashMap<Vec<u8>, AccountRef>,
     found: HashMap<AccountRef, BTreeSet<Uuid>>,
-    tombstoned: BTreeSet<Uuid>,
+    forgotten: BTreeSet<Uuid>,
 }
 
 impl KeysInUse {
@@ -158,7 +167,7 @@ impl KeysInUse {
                 .map(|account| (account.to_string().into_bytes(), account))
                 .collect(),
             found: HashMap::new(),
-            tombstoned: BTreeSet::new(),
+            forgotten: BTreeSet::new(),
         }
     }
 
@@ -178,18 +187,18 @@ impl KeysInUse {
         }
     }
 
-    /// The keys of `account` found and not yet handed out for a tombstone;
-    /// they count as tombstoned from now on.
-    fn not_yet_tombstoned(&mut self, account: AccountRef) -> Vec<Uuid> {
+    /// The keys of `account` found and not yet handed out to be forgotten;
+    /// they count as forgotten from now on.
+    fn not_yet_forgotten(&mut self, account: AccountRef) -> Vec<Uuid> {
         let fresh: Vec<Uuid> = self
             .found
             .get(&account)
             .into_iter()
             .flatten()
-            .filter(|kid| !self.tombstoned.contains(kid))
+            .filter(|kid| !self.forgotten.contains(kid))
             .copied()
             .collect();
-        self.tombstoned.extend(&fresh);
+        self.forgotten.extend(&fresh);
         fresh
     }
 }
@@ -222,7 +231,7 @@ pub async fn forget(
             .create()
             .context("creating the Kafka producer")?,
         pool: &pool,
-        topic: &args.kafka.topic,
+        kafka: &args.kafka,
         keys_topic: &args.personal.keys_topic,
         reason: &args.reason,
     };
@@ -258,32 +267,31 @@ pub async fn forget(
             })
             .await?;
         let mut late = 0;
+        let mut due = Vec::new();
         for account in &mut forgotten {
-            let kids = keys.not_yet_tombstoned(account.account_ref);
+            let kids = keys.not_yet_forgotten(account.account_ref);
             // Every account's erasure after the first read; after a later
             // one, another for an account handed a new key.
             if account.erasures == 0 || !kids.is_empty() {
                 if account.erasures > 0 {
                     late += kids.len();
                 }
-                writer.forget(account, &kids).await?;
+                due.push((account, kids));
             }
         }
+        writer.forget(due, stop).await?;
         if read > 0 && late == 0 {
             all_forgotten = true;
             break;
         }
         if late > 0 {
-            tracing::info!(
-                keys = late,
-                "tombstoned keys handed out while the log was read"
-            );
+            tracing::info!(keys = late, "forgot keys handed out while the log was read");
         }
     }
     ensure!(
         all_forgotten,
         "new data keys kept appearing for these accounts while the log was read \
-         ({MAX_LATE_READS} times): each was tombstoned and followed by an erasure; run the \
+         ({MAX_LATE_READS} times): each was forgotten and followed by an erasure; run the \
          same command again once their submissions stop"
     );
 
@@ -304,54 +312,206 @@ pub async fn forget(
     Ok(forgotten)
 }
 
-/// Writes an account's erasure to the log and the journal.
+/// Writes accounts' erasures to the log and the journal.
 struct Writer<'a> {
     producer: FutureProducer,
     pool: &'a MySqlPool,
-    topic: &'a str,
+    kafka: &'a KafkaArgs,
     keys_topic: &'a str,
     reason: &'a str,
 }
 
 impl Writer<'_> {
-    /// Journals an erasure of `account`, tombstones `kids`, then appends
-    /// the erasure, and notes it in `account`.
-    async fn forget(&self, account: &mut Forgotten, kids: &[Uuid]) -> anyhow::Result<()> {
-        let erasure = AccountForgotten::new(account.account_ref, self.reason);
-        journal(self.pool, &erasure, kids.len()).await?;
-        for kid in kids {
-            let record_key = score_shared::personal::key_record_key(*kid);
-            let tombstone: FutureRecord<'_, str, [u8]> =
-                FutureRecord::to(self.keys_topic).key(&record_key);
-            self.producer
-                .send(tombstone, Timeout::After(BROKER_TIMEOUT))
+    /// Forgets each account of `due` and the keys found for it since its
+    /// last erasure: journals an erasure for each, rewrites the key blocks
+    /// holding the keys without them, then appends each erasure, and notes
+    /// it in the account.
+    async fn forget(
+        &self,
+        due: Vec<(&mut Forgotten, Vec<Uuid>)>,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut erasures = Vec::with_capacity(due.len());
+        for (account, kids) in &due {
+            let erasure = AccountForgotten::new(account.account_ref, self.reason);
+            journal(self.pool, &erasure, kids.len()).await?;
+            erasures.push(erasure);
+        }
+        let kids: HashSet<Uuid> = due.iter().flat_map(|(_, kids)| kids).copied().collect();
+        if !kids.is_empty() {
+            self.forget_keys(&kids, stop).await?;
+        }
+        for ((account, kids), erasure) in due.into_iter().zip(erasures) {
+            let payload = erasure.encode();
+            let record_key = erasure.record_key();
+            let event = FutureRecord::to(&self.kafka.topic)
+                .key(&record_key)
+                .payload(&payload);
+            let delivered = self
+                .producer
+                .send(event, Timeout::After(BROKER_TIMEOUT))
                 .await
                 .map_err(|(error, _)| error)
-                .context("writing a data key's tombstone")?;
+                .context("appending the AccountForgotten event")?;
+            tracing::info!(
+                account = %account.account,
+                keys = kids.len(),
+                partition = delivered.partition,
+                offset = delivered.offset,
+                "account forgotten in the log"
+            );
+            account.erasure_event_id = erasure.event_id;
+            account.erasures += 1;
+            account.keys_forgotten += kids.len();
+            account.partition = delivered.partition;
+            account.offset = delivered.offset;
         }
-        let payload = erasure.encode();
-        let record_key = erasure.record_key();
-        let event = FutureRecord::to(self.topic)
-            .key(&record_key)
-            .payload(&payload);
-        let delivered = self
-            .producer
-            .send(event, Timeout::After(BROKER_TIMEOUT))
-            .await
-            .map_err(|(error, _)| error)
-            .context("appending the AccountForgotten event")?;
+        Ok(())
+    }
+
+    /// Rewrites every key block holding one of `kids` without them (its
+    /// tombstone when no key is left), holding the key topic's lock from
+    /// before the key topic is read until the rewrites are acknowledged.
+    async fn forget_keys(
+        &self,
+        kids: &HashSet<Uuid>,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let lock = KeyTopicLock::acquire(self.pool, self.keys_topic).await?;
+        let mut kafka = self.kafka.clone();
+        kafka.topic = self.keys_topic.to_owned();
+        let mut reader = LogReader::open(&kafka, "forget-keys", Start::Beginning).await?;
+        let mut blocks = BlocksHolding::new(kids);
+        reader
+            .read_to_the_end(
+                READ_BATCH,
+                READ_WAIT,
+                stop,
+                STOPPED,
+                "reading the key topic for the keys' blocks",
+                |records| blocks.note(records),
+            )
+            .await?;
+        let rewrites = blocks.rewrites();
+        for (id, rewrite) in &rewrites {
+            let record_key = score_shared::personal::block_record_key(*id);
+            let payload = rewrite.as_ref().map(KeyBlock::encode);
+            let mut record: FutureRecord<'_, str, [u8]> =
+                FutureRecord::to(self.keys_topic).key(&record_key);
+            if let Some(payload) = &payload {
+                record = record.payload(payload);
+            }
+            self.producer
+                .send(record, Timeout::After(BROKER_TIMEOUT))
+                .await
+                .map_err(|(error, _)| error)
+                .context("rewriting a block of data keys")?;
+        }
+        lock.release().await?;
         tracing::info!(
-            account = %account.account,
             keys = kids.len(),
-            partition = delivered.partition,
-            offset = delivered.offset,
-            "account forgotten in the log"
+            blocks_rewritten = rewrites.iter().filter(|(_, block)| block.is_some()).count(),
+            blocks_tombstoned = rewrites.iter().filter(|(_, block)| block.is_none()).count(),
+            "data keys forgotten in the key topic"
         );
-        account.erasure_event_id = erasure.event_id;
-        account.erasures += 1;
-        account.keys_forgotten += kids.len();
-        account.partition = delivered.partition;
-        account.offset = delivered.offset;
+        Ok(())
+    }
+}
+
+/// The key blocks that hold some of the keys to forget, as the key topic
+/// holds them now (read from its beginning).
+struct BlocksHolding<'a> {
+    kids: &'a HashSet<Uuid>,
+    /// Each block that held one of the keys: its newest record (`None`
+    /// once tombstoned).
+    blocks: BTreeMap<Uuid, Option<KeyBlock>>,
+}
+
+impl<'a> BlocksHolding<'a> {
+    fn new(kids: &'a HashSet<Uuid>) -> Self {
+        Self {
+            kids,
+            blocks: BTreeMap::new(),
+        }
+    }
+
+    fn note(&mut self, records: &[LogRecord]) {
+        for record in records {
+            let Some(record_key) = record.key.as_deref() else {
+                continue;
+            };
+            match KeyRecord::decode(record_key, record.payload.as_deref()) {
+                Ok(KeyRecord::Block(block)) => {
+                    let holds = block.keys().iter().any(|key| self.kids.contains(&key.kid));
+                    if holds || self.blocks.contains_key(&block.id()) {
+                        self.blocks.insert(block.id(), Some(block));
+                    }
+                }
+                Ok(KeyRecord::Forgotten { block }) => {
+                    if let Some(held) = self.blocks.get_mut(&block) {
+                        *held = None;
+                    }
+                }
+                // The projector's key ring warns of these.
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// What to write for each block still holding one of the keys: the
+    /// block without them, or `None` for its tombstone.
+    fn rewrites(self) -> Vec<(Uuid, Option<KeyBlock>)> {
+        let kids = self.kids;
+        self.blocks
+            .into_iter()
+            .filter_map(|(id, block)| {
+                let block = block?;
+                let holds = block.keys().iter().any(|key| kids.contains(&key.kid));
+                holds.then(|| (id, block.without(|kid| kids.contains(&kid))))
+            })
+            .collect()
+    }
+}
+
+/// The MySQL lock (`GET_LOCK`) every `forget` holds while it rewrites a key
+/// topic's blocks: a rewrite is the block as read minus some keys, so two
+/// at once could each write back a key the other forgot. Held on a
+/// connection of its own, closed when the lock is released or dropped
+/// (MySQL then releases the lock itself).
+struct KeyTopicLock {
+    connection: sqlx::MySqlConnection,
+    name: String,
+}
+
+impl KeyTopicLock {
+    async fn acquire(pool: &MySqlPool, keys_topic: &str) -> anyhow::Result<Self> {
+        // Lock names are at most 64 characters; a longer topic name shares
+        // its lock with topics of the same beginning, which only waits.
+        let name: String = format!("score-keys:{keys_topic}")
+            .chars()
+            .take(64)
+            .collect();
+        let mut connection = pool.acquire().await?.detach();
+        let acquired: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+            .bind(&name)
+            .bind(LOCK_WAIT.as_secs())
+            .fetch_one(&mut connection)
+            .await
+            .context("taking the key topic's lock")?;
+        ensure!(
+            acquired == Some(1),
+            "another `projector forget` has been rewriting the key topic {keys_topic} for \
+             {LOCK_WAIT:?}; run this one again once it is done"
+        );
+        Ok(Self { connection, name })
+    }
+
+    async fn release(mut self) -> anyhow::Result<()> {
+        sqlx::query("SELECT RELEASE_LOCK(?)")
+            .bind(&self.name)
+            .execute(&mut self.connection)
+            .await
+            .context("releasing the key topic's lock")?;
         Ok(())
     }
 }
@@ -513,7 +673,7 @@ mod tests {
             sealed_rating("13800138000", &second, 5),
         ]);
         assert_eq!(
-            keys.not_yet_tombstoned(wanted),
+            keys.not_yet_forgotten(wanted),
             BTreeSet::from([first.kid, second.kid])
                 .into_iter()
                 .collect::<Vec<_>>()
@@ -521,7 +681,7 @@ mod tests {
     }
 
     #[test]
-    fn a_key_is_handed_out_for_a_tombstone_once_and_a_key_found_later_on_its_own() {
+    fn a_key_is_handed_out_to_be_forgotten_once_and_a_key_found_later_on_its_own() {
         let wanted = AccountRef::of(&pepper(), "13800138000");
         let mut keys = KeysInUse::new([wanted]);
         let (early, late) = (
@@ -529,17 +689,78 @@ mod tests {
             score_shared::DataKey::generate(),
         );
         keys.note(&[sealed_rating("13800138000", &early, 0)]);
-        assert_eq!(keys.not_yet_tombstoned(wanted), [early.kid]);
-        assert_eq!(keys.not_yet_tombstoned(wanted), Vec::<Uuid>::new());
+        assert_eq!(keys.not_yet_forgotten(wanted), [early.kid]);
+        assert_eq!(keys.not_yet_forgotten(wanted), Vec::<Uuid>::new());
         keys.note(&[
             sealed_rating("13800138000", &early, 1),
             sealed_rating("13800138000", &late, 2),
         ]);
-        assert_eq!(keys.not_yet_tombstoned(wanted), [late.kid]);
+        assert_eq!(keys.not_yet_forgotten(wanted), [late.kid]);
         assert_eq!(
-            keys.not_yet_tombstoned(AccountRef::of(&pepper(), "13900139000")),
+            keys.not_yet_forgotten(AccountRef::of(&pepper(), "13900139000")),
             Vec::<Uuid>::new()
         );
+    }
+
+    fn key_record(offset: i64, block: &KeyBlock, tombstone: bool) -> LogRecord {
+        LogRecord {
+            partition: 0,
+            offset,
+            key: Some(block.record_key().into_bytes()),
+            payload: (!tombstone).then(|| block.encode()),
+        }
+    }
+
+    #[test]
+    fn only_the_blocks_holding_the_keys_are_rewritten_as_they_are_now_without_them() {
+        let shared = KeyBlock::generate(3);
+        let alone = KeyBlock::generate(1);
+        let untouched = KeyBlock::generate(2);
+        let gone = KeyBlock::generate(2);
+        let [first, second, third] = shared.keys() else {
+            unreachable!()
+        };
+        // Since written, another forget took the third key out of `shared`.
+        let shared_now = shared.without(|kid| kid == third.kid).unwrap();
+        let kids = HashSet::from([first.kid, alone.keys()[0].kid, gone.keys()[0].kid]);
+        let mut blocks = BlocksHolding::new(&kids);
+        blocks.note(&[
+            key_record(0, &shared, false),
+            key_record(1, &alone, false),
+            key_record(2, &untouched, false),
+            key_record(3, &gone, false),
+            key_record(4, &shared_now, false),
+            key_record(5, &gone, true),
+            LogRecord {
+                partition: 0,
+                offset: 6,
+                key: Some(b"not a block".to_vec()),
+                payload: Some(b"{}".to_vec()),
+            },
+        ]);
+        let rewrites: HashMap<Uuid, Option<KeyBlock>> = blocks.rewrites().into_iter().collect();
+        assert_eq!(rewrites.len(), 2, "{rewrites:?}");
+        let shared_rewrite = rewrites[&shared.id()].as_ref().expect("keys are left");
+        assert_eq!(
+            shared_rewrite.keys(),
+            std::slice::from_ref(second),
+            "the block as it is now, without the key: the third key is not brought back"
+        );
+        assert_eq!(rewrites[&alone.id()], None, "nothing left: a tombstone");
+    }
+
+    #[test]
+    fn keys_no_block_holds_any_more_need_no_rewrite() {
+        let block = KeyBlock::generate(2);
+        let kid = block.keys()[0].kid;
+        let kids = HashSet::from([kid]);
+        let mut blocks = BlocksHolding::new(&kids);
+        let forgotten = block.without(|k| k == kid).unwrap();
+        blocks.note(&[
+            key_record(0, &block, false),
+            key_record(1, &forgotten, false),
+        ]);
+        assert!(blocks.rewrites().is_empty(), "a re-run writes nothing");
     }
 
     #[test]

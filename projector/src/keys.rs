@@ -2,7 +2,9 @@
 //! compacted key topic (see `score_shared::personal`).
 //!
 //! A [`KeyRing`] reads the key topic from its beginning and keeps every key
-//! not tombstoned. Before a batch is decoded, [`KeyRing::ready_for`] makes
+//! its block still holds: keys are written in blocks, a newer record of a
+//! block replaces it (a key it no longer holds was forgotten), and a
+//! block's tombstone forgets all of its keys. Before a batch is decoded, [`KeyRing::ready_for`] makes
 //! sure the ring has read the key topic to the end it has *now* whenever
 //! the batch holds a sealed event whose key it does not have: the ingest
 //! API writes a key, and waits for its acknowledgment, before any event
@@ -44,7 +46,26 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct Keys {
     pepper: Pepper,
-    known: RwLock<HashMap<Uuid, DataKey>>,
+    known: RwLock<KeySet>,
+}
+
+/// The keys held, and which block holds which.
+#[derive(Debug, Default)]
+struct KeySet {
+    keys: HashMap<Uuid, DataKey>,
+    blocks: HashMap<Uuid, Vec<Uuid>>,
+}
+
+impl KeySet {
+    /// Forgets block `id`'s keys, except those `kept` holds.
+    fn forget_block(&mut self, id: Uuid, kept: &[Uuid], forgotten: &mut HashSet<Uuid>) {
+        for kid in self.blocks.remove(&id).unwrap_or_default() {
+            if !kept.contains(&kid) {
+                self.keys.remove(&kid);
+                forgotten.insert(kid);
+            }
+        }
+    }
 }
 
 impl Keys {
@@ -66,6 +87,7 @@ impl Keys {
         self.known
             .read()
             .expect("the key map is never poisoned")
+            .keys
             .get(&kid)
             .cloned()
     }
@@ -76,6 +98,7 @@ impl Keys {
         self.known
             .write()
             .expect("the key map is never poisoned")
+            .keys
             .insert(key.kid, key);
     }
 
@@ -83,6 +106,7 @@ impl Keys {
         self.known
             .read()
             .expect("the key map is never poisoned")
+            .keys
             .contains_key(&kid)
     }
 
@@ -91,6 +115,7 @@ impl Keys {
         self.known
             .read()
             .expect("the key map is never poisoned")
+            .keys
             .len()
     }
 
@@ -108,13 +133,17 @@ impl Keys {
                 continue;
             };
             match KeyRecord::decode(key, record.payload.as_deref()) {
-                Ok(KeyRecord::Key(key)) => {
-                    known.insert(key.kid, key);
-                    absorbed.keys += 1;
+                Ok(KeyRecord::Block(block)) => {
+                    let kids: Vec<Uuid> = block.keys().iter().map(|key| key.kid).collect();
+                    known.forget_block(block.id(), &kids, &mut absorbed.forgotten);
+                    known.blocks.insert(block.id(), kids);
+                    absorbed.keys += block.keys().len();
+                    known
+                        .keys
+                        .extend(block.into_keys().into_iter().map(|key| (key.kid, key)));
                 }
-                Ok(KeyRecord::Forgotten { kid, .. }) => {
-                    known.remove(&kid);
-                    absorbed.forgotten.insert(kid);
+                Ok(KeyRecord::Forgotten { block }) => {
+                    known.forget_block(block, &[], &mut absorbed.forgotten);
                 }
                 Err(error) => {
                     tracing::warn!(
@@ -318,6 +347,8 @@ fn key_need(payload: &[u8]) -> Option<KeyNeed> {
 
 #[cfg(test)]
 mod tests {
+    use score_shared::KeyBlock;
+
     use super::*;
 
     fn pepper() -> Pepper {
@@ -326,27 +357,58 @@ mod tests {
             .unwrap()
     }
 
-    fn key_record(offset: i64, key: &DataKey, tombstone: bool) -> LogRecord {
+    fn block_record(offset: i64, block: &KeyBlock) -> LogRecord {
         LogRecord {
             partition: 0,
             offset,
-            key: Some(key.record_key().into_bytes()),
-            payload: (!tombstone).then(|| key.encode()),
+            key: Some(block.record_key().into_bytes()),
+            payload: Some(block.encode()),
+        }
+    }
+
+    fn tombstone(offset: i64, block: &KeyBlock) -> LogRecord {
+        LogRecord {
+            payload: None,
+            ..block_record(offset, block)
         }
     }
 
     #[test]
-    fn a_tombstone_removes_the_key_it_names_and_only_that_one() {
+    fn a_rewritten_block_forgets_the_keys_it_no_longer_holds_and_only_those() {
         let keys = Keys::new(pepper());
-        let one = DataKey::generate();
-        let two = DataKey::generate();
-        keys.absorb(&[key_record(0, &one, false), key_record(1, &two, false)]);
+        let block = KeyBlock::generate(3);
+        let other = KeyBlock::generate(1);
+        keys.absorb(&[block_record(0, &block), block_record(1, &other)]);
+        assert_eq!(keys.len(), 4);
+        let [one, two, three] = block.keys() else {
+            unreachable!()
+        };
+        assert_eq!(keys.get(two.kid), Some(two.clone()));
+        let rewritten = block.without(|kid| kid == two.kid).unwrap();
+        let absorbed = keys.absorb(&[block_record(2, &rewritten)]);
+        assert_eq!(absorbed.forgotten, HashSet::from([two.kid]));
+        assert_eq!(keys.get(two.kid), None);
         assert_eq!(keys.get(one.kid), Some(one.clone()));
-        let absorbed = keys.absorb(&[key_record(2, &one, true)]);
-        assert!(absorbed.forgotten.contains(&one.kid));
-        assert_eq!(keys.get(one.kid), None);
-        assert_eq!(keys.get(two.kid), Some(two));
-        assert_eq!(keys.len(), 1);
+        assert_eq!(keys.get(three.kid), Some(three.clone()));
+        assert_eq!(keys.get(other.keys()[0].kid), Some(other.keys()[0].clone()));
+        assert_eq!(keys.len(), 3);
+    }
+
+    #[test]
+    fn a_tombstone_forgets_every_key_of_its_block_and_only_those() {
+        let keys = Keys::new(pepper());
+        let block = KeyBlock::generate(2);
+        let other = KeyBlock::generate(2);
+        keys.absorb(&[block_record(0, &block), block_record(1, &other)]);
+        let absorbed = keys.absorb(&[tombstone(2, &block)]);
+        assert_eq!(absorbed.forgotten.len(), 2);
+        for key in block.keys() {
+            assert_eq!(keys.get(key.kid), None);
+        }
+        for key in other.keys() {
+            assert_eq!(keys.get(key.kid), Some(key.clone()));
+        }
+        assert_eq!(keys.len(), 2);
     }
 
     #[test]

@@ -97,7 +97,9 @@ impl SubmissionDigest {
 
 impl fmt::Display for SubmissionDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+        // One hex encoding rather than 32 formatted bytes: the projector
+        // writes a digest per row.
+        f.write_str(&hex::encode(self.0))
     }
 }
 

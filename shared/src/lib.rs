@@ -36,6 +36,6 @@ pub mod telemetry;
 pub use digest::{SubmissionContent, SubmissionDigest};
 pub use domain::{AccountNumber, CommentText, Grade, Scene, ValidationRules};
 pub use event::{AccountForgotten, Channel, DecodeError, Event, ScoreSubmitted, SealedScore};
-pub use personal::{AccountRef, DataKey, Pepper};
+pub use personal::{AccountRef, DataKey, KeyBlock, Pepper};
 pub use privacy::masked;
 pub use submission::{FIELD_NAMES, FieldError, RawSubmission, Submission, ValidationErrors};

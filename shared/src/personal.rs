@@ -10,12 +10,17 @@
 //!   (`kid`) of its own, used for one account only. The account is bound
 //!   into every sealed value (with the event id and the key id), and each
 //!   sealed event names its key id in clear.
-//! - Data keys live in a compacted topic, one record per key, keyed by the
-//!   key id alone ([`DataKey::record_key`]): a key can be written before it
-//!   is known which account it will serve, so writers keep keys ready ahead
-//!   of need. Forgetting an account finds its key ids in its events and
-//!   writes a tombstone for each; once the broker's cleaner has run,
-//!   nothing can open its events again.
+//! - Data keys live in a compacted topic, written in blocks: one record
+//!   ([`KeyBlock`]) holds up to [`MAX_BLOCK_KEYS`] keys and is keyed by the
+//!   block's id alone, so keys are written before it is known which
+//!   accounts they will serve, many to a record. Forgetting an account
+//!   finds its key ids in its events and rewrites each of their blocks
+//!   without them ([`KeyBlock::without`]; a tombstone when nothing is
+//!   left): compaction keeps only a record key's newest record, so once the
+//!   broker's cleaner has run, no copy of the forgotten keys is left and
+//!   nothing can open those events again. Only `projector forget` rewrites
+//!   blocks, one at a time (it holds a lock while it does); writers only
+//!   add new ones.
 //!
 //! A key is written, and acknowledged, before any event sealed under it, so
 //! a reader that has read the key topic to its end after reading an event
@@ -40,11 +45,19 @@ type HmacSha256 = hmac::Hmac<sha2_011::Sha256>;
 pub const PLACEHOLDER_PREFIX: &str = "forgotten-";
 /// The shortest pepper accepted, in bytes.
 pub const MIN_PEPPER_BYTES: usize = 32;
-/// The `type` of a data key record in the key topic.
+/// The `type` of a record of the key topic holding one data key (version
+/// 2, read as a block of one key whose id is the key's).
 pub const DATA_KEY: &str = "DataKey";
-/// The version of a data key record this code writes and reads (2: keyed
-/// by key id alone, bound to no account).
+/// The version of a single data key record still read.
 pub const DATA_KEY_VERSION: u32 = 2;
+/// The `type` of a block of data keys in the key topic.
+pub const KEY_BLOCK: &str = "DataKeyBlock";
+/// The version of a key block this code writes (and reads, beside
+/// [`DATA_KEY_VERSION`]).
+pub const KEY_BLOCK_VERSION: u32 = 3;
+/// The most keys one block holds: about 140 bytes each, so a block stays
+/// far below a record's size limit (1 MiB by default).
+pub const MAX_BLOCK_KEYS: usize = 256;
 /// The length of an AES-GCM nonce, written before the ciphertext.
 const NONCE_BYTES: usize = 12;
 
@@ -299,12 +312,6 @@ impl DataKey {
         }
     }
 
-    /// The record key of this data key in the key topic, and of its
-    /// tombstone: the key id ([`key_record_key`]).
-    pub fn record_key(&self) -> String {
-        key_record_key(self.kid)
-    }
-
     /// Seals `plaintext` under a fresh random nonce; `context` (not secret,
     /// not stored) must be given again to open it, so a sealed value cannot
     /// be moved to another event.
@@ -352,18 +359,6 @@ impl DataKey {
     fn cipher(&self) -> Aes256Gcm {
         Aes256Gcm::new(&self.key.into())
     }
-
-    /// The key as its record in the key topic.
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(&KeyRecordBody {
-            record_type: DATA_KEY.to_owned(),
-            version: DATA_KEY_VERSION,
-            kid: self.kid,
-            created_at: self.created_at,
-            key: BASE64.encode(self.key),
-        })
-        .expect("a data key always serializes")
-    }
 }
 
 impl fmt::Debug for DataKey {
@@ -375,37 +370,175 @@ impl fmt::Debug for DataKey {
     }
 }
 
-/// The record key of data key `kid` in the key topic: the key id,
-/// hyphenated.
-pub fn key_record_key(kid: Uuid) -> String {
-    kid.hyphenated().to_string()
+/// Data keys written as one record of the key topic: a block id, when it
+/// was written, and up to [`MAX_BLOCK_KEYS`] keys. Its record key is the
+/// block id ([`block_record_key`]); a newer record under the same id
+/// replaces the block (a key it no longer holds is forgotten), a tombstone
+/// forgets all of its keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyBlock {
+    id: Uuid,
+    created_at: DateTime<Utc>,
+    keys: Vec<DataKey>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct KeyRecordBody {
+/// The bytes of one key in a block's record: its id, then the key.
+const KEY_ENTRY_BYTES: usize = 16 + 32;
+
+impl KeyBlock {
+    /// A new block of `count` random keys (at least one, at most
+    /// [`MAX_BLOCK_KEYS`]).
+    pub fn generate(count: usize) -> Self {
+        let created_at = Utc::now().trunc_subsecs(6);
+        Self {
+            id: Uuid::now_v7(),
+            created_at,
+            keys: (0..count.clamp(1, MAX_BLOCK_KEYS))
+                .map(|_| DataKey {
+                    created_at,
+                    ..DataKey::generate()
+                })
+                .collect(),
+        }
+    }
+
+    /// The block's id, its record key's.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The keys the block holds.
+    pub fn keys(&self) -> &[DataKey] {
+        &self.keys
+    }
+
+    /// The keys, for whoever hands them out.
+    pub fn into_keys(self) -> Vec<DataKey> {
+        self.keys
+    }
+
+    /// The block's record key in the key topic ([`block_record_key`]).
+    pub fn record_key(&self) -> String {
+        block_record_key(self.id)
+    }
+
+    /// The same block without the keys `forget` picks: what a rewrite of
+    /// the block writes; `None` when no key is left (write the block's
+    /// tombstone then).
+    pub fn without(&self, forget: impl Fn(Uuid) -> bool) -> Option<Self> {
+        let keys: Vec<DataKey> = self
+            .keys
+            .iter()
+            .filter(|key| !forget(key.kid))
+            .cloned()
+            .collect();
+        (!keys.is_empty()).then_some(Self {
+            keys,
+            ..self.clone()
+        })
+    }
+
+    /// The block as its record in the key topic: a JSON object whose `keys`
+    /// is one base64 string of each key's id and bytes (48 bytes a key), so
+    /// that a reader decodes a block in one pass rather than a JSON object
+    /// per key.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut entries = Vec::with_capacity(self.keys.len() * KEY_ENTRY_BYTES);
+        for key in &self.keys {
+            entries.extend_from_slice(key.kid.as_bytes());
+            entries.extend_from_slice(&key.key);
+        }
+        serde_json::to_vec(&BlockBody {
+            record_type: KEY_BLOCK.to_owned(),
+            version: KEY_BLOCK_VERSION,
+            block: self.id,
+            created_at: self.created_at,
+            keys: BASE64.encode(entries),
+        })
+        .expect("a key block always serializes")
+    }
+}
+
+/// The record key of block `id` in the key topic: its id, hyphenated. (A
+/// version 2 record, one key, has its key id here: a block of one.)
+pub fn block_record_key(id: Uuid) -> String {
+    id.hyphenated().to_string()
+}
+
+/// What every record of the key topic begins with.
+#[derive(Deserialize)]
+struct Header {
     #[serde(rename = "type")]
     record_type: String,
     version: u32,
+}
+
+/// A version 2 record: one key.
+#[derive(Deserialize)]
+struct KeyBody {
     kid: Uuid,
     created_at: DateTime<Utc>,
     key: String,
 }
 
+#[derive(Serialize, Deserialize)]
+struct BlockBody {
+    #[serde(rename = "type")]
+    record_type: String,
+    version: u32,
+    block: Uuid,
+    created_at: DateTime<Utc>,
+    keys: String,
+}
+
+impl BlockBody {
+    fn into_block(self) -> Result<KeyBlock, KeyRecordError> {
+        let entries = BASE64
+            .decode(&self.keys)
+            .map_err(|_| KeyRecordError::BadBody("the keys are not base64".into()))?;
+        if entries.is_empty() || entries.len() % KEY_ENTRY_BYTES != 0 {
+            return Err(KeyRecordError::BadBody(format!(
+                "the keys are {} bytes, not a positive multiple of {KEY_ENTRY_BYTES}",
+                entries.len()
+            )));
+        }
+        let keys = entries
+            .chunks_exact(KEY_ENTRY_BYTES)
+            .map(|entry| {
+                let (kid, key) = entry.split_at(16);
+                DataKey {
+                    kid: Uuid::from_slice(kid).expect("16 bytes"),
+                    created_at: self.created_at,
+                    key: key.try_into().expect("32 bytes"),
+                }
+            })
+            .collect();
+        Ok(KeyBlock {
+            id: self.block,
+            created_at: self.created_at,
+            keys,
+        })
+    }
+}
+
 /// One record of the key topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyRecord {
-    /// A data key.
-    Key(DataKey),
-    /// A tombstone: the key `kid` is forgotten.
-    Forgotten { kid: Uuid },
+    /// A block of keys: all the block holds now.
+    Block(KeyBlock),
+    /// A tombstone: every key of block `block` is forgotten.
+    Forgotten { block: Uuid },
 }
 
 /// Why a record of the key topic could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyRecordError {
-    #[error("a key record's key must be a key id (a hyphenated UUID)")]
+    #[error("a key record's key must be a block id (a hyphenated UUID)")]
     BadRecordKey,
-    #[error("a key record is not a {DATA_KEY} v{DATA_KEY_VERSION} JSON object: {0}")]
+    #[error(
+        "a key record is not a {KEY_BLOCK} v{KEY_BLOCK_VERSION} or {DATA_KEY} v{DATA_KEY_VERSION} \
+         JSON object: {0}"
+    )]
     BadBody(String),
     #[error("a key record's body does not match its record key")]
     Mismatch,
@@ -413,40 +546,55 @@ pub enum KeyRecordError {
 
 impl KeyRecord {
     /// Reads one record of the key topic: its record key and its payload
-    /// (`None` for a tombstone).
+    /// (`None` for a tombstone). A version 2 record (one key, keyed by its
+    /// key id) reads as a block of one, whose id is the key's.
     ///
     /// # Errors
     ///
     /// [`KeyRecordError`] when the record was not written by this code.
     pub fn decode(record_key: &[u8], payload: Option<&[u8]>) -> Result<Self, KeyRecordError> {
-        let kid: Uuid = std::str::from_utf8(record_key)
+        let id: Uuid = std::str::from_utf8(record_key)
             .ok()
             .and_then(|key| Uuid::try_parse(key).ok())
             .ok_or(KeyRecordError::BadRecordKey)?;
         let Some(payload) = payload else {
-            return Ok(Self::Forgotten { kid });
+            return Ok(Self::Forgotten { block: id });
         };
-        let body: KeyRecordBody = serde_json::from_slice(payload)
-            .map_err(|error| KeyRecordError::BadBody(error.to_string()))?;
-        if body.record_type != DATA_KEY || body.version != DATA_KEY_VERSION {
-            return Err(KeyRecordError::BadBody(format!(
-                "type {:?} version {}",
-                body.record_type, body.version
-            )));
-        }
-        let key: [u8; 32] = BASE64
-            .decode(&body.key)
-            .ok()
-            .and_then(|bytes| bytes.try_into().ok())
-            .ok_or_else(|| KeyRecordError::BadBody("the key is not 32 bytes of base64".into()))?;
-        if body.kid != kid {
+        let bad = |error: serde_json::Error| KeyRecordError::BadBody(error.to_string());
+        let header: Header = serde_json::from_slice(payload).map_err(bad)?;
+        let block = match (header.record_type.as_str(), header.version) {
+            (KEY_BLOCK, KEY_BLOCK_VERSION) => serde_json::from_slice::<BlockBody>(payload)
+                .map_err(bad)?
+                .into_block()?,
+            (DATA_KEY, DATA_KEY_VERSION) => {
+                let body: KeyBody = serde_json::from_slice(payload).map_err(bad)?;
+                let key: [u8; 32] = BASE64
+                    .decode(&body.key)
+                    .ok()
+                    .and_then(|bytes| bytes.try_into().ok())
+                    .ok_or_else(|| {
+                        KeyRecordError::BadBody("a key is not 32 bytes of base64".into())
+                    })?;
+                KeyBlock {
+                    id: body.kid,
+                    created_at: body.created_at,
+                    keys: vec![DataKey {
+                        kid: body.kid,
+                        created_at: body.created_at,
+                        key,
+                    }],
+                }
+            }
+            (record_type, version) => {
+                return Err(KeyRecordError::BadBody(format!(
+                    "type {record_type:?} version {version}"
+                )));
+            }
+        };
+        if block.id != id {
             return Err(KeyRecordError::Mismatch);
         }
-        Ok(Self::Key(DataKey {
-            kid,
-            created_at: body.created_at,
-            key,
-        }))
+        Ok(Self::Block(block))
     }
 }
 
@@ -568,51 +716,123 @@ mod tests {
     }
 
     #[test]
-    fn a_key_record_round_trips_and_its_tombstone_names_the_key() {
-        let key = DataKey::generate();
-        let record_key = key.record_key();
-        assert_eq!(record_key, key.kid.hyphenated().to_string());
-        let body: serde_json::Value = serde_json::from_slice(&key.encode()).unwrap();
-        assert_eq!(body["version"], 2);
+    fn a_key_block_round_trips_and_its_tombstone_names_the_block() {
+        let block = KeyBlock::generate(3);
+        assert_eq!(block.keys().len(), 3);
+        let record_key = block.record_key();
+        assert_eq!(record_key, block.id().hyphenated().to_string());
+        let body: serde_json::Value = serde_json::from_slice(&block.encode()).unwrap();
+        assert_eq!(body["type"], "DataKeyBlock");
+        assert_eq!(body["version"], 3);
         assert!(body.get("account_ref").is_none(), "{body}");
-        let read = KeyRecord::decode(record_key.as_bytes(), Some(&key.encode())).unwrap();
-        assert_eq!(read, KeyRecord::Key(key.clone()));
-        let KeyRecord::Key(read) = read else {
+        let read = KeyRecord::decode(record_key.as_bytes(), Some(&block.encode())).unwrap();
+        assert_eq!(read, KeyRecord::Block(block.clone()));
+        let KeyRecord::Block(read) = read else {
             unreachable!()
         };
-        let sealed = key.seal(b"c", b"secret");
-        assert_eq!(read.open(b"c", &sealed).unwrap(), b"secret");
+        let sealed = block.keys()[1].seal(b"c", b"secret");
+        assert_eq!(read.keys()[1].open(b"c", &sealed).unwrap(), b"secret");
         assert_eq!(
             KeyRecord::decode(record_key.as_bytes(), None).unwrap(),
-            KeyRecord::Forgotten { kid: key.kid }
+            KeyRecord::Forgotten { block: block.id() }
         );
+        let key = &block.keys()[0];
         assert!(format!("{key:?}").contains("DataKey") && !format!("{key:?}").contains("key:"));
     }
 
     #[test]
+    fn a_block_holds_one_to_the_most_keys() {
+        assert_eq!(KeyBlock::generate(0).keys().len(), 1);
+        assert_eq!(
+            KeyBlock::generate(MAX_BLOCK_KEYS + 1).keys().len(),
+            MAX_BLOCK_KEYS
+        );
+        let block = KeyBlock::generate(MAX_BLOCK_KEYS);
+        assert!(
+            block.encode().len() < 64 * 1024,
+            "a full block is a small record"
+        );
+    }
+
+    #[test]
+    fn a_block_rewritten_without_a_key_keeps_the_others_and_an_empty_one_is_none() {
+        let block = KeyBlock::generate(3);
+        let forgotten = block.keys()[1].kid;
+        let rewritten = block.without(|kid| kid == forgotten).unwrap();
+        assert_eq!(rewritten.id(), block.id());
+        assert_eq!(
+            rewritten.keys(),
+            [block.keys()[0].clone(), block.keys()[2].clone()]
+        );
+        let read = KeyRecord::decode(rewritten.record_key().as_bytes(), Some(&rewritten.encode()));
+        assert_eq!(read.unwrap(), KeyRecord::Block(rewritten));
+        assert_eq!(block.without(|_| true), None);
+    }
+
+    #[test]
+    fn a_version_2_key_record_reads_as_a_block_of_one() {
+        let block = KeyBlock::generate(1);
+        let key = &block.keys()[0];
+        let body = serde_json::json!({
+            "type": "DataKey",
+            "version": 2,
+            "kid": key.kid,
+            "created_at": key.created_at,
+            "key": BASE64.encode(key.key),
+        });
+        let record_key = key.kid.hyphenated().to_string();
+        let read = KeyRecord::decode(
+            record_key.as_bytes(),
+            Some(&serde_json::to_vec(&body).unwrap()),
+        )
+        .unwrap();
+        let KeyRecord::Block(read) = read else {
+            panic!("a block, not {read:?}")
+        };
+        assert_eq!(read.id(), key.kid);
+        assert_eq!(read.keys(), std::slice::from_ref(key));
+    }
+
+    #[test]
     fn a_key_record_that_does_not_match_its_record_key_is_refused() {
-        let key = DataKey::generate();
-        let other = DataKey::generate();
+        let block = KeyBlock::generate(1);
+        let other = KeyBlock::generate(1);
         assert!(matches!(
-            KeyRecord::decode(other.record_key().as_bytes(), Some(&key.encode())),
+            KeyRecord::decode(other.record_key().as_bytes(), Some(&block.encode())),
             Err(KeyRecordError::Mismatch)
         ));
         assert!(matches!(
-            KeyRecord::decode(b"not-a-key-id", None),
+            KeyRecord::decode(b"not-a-block-id", None),
             Err(KeyRecordError::BadRecordKey)
         ));
         let account = AccountRef::of(&pepper(), "13800138000");
         assert!(
             matches!(
-                KeyRecord::decode(format!("{account}/{}", key.kid).as_bytes(), None),
+                KeyRecord::decode(format!("{account}/{}", block.id()).as_bytes(), None),
                 Err(KeyRecordError::BadRecordKey)
             ),
             "a key record names no account"
         );
-        assert!(matches!(
-            KeyRecord::decode(key.record_key().as_bytes(), Some(b"{}")),
-            Err(KeyRecordError::BadBody(_))
-        ));
+        for body in [
+            r#"{}"#.to_owned(),
+            r#"{"type":"DataKeyBlock","version":4,"block":"x","keys":""}"#.to_owned(),
+            format!(
+                r#"{{"type":"DataKeyBlock","version":3,"block":"{}","created_at":"2026-12-03T00:00:00Z","keys":""}}"#,
+                block.id()
+            ),
+            format!(
+                r#"{{"type":"DataKeyBlock","version":3,"block":"{}","created_at":"2026-12-03T00:00:00Z","keys":"AAAA"}}"#,
+                block.id()
+            ),
+        ] {
+            assert!(
+                matches!(
+                    KeyRecord::decode(block.record_key().as_bytes(), Some(body.as_bytes())),
+                    Err(KeyRecordError::BadBody(_))
+                ),
+                "{body}"
+            );
+        }
     }
 
     proptest! {
