@@ -170,14 +170,18 @@ impl KeyPool {
 
     /// The oldest key whose block's write was acknowledged, never handed
     /// out before; `None` when the pool is empty.
+    ///
+    /// The refill is woken only when this take leaves a block's worth
+    /// missing: waking it on every take would cost a task wake-up per new
+    /// account for a round that writes nothing.
     pub fn take(&self) -> Option<Arc<DataKey>> {
-        let key = {
+        let (key, left) = {
             let mut ready = self.lock();
             let key = ready.pop();
             record_level(ready.keys);
-            key
+            (key, ready.keys)
         };
-        if key.is_some() {
+        if key.is_some() && self.capacity.saturating_sub(left) >= self.block_keys() {
             self.taken.notify_one();
         }
         key
