@@ -4,13 +4,14 @@
 //! A [`KeyRing`] reads the key topic from its beginning and keeps every key
 //! its block still holds: keys are written in blocks, a newer record of a
 //! block replaces it (a key it no longer holds was forgotten), and a
-//! block's tombstone forgets all of its keys. Before a batch is decoded, [`KeyRing::ready_for`] makes
-//! sure the ring has read the key topic to the end it has *now* whenever
-//! the batch holds a sealed event whose key it does not have: the ingest
-//! API writes a key, and waits for its acknowledgment, before any event
-//! sealed under it, so a key missing after that read was forgotten (its
-//! tombstone was read, or compaction has removed both). The decoder then
-//! projects the event as forgotten.
+//! block's tombstone forgets all of its keys. Before a batch is decoded,
+//! [`KeyRing::ready_for`] makes sure the ring has read the key topic to the
+//! end it has *now* whenever the batch holds a sealed event whose key it
+//! does not have: the ingest API writes a key, and waits for its
+//! acknowledgment, before any event sealed under it, so a key missing after
+//! that read was forgotten (a newer version of its block without it, or the
+//! block's tombstone, was read, or compaction has removed the older
+//! versions). The decoder then projects the event as forgotten.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -263,9 +264,10 @@ impl KeyRing {
     }
 
     /// Makes the ring ready to decode `records`: when one of them is a
-    /// sealed event under a key not held, or an erasure (whose tombstones
-    /// were written before it, and must be read before anything after it
-    /// is opened with a key it forgot), reads the key topic to its end.
+    /// sealed event under a key not held, or an erasure (whose key block
+    /// rewrites were written before it, and must be read before anything
+    /// after it is opened with a key it forgot), reads the key topic to its
+    /// end.
     ///
     /// # Errors
     ///
@@ -283,13 +285,13 @@ impl KeyRing {
         let missing = |keys: &Keys| {
             needs.iter().any(|need| match need {
                 KeyNeed::Key(kid) => !keys.knows(*kid),
-                KeyNeed::Tombstones => true,
+                KeyNeed::Rewrites => true,
             })
         };
         if !missing(&self.keys) {
             return Ok(());
         }
-        if !needs.contains(&KeyNeed::Tombstones) {
+        if !needs.contains(&KeyNeed::Rewrites) {
             self.read_what_is_fetched().await?;
             if !missing(&self.keys) {
                 return Ok(());
@@ -323,8 +325,8 @@ impl KeyRing {
 enum KeyNeed {
     /// A sealed event: its key.
     Key(Uuid),
-    /// An erasure: the tombstones written before it.
-    Tombstones,
+    /// An erasure: the key block rewrites written before it.
+    Rewrites,
 }
 
 fn key_need(payload: &[u8]) -> Option<KeyNeed> {
@@ -337,7 +339,7 @@ fn key_need(payload: &[u8]) -> Option<KeyNeed> {
     }
     let envelope: Envelope = serde_json::from_slice(payload).ok()?;
     if envelope.event_type.as_deref() == Some(ACCOUNT_FORGOTTEN) {
-        return Some(KeyNeed::Tombstones);
+        return Some(KeyNeed::Rewrites);
     }
     (envelope.version == Some(u64::from(SEALED_SCORE_VERSION)))
         .then_some(envelope.kid)
@@ -426,14 +428,14 @@ mod tests {
     }
 
     #[test]
-    fn sealed_events_need_their_key_and_erasures_the_tombstones() {
+    fn sealed_events_need_their_key_and_erasures_the_block_rewrites() {
         let kid = Uuid::now_v7();
         let sealed = format!(r#"{{"type":"ScoreSubmitted","version":3,"kid":"{kid}"}}"#);
         assert_eq!(key_need(sealed.as_bytes()), Some(KeyNeed::Key(kid)));
         let plain = format!(r#"{{"type":"ScoreSubmitted","version":2,"kid":"{kid}"}}"#);
         assert_eq!(key_need(plain.as_bytes()), None);
         let erasure = r#"{"type":"AccountForgotten","version":1}"#;
-        assert_eq!(key_need(erasure.as_bytes()), Some(KeyNeed::Tombstones));
+        assert_eq!(key_need(erasure.as_bytes()), Some(KeyNeed::Rewrites));
         assert_eq!(key_need(b"not json"), None);
     }
 }

@@ -408,8 +408,8 @@ impl SealedScore {
     }
 }
 
-/// An account was forgotten: its data keys were tombstoned at
-/// `occurred_at`, and every projection removes it from its tables.
+/// An account was forgotten: its data keys were removed from their key
+/// blocks at `occurred_at`, and every projection removes it from its tables.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountForgotten {
     pub event_id: Uuid,
