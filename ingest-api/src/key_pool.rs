@@ -177,9 +177,7 @@ impl KeyPool {
     pub fn take(&self) -> Option<Arc<DataKey>> {
         let (key, left) = {
             let mut ready = self.lock();
-            let key = ready.pop();
-            record_level(ready.keys);
-            (key, ready.keys)
+            (ready.pop(), ready.keys)
         };
         if key.is_some() && self.capacity.saturating_sub(left) >= self.block_keys() {
             self.taken.notify_one();
@@ -248,25 +246,18 @@ impl KeyPool {
                 Err(_) => failed += 1,
             }
         }
-        record_level(ready.keys);
         failed
     }
 
     /// Empties the pool: the blocks none of whose keys was handed out, and
     /// how many keys are left in the others ([`Unused`]).
     pub fn drain(&self) -> Unused {
-        let mut ready = self.lock();
-        record_level(0);
-        ready.drain()
+        self.lock().drain()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ready> {
         self.ready.lock().expect("the key pool is never poisoned")
     }
-}
-
-fn record_level(ready: usize) {
-    metrics::gauge!("data_key_pool_keys").set(ready as f64);
 }
 
 /// Runs what `keep` makes until `done` holds (checked every 10 ms, for at

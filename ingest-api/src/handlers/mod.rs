@@ -230,10 +230,11 @@ async fn submit(
 }
 
 /// `GET /metrics` (on the metrics address only): the process's metrics,
-/// with the producer's queue depth and the requests in flight per budget
-/// sampled now.
+/// with the producer's queue depth, the keys in the key pool and the
+/// requests in flight per budget sampled now.
 pub async fn metrics(state: AppState) -> Response {
     metrics::gauge!("kafka_producer_queue_messages").set(state.publisher.queue_depth() as f64);
+    metrics::gauge!("data_key_pool_keys").set(state.publisher.pooled_keys() as f64);
     for budget in [Budget::Writes, Budget::Reads] {
         metrics::gauge!("http_requests_in_flight", "budget" => budget.label())
             .set(state.limits.in_flight(budget) as f64);
