@@ -5,12 +5,12 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use pipeline_tests::http_client;
 use pipeline_tests::processes::free_port;
 use pipeline_tests::{
     RunningApi, RunningProjector, TestDatabase, TestTopic, api_config, api_config_with_results,
     legacy_form_body, patient_results_config, unique_group,
 };
+use pipeline_tests::{accepted_v1, http_client};
 use reqwest::Client;
 use serde_json::{Value, json};
 
@@ -45,14 +45,8 @@ struct V1Accepted {
 
 /// Posts `body` to `/v1/scores` and returns the answer's event id,
 /// consistency token and results token (header and body agree).
-async fn submit_v1(client: &Client, api: &RunningApi, body: &Value) -> V1Accepted {
-    let response = client
-        .post(api.url("/v1/scores"))
-        .json(body)
-        .send()
-        .await
-        .expect("the API answers");
-    assert_eq!(response.status(), 202);
+async fn submit_v1(api: &RunningApi, body: &Value) -> V1Accepted {
+    let response = accepted_v1(api, body).await;
     let header = response.headers()["x-consistency-token"]
         .to_str()
         .expect("ASCII")
@@ -125,7 +119,6 @@ async fn every_submission_is_in_the_results_read_right_after_with_its_token() {
     let mut expected = 1;
     for round in 1..=10 {
         let accepted = submit_v1(
-            &client,
             &api,
             &json!({"acc_nbr": account, "grade1": 1, "grade2": 2, "grade3": 3, "txt1": format!("round {round}")}),
         )
@@ -181,7 +174,6 @@ async fn a_query_waits_for_the_projection_and_says_stale_when_it_does_not_get_th
     let client = http_client();
     let account = "13900000002";
     let accepted = submit_v1(
-        &client,
         &impatient,
         &json!({"acc_nbr": account, "grade1": 4, "grade2": 4, "grade3": 4}),
     )
@@ -230,7 +222,6 @@ async fn pages_walk_an_accounts_submissions_newest_first_without_gaps_or_repeats
     let mut results_token = String::new();
     for index in 0..5 {
         let accepted = submit_v1(
-            &client,
             &api,
             &json!({"acc_nbr": account, "grade1": 3, "grade2": 3, "grade3": 3, "txt1": index.to_string()}),
         )
@@ -505,7 +496,6 @@ async fn a_submission_the_projector_dead_letters_reads_rejected_until_it_is_retr
     let url = |token: &str| api.url(&format!("/v1/accounts/{account}/scores?after={token}"));
 
     let refused = submit_v1(
-        &client,
         &api,
         &json!({"acc_nbr": account, "grade1": 5, "grade2": 4, "grade3": 4}),
     )
@@ -517,7 +507,6 @@ async fn a_submission_the_projector_dead_letters_reads_rejected_until_it_is_retr
     assert_eq!(page["summary"]["submissions"], 0, "no row");
 
     let valid_token = submit_v1(
-        &client,
         &api,
         &json!({"acc_nbr": account, "grade1": 4, "grade2": 4, "grade3": 4}),
     )
