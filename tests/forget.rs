@@ -15,7 +15,7 @@ use pipeline_tests::{
     TestDatabase, TestTopic, keys_topic_of, legacy_form_body, patient_results_config, rebuild_args,
     unique_group,
 };
-use pipeline_tests::{accepted_v1, http_client};
+use pipeline_tests::{accepted_v1, eventually, http_client, metric_sample, scrape};
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -265,31 +265,12 @@ fn holds_any(records: &[ConsoleRecord], materials: &[String]) -> bool {
 /// Waits until the API's key pool holds keys (its `data_key_pool_keys`),
 /// so that the test's accounts are handed keys written ahead, from one
 /// block.
-async fn await_pooled_keys(client: &Client, api: &RunningApi) {
-    let url = format!("http://{}/metrics", api.metrics_address);
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        let body = client
-            .get(&url)
-            .send()
-            .await
-            .expect("the metrics answer")
-            .text()
-            .await
-            .expect("text");
-        let pooled = body
-            .lines()
-            .find_map(|line| line.strip_prefix("data_key_pool_keys "))
-            .and_then(|value| value.trim().parse::<f64>().ok());
-        if pooled.is_some_and(|keys| keys > 0.0) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the key pool is still empty: {pooled:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn await_pooled_keys(api: &RunningApi) {
+    let pooled = eventually(LIMIT, || async {
+        metric_sample(&scrape(api.metrics_address).await, "data_key_pool_keys") > 0.0
+    })
+    .await;
+    assert!(pooled, "the key pool is still empty after {LIMIT:?}");
 }
 
 /// Every record of `topic` (an event or key topic), read by Apache Kafka's
@@ -311,7 +292,7 @@ async fn a_forgotten_person_leaves_no_trace_in_mysql_or_the_log_and_their_grades
     let pepper = TEST_ACCOUNT_PEPPER.parse().expect("a pepper");
     let account_ref = AccountRef::of(&pepper, PHONE);
 
-    await_pooled_keys(&client, &api).await;
+    await_pooled_keys(&api).await;
     let token = rate(&client, &api).await;
     database.await_grade_rows(3, LIMIT).await;
     let (v1, legacy) = results(&client, &api, &token).await;
