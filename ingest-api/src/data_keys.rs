@@ -15,22 +15,35 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use moka::future::Cache;
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use score_shared::{AccountRef, DataKey};
 
-/// Most accounts whose key is cached. A cached key is about 200 bytes with
+/// Most accounts whose key is cached. A cached key is about 150 bytes with
 /// the cache's bookkeeping, so the cache stays within a few tens of MiB;
-/// beyond it, the least used accounts' keys are dropped (their next
-/// submission writes a new key).
-pub const DATA_KEY_CACHE_CAPACITY: u64 = 100_000;
+/// beyond it, the keys of accounts not seen again soonest are dropped
+/// (their next submission takes a new key).
+pub const DATA_KEY_CACHE_CAPACITY: usize = 100_000;
 
 /// The data keys this process sealed under recently, by account. Cheap to
 /// clone: every clone is the same cache.
+///
+/// Nearly every submission of high-volume traffic is from an account not
+/// in the cache, so a miss (lookup, insert, eviction) is the path to keep
+/// cheap: the cache is a sharded CLOCK cache ([`quick_cache`]) whose entries
+/// carry their own expiry, checked on lookup.
 #[derive(Clone)]
 pub struct DataKeys {
-    cache: Cache<AccountRef, Arc<DataKey>>,
+    cache: Arc<Cache<AccountRef, CachedKey>>,
+    time_to_live: Duration,
+}
+
+/// A cached key and until when it may seal.
+#[derive(Clone)]
+struct CachedKey {
+    key: Arc<DataKey>,
+    expires_at: Instant,
 }
 
 impl DataKeys {
@@ -38,10 +51,8 @@ impl DataKeys {
     /// were written (zero: never reused).
     pub fn new(time_to_live: Duration) -> Self {
         Self {
-            cache: Cache::builder()
-                .max_capacity(DATA_KEY_CACHE_CAPACITY)
-                .time_to_live(time_to_live)
-                .build(),
+            cache: Arc::new(Cache::new(DATA_KEY_CACHE_CAPACITY)),
+            time_to_live,
         }
     }
 
@@ -53,9 +64,10 @@ impl DataKeys {
     ///
     /// # Errors
     ///
-    /// What `new_key` failed with; nothing is cached then, so the next call
-    /// for the account gets another key. Callers that waited on a failed
-    /// `new_key` get its error too.
+    /// What `new_key` failed with; nothing is cached then. A caller that was
+    /// waiting on the failed `new_key` calls its own (the cache's next
+    /// caller for the account takes over the write), and so gets its own
+    /// answer; callers bound their wait with their own deadline.
     pub async fn key_for<N, F, E>(
         &self,
         account_ref: AccountRef,
@@ -64,14 +76,33 @@ impl DataKeys {
     where
         N: FnOnce() -> F,
         F: Future<Output = Result<Arc<DataKey>, E>>,
-        E: Clone + Send + Sync + 'static,
     {
-        self.cache
-            // `new_key` is called only on a miss: it may take a key from the
-            // pool.
-            .try_get_with(account_ref, async move { new_key().await })
-            .await
-            .map_err(|shared: Arc<E>| E::clone(&shared))
+        let now = Instant::now();
+        let entry = self
+            .cache
+            .entry_async(&account_ref, |_, cached| {
+                if cached.expires_at > now {
+                    EntryAction::Retain(Arc::clone(&cached.key))
+                } else {
+                    EntryAction::ReplaceWithGuard
+                }
+            })
+            .await;
+        let guard = match entry {
+            EntryResult::Retained(key) => return Ok(key),
+            EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => guard,
+            EntryResult::Removed(..) | EntryResult::Timeout => {
+                unreachable!("the lookup neither removes entries nor times out")
+            }
+        };
+        // `new_key` is called only on a miss: it may take a key from the
+        // pool. Dropping the guard on an error leaves the account uncached.
+        let key = new_key().await?;
+        let _replaced_meanwhile = guard.insert(CachedKey {
+            key: Arc::clone(&key),
+            expires_at: Instant::now() + self.time_to_live,
+        });
+        Ok(key)
     }
 }
 
@@ -201,23 +232,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn everyone_waiting_on_a_failed_write_gets_its_error() {
+    async fn when_a_write_fails_one_waiting_submission_writes_the_key_the_others_get() {
         let keys = DataKeys::new(Duration::from_secs(60));
         let writes = AtomicUsize::new(0);
 
         let got = futures::future::join_all((0..8).map(|_| {
             keys.key_for(account("13800138000"), || {
-                writes.fetch_add(1, Ordering::SeqCst);
-                async {
+                let first = writes.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    Err::<Arc<DataKey>, _>("not acknowledged".to_owned())
+                    if first {
+                        Err("not acknowledged".to_owned())
+                    } else {
+                        Ok(Arc::new(DataKey::generate()))
+                    }
                 }
             })
         }))
         .await;
 
-        assert_eq!(writes.load(Ordering::SeqCst), 1);
-        assert!(got.iter().all(|key| key.is_err()), "{got:?}");
+        assert_eq!(
+            writes.load(Ordering::SeqCst),
+            2,
+            "the failed write, then one"
+        );
+        let failed = got.iter().filter(|key| key.is_err()).count();
+        assert_eq!(failed, 1, "only the failed write's caller gets its error");
+        let kids: std::collections::HashSet<_> = got.iter().flatten().map(|key| key.kid).collect();
+        assert_eq!(kids.len(), 1, "the others all got the one key written");
     }
 
     #[tokio::test]
