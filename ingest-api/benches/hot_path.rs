@@ -3,12 +3,17 @@
 //! what every request pays for being observed (request id, span, metrics).
 
 use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ingest_api::data_keys::{DATA_KEY_CACHE_CAPACITY, DataKeys};
 use ingest_api::wire;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use score_shared::event::new_event_id;
-use score_shared::{Channel, ScoreSubmitted, Submission, ValidationRules};
+use score_shared::{
+    AccountRef, Channel, DataKey, Pepper, ScoreSubmitted, Submission, ValidationRules,
+};
 
 /// A typical legacy body: values `JSON.stringify`'d, then percent-encoded.
 fn legacy_body() -> String {
@@ -43,6 +48,19 @@ fn hot_path(c: &mut Criterion) {
             ScoreSubmitted::new(new_event_id(), Channel::LegacyForm, &submission).encode()
         })
     });
+    group.bench_function("decode_validate_seal_encode", |b| {
+        let pepper: Pepper = "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk="
+            .parse()
+            .expect("a valid pepper");
+        let key = DataKey::generate();
+        b.iter(|| {
+            let raw = wire::legacy_form(black_box(body.as_bytes())).expect("valid");
+            let submission = Submission::parse(&raw, &rules).expect("valid");
+            let event = ScoreSubmitted::new(new_event_id(), Channel::LegacyForm, &submission);
+            let sealed = event.seal(AccountRef::of(&pepper, &event.acc_nbr), &key);
+            (sealed.record_key(), sealed.encode())
+        })
+    });
     group.finish();
 }
 
@@ -69,5 +87,40 @@ fn observed(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, hot_path, observed);
+/// `DataKeys::key_for` for an account not in the cache, the cache full (as
+/// under steady traffic of new accounts): the lookup, the insert and the
+/// eviction it causes.
+fn data_key_cache(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let pepper: Pepper = "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk="
+        .parse()
+        .expect("a valid pepper");
+    let keys = DataKeys::new(Duration::from_secs(300));
+    let key = Arc::new(DataKey::generate());
+    let mut next = 0u64;
+    let mut account = || {
+        next += 1;
+        AccountRef::of(&pepper, &format!("1{next:010}"))
+    };
+    let new_key = || async { Ok::<_, ()>(Arc::clone(&key)) };
+    runtime.block_on(async {
+        for _ in 0..DATA_KEY_CACHE_CAPACITY {
+            keys.key_for(account(), new_key).await.expect("a key");
+        }
+    });
+    let mut group = c.benchmark_group("ingest");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("data_key_new_account", |b| {
+        b.iter_batched(
+            &mut account,
+            |account| runtime.block_on(keys.key_for(account, new_key)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, hot_path, observed, data_key_cache);
 criterion_main!(benches);

@@ -252,13 +252,14 @@ pub enum Event {
     AccountForgotten(AccountForgotten),
 }
 
-/// The personal fields of a [`SealedScore`], sealed together.
+/// The personal fields of a [`SealedScore`], sealed together: borrowed
+/// (`&str`) when sealing, owned when opening.
 #[derive(Serialize, Deserialize)]
-struct PersonalFields {
-    acc_nbr: String,
-    txt1: String,
-    txt2: String,
-    txt3: String,
+struct PersonalFields<S> {
+    acc_nbr: S,
+    txt1: S,
+    txt2: S,
+    txt3: S,
     submission_digest: SubmissionDigest,
 }
 
@@ -303,10 +304,10 @@ impl ScoreSubmitted {
     /// only, and the reference is bound into the sealed value.
     pub fn seal(&self, account_ref: AccountRef, key: &DataKey) -> SealedScore {
         let personal = PersonalFields {
-            acc_nbr: self.acc_nbr.clone(),
-            txt1: self.txt1.clone(),
-            txt2: self.txt2.clone(),
-            txt3: self.txt3.clone(),
+            acc_nbr: self.acc_nbr.as_str(),
+            txt1: self.txt1.as_str(),
+            txt2: self.txt2.as_str(),
+            txt3: self.txt3.as_str(),
             submission_digest: self.submission_digest(),
         };
         let plaintext = serde_json::to_vec(&personal).expect("strings serialize");
@@ -329,11 +330,11 @@ impl ScoreSubmitted {
 
 /// What a sealed value is bound to: it opens only in the event, for the
 /// account and under the key it was sealed for.
-fn seal_context(event_id: Uuid, account_ref: &AccountRef, kid: Uuid) -> Vec<u8> {
-    let mut context = Vec::with_capacity(16 + 32 + 16);
-    context.extend_from_slice(event_id.as_bytes());
-    context.extend_from_slice(account_ref.as_bytes());
-    context.extend_from_slice(kid.as_bytes());
+fn seal_context(event_id: Uuid, account_ref: &AccountRef, kid: Uuid) -> [u8; 64] {
+    let mut context = [0; 64];
+    context[..16].copy_from_slice(event_id.as_bytes());
+    context[16..48].copy_from_slice(account_ref.as_bytes());
+    context[48..].copy_from_slice(kid.as_bytes());
     context
 }
 
@@ -358,7 +359,7 @@ impl SealedScore {
         }
         let context = seal_context(self.event_id, &self.account_ref, self.kid);
         let plaintext = key.open(&context, &self.sealed)?;
-        let personal: PersonalFields =
+        let personal: PersonalFields<String> =
             serde_json::from_slice(&plaintext).map_err(UnsealError::Malformed)?;
         Ok(self.with_personal(
             personal.acc_nbr,
@@ -457,12 +458,19 @@ fn encode_with_envelope(
         #[serde(flatten)]
         payload: &'a T,
     }
-    serde_json::to_vec(&Envelope {
-        event_type,
-        version,
-        payload,
-    })
-    .expect("an event always serializes")
+    // Room for a typical event, so the writer does not grow the buffer
+    // again and again as it goes.
+    let mut encoded = Vec::with_capacity(1024);
+    serde_json::to_writer(
+        &mut encoded,
+        &Envelope {
+            event_type,
+            version,
+            payload,
+        },
+    )
+    .expect("an event always serializes");
+    encoded
 }
 
 mod base64_bytes {
