@@ -408,7 +408,8 @@ pub fn markdown(figures: &Figures, chart_file: &str, notes: &str) -> String {
     let _ = writeln!(
         w,
         "Legacy `POST /score` (form, `JSON.stringify`'d values, Chinese text with emoji), \
-         the projector reading the topic meanwhile. The raw producer is the API's own publisher (idempotent, \
+         the projector following the API's topic meanwhile (a topic of its own, so the projector \
+         projects what the API appends, not the raw producer's backlog). The raw producer is the API's own publisher (idempotent, \
          acks=all, same linger) appending the same events with no HTTP in front, sealed as the API seals \
          them (an account's first event writes its data key first, then the key is reused for a minute).\n"
     );
