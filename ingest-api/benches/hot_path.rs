@@ -3,7 +3,6 @@
 //! what every request pays for being observed (request id, span, metrics).
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -98,13 +97,13 @@ fn data_key_cache(c: &mut Criterion) {
         .parse()
         .expect("a valid pepper");
     let keys = DataKeys::new(Duration::from_secs(300));
-    let key = Arc::new(DataKey::generate());
+    let key = DataKey::generate();
     let mut next = 0u64;
     let mut account = || {
         next += 1;
         AccountRef::of(&pepper, &format!("1{next:010}"))
     };
-    let new_key = || async { Ok::<_, ()>(Arc::clone(&key)) };
+    let new_key = || async { Ok::<_, ()>(key.clone()) };
     runtime.block_on(async {
         for _ in 0..DATA_KEY_CACHE_CAPACITY {
             keys.key_for(account(), new_key).await.expect("a key");

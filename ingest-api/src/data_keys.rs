@@ -42,7 +42,7 @@ pub struct DataKeys {
 /// A cached key and until when it may seal.
 #[derive(Clone)]
 struct CachedKey {
-    key: Arc<DataKey>,
+    key: DataKey,
     expires_at: Instant,
 }
 
@@ -68,21 +68,17 @@ impl DataKeys {
     /// waiting on the failed `new_key` calls its own (the cache's next
     /// caller for the account takes over the write), and so gets its own
     /// answer; callers bound their wait with their own deadline.
-    pub async fn key_for<N, F, E>(
-        &self,
-        account_ref: AccountRef,
-        new_key: N,
-    ) -> Result<Arc<DataKey>, E>
+    pub async fn key_for<N, F, E>(&self, account_ref: AccountRef, new_key: N) -> Result<DataKey, E>
     where
         N: FnOnce() -> F,
-        F: Future<Output = Result<Arc<DataKey>, E>>,
+        F: Future<Output = Result<DataKey, E>>,
     {
         let now = Instant::now();
         let entry = self
             .cache
             .entry_async(&account_ref, |_, cached| {
                 if cached.expires_at > now {
-                    EntryAction::Retain(Arc::clone(&cached.key))
+                    EntryAction::Retain(cached.key.clone())
                 } else {
                     EntryAction::ReplaceWithGuard
                 }
@@ -99,7 +95,7 @@ impl DataKeys {
         // pool. Dropping the guard on an error leaves the account uncached.
         let key = new_key().await?;
         let _replaced_meanwhile = guard.insert(CachedKey {
-            key: Arc::clone(&key),
+            key: key.clone(),
             expires_at: Instant::now() + self.time_to_live,
         });
         Ok(key)
@@ -124,7 +120,7 @@ mod tests {
     }
 
     /// The key for `number`, a new one (counted in `writes`) if need be.
-    async fn key_counted(keys: &DataKeys, number: &str, writes: &AtomicUsize) -> Arc<DataKey> {
+    async fn key_counted(keys: &DataKeys, number: &str, writes: &AtomicUsize) -> DataKey {
         keys.key_for(account(number), counted_write(writes, Duration::ZERO))
             .await
             .expect("written")
@@ -134,12 +130,12 @@ mod tests {
     fn counted_write<'a>(
         writes: &'a AtomicUsize,
         delay: Duration,
-    ) -> impl FnOnce() -> futures::future::BoxFuture<'a, Result<Arc<DataKey>, String>> {
+    ) -> impl FnOnce() -> futures::future::BoxFuture<'a, Result<DataKey, String>> {
         move || {
             Box::pin(async move {
                 writes.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(delay).await;
-                Ok(Arc::new(DataKey::generate()))
+                Ok(DataKey::generate())
             })
         }
     }
@@ -192,11 +188,11 @@ mod tests {
     #[tokio::test]
     async fn the_key_handed_out_is_the_new_key_given_and_a_hit_asks_for_none() {
         let keys = DataKeys::new(Duration::from_secs(60));
-        let given = Arc::new(DataKey::generate());
+        let given = DataKey::generate();
 
         let key = keys
             .key_for(account("13800138000"), || {
-                let given = Arc::clone(&given);
+                let given = given.clone();
                 async move { Ok::<_, String>(given) }
             })
             .await
@@ -217,7 +213,7 @@ mod tests {
         let keys = DataKeys::new(Duration::from_secs(60));
         let failed = keys
             .key_for(account("13800138000"), || async {
-                Err::<Arc<DataKey>, _>("the broker refused it".to_owned())
+                Err::<DataKey, _>("the broker refused it".to_owned())
             })
             .await;
         let writes = AtomicUsize::new(0);
@@ -244,7 +240,7 @@ mod tests {
                     if first {
                         Err("not acknowledged".to_owned())
                     } else {
-                        Ok(Arc::new(DataKey::generate()))
+                        Ok(DataKey::generate())
                     }
                 }
             })

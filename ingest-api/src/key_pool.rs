@@ -82,13 +82,13 @@ struct PooledBlock {
     /// How many keys the block was written with.
     written: usize,
     /// Its keys not handed out yet, in the block's order.
-    keys: VecDeque<Arc<DataKey>>,
+    keys: VecDeque<DataKey>,
 }
 
 impl PooledBlock {
     fn new(block: KeyBlock) -> Self {
         let id = block.id();
-        let keys: VecDeque<Arc<DataKey>> = block.into_keys().into_iter().map(Arc::new).collect();
+        let keys: VecDeque<DataKey> = block.into_keys().into_iter().collect();
         Self {
             id,
             written: keys.len(),
@@ -111,7 +111,7 @@ impl Ready {
         }
     }
 
-    fn pop(&mut self) -> Option<Arc<DataKey>> {
+    fn pop(&mut self) -> Option<DataKey> {
         let oldest = self.blocks.front_mut()?;
         let key = oldest.keys.pop_front()?;
         if oldest.keys.is_empty() {
@@ -174,7 +174,7 @@ impl KeyPool {
     /// The refill is woken only when this take leaves a block's worth
     /// missing: waking it on every take would cost a task wake-up per new
     /// account for a round that writes nothing.
-    pub fn take(&self) -> Option<Arc<DataKey>> {
+    pub fn take(&self) -> Option<DataKey> {
         let (key, left) = {
             let mut ready = self.lock();
             (ready.pop(), ready.keys)
@@ -337,7 +337,7 @@ mod tests {
     }
 
     /// Takes `count` keys, which must be there.
-    fn take(pool: &KeyPool, count: usize) -> Vec<Arc<DataKey>> {
+    fn take(pool: &KeyPool, count: usize) -> Vec<DataKey> {
         (0..count)
             .map(|_| pool.take().expect("a key in the pool"))
             .collect()

@@ -305,7 +305,7 @@ impl Publisher {
         &self,
         account_ref: AccountRef,
         deadline: tokio::time::Instant,
-    ) -> Result<Arc<DataKey>, PublishError> {
+    ) -> Result<DataKey, PublishError> {
         let lookup = self.data_keys.key_for(account_ref, || async move {
             if let Some(key) = self.key_pool.take() {
                 return Ok(key);
@@ -313,7 +313,7 @@ impl Publisher {
             let block = KeyBlock::generate(1);
             self.write_block(&block, KeyPath::Request, deadline).await?;
             let key = block.into_keys().into_iter().next();
-            Ok(Arc::new(key.expect("a block holds at least one key")))
+            Ok(key.expect("a block holds at least one key"))
         });
         // A request waiting for another's write of the same key is bounded
         // by its own deadline as well.
