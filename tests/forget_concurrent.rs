@@ -15,24 +15,20 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
-use std::time::Duration;
 
 use pipeline_tests::{
-    TEST_ACCOUNT_PEPPER, TestDatabase, TestTopic, init_logs, keys_topic_of, test_personal_data,
+    TEST_ACCOUNT_PEPPER, TestDatabase, TestTopic, accepted_event, init_logs, keys_topic_of,
+    records_of, test_personal_data,
 };
 use projector::append::SealingAppender;
-use projector::batch::LogRecord;
 use projector::config::ForgetArgs;
-use projector::log_reader::{LogReader, Start};
 use score_shared::config::{KafkaArgs, LogArgs};
-use score_shared::event::new_event_id;
 use score_shared::personal::KeyRecord;
 use score_shared::telemetry::LogFormat;
 use score_shared::{
-    AccountRef, Channel, KeyBlock, Pepper, RawSubmission, ScoreSubmitted, Submission,
-    ValidationRules,
+    AccountRef, Channel, Event, KeyBlock, Pepper, RawSubmission, ScoreSubmitted, SealedScore,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -63,8 +59,7 @@ fn rating(number: &str) -> ScoreSubmitted {
         texts: [Some(json!("只給自己看的評論")), None, None],
         scene: None,
     };
-    let submission = Submission::parse(&raw, &ValidationRules::default()).expect("valid");
-    ScoreSubmitted::new(new_event_id(), Channel::ApiV1, &submission)
+    accepted_event(&raw, Channel::ApiV1)
 }
 
 /// Appends one sealed rating of each account, in one chunk: their keys are
@@ -86,35 +81,14 @@ async fn rate_every_account(topic: &TestTopic) {
     assert_eq!(appender.appended(), ACCOUNTS as u64);
 }
 
-/// Every record `topic` holds now, from the beginning of each partition to
-/// its end.
-async fn records_of(kafka: &KafkaArgs, topic: &str) -> Vec<LogRecord> {
-    let kafka = KafkaArgs {
-        topic: topic.to_owned(),
-        ..kafka.clone()
-    };
-    let mut reader = LogReader::open(&kafka, "forget-concurrent-test", Start::Beginning)
-        .await
-        .expect("a reader of the topic");
-    let mut records = Vec::new();
-    reader
-        .read_to_the_end(
-            1000,
-            Duration::from_secs(20),
-            &CancellationToken::new(),
-            "never stopped",
-            "reading the topic",
-            |batch| records.extend_from_slice(batch),
-        )
-        .await
-        .expect("the topic is read to its end");
-    records
-}
-
 /// The key blocks the key topic holds once compacted: the last record of
 /// each record key, tombstones dropped.
 async fn compacted_key_blocks(topic: &TestTopic) -> Vec<KeyBlock> {
-    let records = records_of(&topic.kafka, &keys_topic_of(topic.name())).await;
+    let records = records_of(&KafkaArgs {
+        topic: keys_topic_of(topic.name()),
+        ..topic.kafka.clone()
+    })
+    .await;
     let mut last: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
     for record in records {
         let key = record.key.expect("every key record has a record key");
@@ -131,19 +105,26 @@ async fn compacted_key_blocks(topic: &TestTopic) -> Vec<KeyBlock> {
 }
 
 /// The data key id of each account, in order: the `kid` of its one sealed
-/// event, keyed by its account reference.
+/// event.
 async fn kid_of_each_account(topic: &TestTopic) -> Vec<Uuid> {
-    let events = records_of(&topic.kafka, topic.name()).await;
+    let events: Vec<SealedScore> = topic
+        .payloads()
+        .await
+        .iter()
+        .filter_map(|payload| match score_shared::event::decode(payload) {
+            Ok(Event::SealedScore(sealed)) => Some(sealed),
+            _ => None,
+        })
+        .collect();
     let pepper = pepper();
     (0..ACCOUNTS)
         .map(|i| {
             let number = number(i);
-            let record_key = AccountRef::of(&pepper, &number).to_string().into_bytes();
+            let account = AccountRef::of(&pepper, &number);
             let kids: BTreeSet<Uuid> = events
                 .iter()
-                .filter(|record| record.key.as_ref() == Some(&record_key))
-                .filter_map(|record| serde_json::from_slice::<Value>(record.payload.as_ref()?).ok())
-                .filter_map(|event| event["kid"].as_str()?.parse().ok())
+                .filter(|event| event.account_ref == account)
+                .map(|event| event.kid)
                 .collect();
             assert_eq!(kids.len(), 1, "one key for {number}'s one rating: {kids:?}");
             kids.into_iter().next().expect("one key")

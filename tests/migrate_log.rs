@@ -12,15 +12,11 @@ use pipeline_tests::console::console_consume;
 use pipeline_tests::processes::bin_dir;
 use pipeline_tests::{
     ACCOUNT_SUMMARY_CONTENT, RunningProjector, TEST_ACCOUNT_PEPPER, TestDatabase, TestTopic,
-    kafka_args, keys_topic_of, rebuild_args, unique_group,
+    accepted_event, kafka_args, keys_topic_of, rebuild_args, unique_group,
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use score_shared::event::new_event_id;
-use score_shared::{
-    AccountForgotten, AccountRef, Channel, RawSubmission, ScoreSubmitted, Submission,
-    ValidationRules,
-};
+use score_shared::{AccountForgotten, AccountRef, Channel, RawSubmission, ScoreSubmitted};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -40,8 +36,7 @@ fn rating(account: &str, grade: i32, comment: &str) -> ScoreSubmitted {
         texts: [Some(json!(comment)), None, None],
         scene: Some(json!("pages/score/score")),
     };
-    let submission = Submission::parse(&raw, &ValidationRules::default()).expect("valid");
-    ScoreSubmitted::new(new_event_id(), Channel::LegacyForm, &submission)
+    accepted_event(&raw, Channel::LegacyForm)
 }
 
 fn comment(i: usize) -> String {

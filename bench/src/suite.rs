@@ -221,11 +221,7 @@ async fn ingest(settings: &Settings, broker: &Broker, figures: &mut Figures) -> 
     // projector would spend the steps catching up on that backlog, and the
     // API's figures would measure the catch-up as much as the API.
     let api_topic = "bench-ingest-api";
-    ensure_topics(&KafkaArgs {
-        topic: api_topic.to_owned(),
-        ..kafka
-    })
-    .await?;
+    ensure_topics(&self::kafka(settings, broker, api_topic)).await?;
     let database = TestDatabase::create().await;
     let projector = Service::projector(&service_env(
         settings,

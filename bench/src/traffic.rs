@@ -2,8 +2,7 @@
 //! always the same account, grades and comments (Chinese text with emoji),
 //! so that every figure of a run is about the same traffic.
 
-use score_shared::event::new_event_id;
-use score_shared::{Channel, RawSubmission, ScoreSubmitted, Submission, ValidationRules};
+use score_shared::{Channel, RawSubmission, ScoreSubmitted};
 
 /// Comments as people write them: Chinese, punctuation, emoji.
 const COMMENTS: [&str; 8] = [
@@ -71,13 +70,13 @@ pub fn event(i: u64) -> ScoreSubmitted {
         texts: s.texts.map(|t| Some(t.into())),
         scene: None,
     };
-    let submission = Submission::parse(&raw, &ValidationRules::default())
-        .expect("the benchmark's submissions are valid");
-    ScoreSubmitted::new(new_event_id(), Channel::LegacyForm, &submission)
+    pipeline_tests::accepted_event(&raw, Channel::LegacyForm)
 }
 
 #[cfg(test)]
 mod tests {
+    use score_shared::{Submission, ValidationRules};
+
     use super::*;
 
     #[test]

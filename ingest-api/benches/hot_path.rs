@@ -32,6 +32,20 @@ fn legacy_body() -> String {
         .join("&")
 }
 
+/// The pepper the benchmarks compute account references under.
+fn pepper() -> Pepper {
+    "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk="
+        .parse()
+        .expect("a valid pepper")
+}
+
+/// The event `POST /score` builds from `body`: decoded and validated.
+fn event(body: &str, rules: &ValidationRules) -> ScoreSubmitted {
+    let raw = wire::legacy_form(black_box(body.as_bytes())).expect("valid");
+    let submission = Submission::parse(&raw, rules).expect("valid");
+    ScoreSubmitted::new(new_event_id(), Channel::LegacyForm, &submission)
+}
+
 fn hot_path(c: &mut Criterion) {
     let body = legacy_body();
     let rules = ValidationRules::default();
@@ -41,21 +55,13 @@ fn hot_path(c: &mut Criterion) {
         b.iter(|| wire::legacy_form(black_box(body.as_bytes())).expect("valid"))
     });
     group.bench_function("decode_validate_encode", |b| {
-        b.iter(|| {
-            let raw = wire::legacy_form(black_box(body.as_bytes())).expect("valid");
-            let submission = Submission::parse(&raw, &rules).expect("valid");
-            ScoreSubmitted::new(new_event_id(), Channel::LegacyForm, &submission).encode()
-        })
+        b.iter(|| event(&body, &rules).encode())
     });
     group.bench_function("decode_validate_seal_encode", |b| {
-        let pepper: Pepper = "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk="
-            .parse()
-            .expect("a valid pepper");
+        let pepper = pepper();
         let key = DataKey::generate();
         b.iter(|| {
-            let raw = wire::legacy_form(black_box(body.as_bytes())).expect("valid");
-            let submission = Submission::parse(&raw, &rules).expect("valid");
-            let event = ScoreSubmitted::new(new_event_id(), Channel::LegacyForm, &submission);
+            let event = event(&body, &rules);
             let sealed = event.seal(AccountRef::of(&pepper, &event.acc_nbr), &key);
             (sealed.record_key(), sealed.encode())
         })
@@ -93,9 +99,7 @@ fn data_key_cache(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
-    let pepper: Pepper = "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk="
-        .parse()
-        .expect("a valid pepper");
+    let pepper = pepper();
     let keys = DataKeys::new(Duration::from_secs(300));
     let key = DataKey::generate();
     let mut next = 0u64;

@@ -179,10 +179,15 @@ impl KeyPool {
             let mut ready = self.lock();
             (ready.pop(), ready.keys)
         };
-        if key.is_some() && self.capacity.saturating_sub(left) >= self.block_keys() {
+        if key.is_some() && self.blocks_missing(left) > 0 {
             self.taken.notify_one();
         }
         key
+    }
+
+    /// The whole blocks a pool holding `ready` keys lacks.
+    fn blocks_missing(&self, ready: usize) -> usize {
+        self.capacity.saturating_sub(ready) / self.block_keys()
     }
 
     /// Writes blocks of keys until `stop`. In each round where the pool
@@ -203,7 +208,7 @@ impl KeyPool {
             return;
         }
         while !stop.is_cancelled() {
-            let blocks = self.capacity.saturating_sub(self.len()) / self.block_keys();
+            let blocks = self.blocks_missing(self.len());
             if blocks == 0 {
                 tokio::select! {
                     () = self.taken.notified() => continue,

@@ -24,16 +24,20 @@ use std::time::Duration;
 use ingest_api::Application;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use projector::Projector;
+use projector::batch::LogRecord;
 use projector::config::{DatabaseArgs, DecoderArgs, RebuildArgs, RunArgs};
 use projector::log_reader::{LogReader, Start};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use score_shared::config::{KafkaArgs, LogArgs, ValidationArgs};
+use score_shared::event::new_event_id;
 use score_shared::telemetry::LogFormat;
+use score_shared::{Channel, RawSubmission, ScoreSubmitted, Submission, ValidationRules};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{ConnectOptions, Executor};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// The results token keys every test API signs with (one key, id `test`,
 /// 32 bytes): [`results_token_for`] makes tokens it accepts.
@@ -204,26 +208,11 @@ impl TestTopic {
     /// Every record's payload, partition by partition, up to the end the
     /// topic has now.
     pub async fn payloads(&self) -> Vec<Vec<u8>> {
-        let mut reader = LogReader::open(&self.kafka, "test-reader", Start::Beginning)
+        records_of(&self.kafka)
             .await
-            .expect("opening a reader on the test topic");
-        let mut payloads = Vec::new();
-        while !reader.is_done() {
-            let records = reader
-                .next_batch(1000, Duration::from_secs(20), Duration::ZERO)
-                .await
-                .expect("reading the topic");
-            assert!(
-                !records.is_empty(),
-                "the topic's records did not arrive within 20 s"
-            );
-            payloads.extend(
-                records
-                    .into_iter()
-                    .map(|record| record.payload.unwrap_or_default()),
-            );
-        }
-        payloads
+            .into_iter()
+            .map(|record| record.payload.unwrap_or_default())
+            .collect()
     }
 
     /// Writes raw bytes straight to the topic, bypassing the ingest API (to
@@ -243,6 +232,35 @@ impl TestTopic {
             .expect("the broker acknowledges a raw record");
         delivery.offset
     }
+}
+
+/// Every record `kafka.topic` (an event topic or a key topic) holds,
+/// partition by partition, from its beginning to the end it has now.
+pub async fn records_of(kafka: &KafkaArgs) -> Vec<LogRecord> {
+    let mut reader = LogReader::open(kafka, "test-reader", Start::Beginning)
+        .await
+        .expect("opening a reader on the topic");
+    let mut records = Vec::new();
+    reader
+        .read_to_the_end(
+            1000,
+            Duration::from_secs(20),
+            &CancellationToken::new(),
+            "never stopped",
+            "reading the topic",
+            |batch| records.extend_from_slice(batch),
+        )
+        .await
+        .expect("the topic is read to its end");
+    records
+}
+
+/// The event the ingest API appends for `raw`, which must be valid,
+/// arriving through `channel`.
+pub fn accepted_event(raw: &RawSubmission, channel: Channel) -> ScoreSubmitted {
+    let submission = Submission::parse(raw, &ValidationRules::default())
+        .expect("the test's submission is valid");
+    ScoreSubmitted::new(new_event_id(), channel, &submission)
 }
 
 /// Kafka settings for a test topic.
